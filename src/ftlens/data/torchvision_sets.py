@@ -8,17 +8,21 @@ absent and cannot be downloaded, :class:`ftlens.errors.DatasetError` says where 
 how to point ftlens at the files (``--data-dir`` / ``data_dir=`` / ``$FTLENS_DATA_DIR``).
 
 Images: ``Resize`` (shorter side, antialiased) + ``CenterCrop`` to ``image_size`` +
-``ToTensor``, i.e. float32 ``(3, H, W)`` in [0, 1]. CIFAR is read by torchvision's own reader;
-we check that the files are there rather than their MD5 sums (torchvision's download checks
+``ToTensor``, i.e. float32 ``(3, H, W)`` in [0, 1]. CIFAR's batches are pickles: they are read
+by :func:`read_cifar_pickle`, an unpickler that builds only what those files hold (dicts, lists,
+strings, numbers and uint8 numpy arrays) and refuses anything else, so a planted file cannot run
+code. We check that the files are there rather than their MD5 sums (torchvision's download checks
 the archive's MD5; a damaged file fails when read and is reported as a DatasetError).
 EuroSAT has no official split: a stratified 80/20 split from ``seed``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import socket
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -122,12 +126,81 @@ def make_transform(size: tuple[int, int]):
     )
 
 
+#: The only globals a CIFAR batch may name: what numpy arrays (and Python 2 byte strings) pickle to.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"the file names {module}.{name}, which a CIFAR batch never holds (refused: unpickling "
+                "it could run code)"
+            )
+        with warnings.catch_warnings():  # numpy 2 warns about the numpy.core alias
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().find_class(module, name)
+
+
+def read_cifar_pickle(path: str | os.PathLike) -> dict:
+    """A CIFAR batch or meta file as a dict, unpickled with only the globals of numpy arrays allowed.
+
+    Raises:
+        pickle.UnpicklingError: the file names another global (e.g. a code-running payload).
+    """
+    data = Path(path).read_bytes()
+    obj = _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()
+    if not isinstance(obj, dict):
+        raise pickle.UnpicklingError(f"{path} holds a {type(obj).__name__}, not the dict of a CIFAR file")
+    for value in obj.values():
+        if isinstance(value, np.ndarray) and value.dtype.hasobject:
+            raise pickle.UnpicklingError(f"{path} holds an array of Python objects, not CIFAR pixels")
+    return obj
+
+
+def _cifar_arrays(entry: dict, path: str) -> tuple[np.ndarray, list[int]]:
+    data = entry.get("data")
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: 'data' is not a uint8 array of shape (n, 3072)")
+    if not isinstance(labels, list) or len(labels) != len(data) or not all(isinstance(v, int) for v in labels):
+        raise ValueError(f"{path}: the labels are not a list of {len(data)} integers")
+    return data, labels
+
+
 def _cifar_class(name: str):
     from torchvision import datasets
 
     parent = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
 
     class _Cifar(parent):  # type: ignore[misc, valid-type]
+        """torchvision's CIFAR class, reading its files with :func:`read_cifar_pickle`."""
+
+        def __init__(self, root: str, train: bool = True, transform=None, download: bool = False) -> None:
+            datasets.VisionDataset.__init__(self, root, transform=transform)
+            self.train = train
+            if download:
+                self.download()  # torchvision's: fetches the archive and checks its MD5
+            if not self._check_integrity():
+                raise RuntimeError("Dataset not found or incomplete")
+            data, targets = [], []
+            for file_name, _ in self.train_list if train else self.test_list:
+                path = os.path.join(self.root, self.base_folder, file_name)
+                batch, labels = _cifar_arrays(read_cifar_pickle(path), path)
+                data.append(batch)
+                targets.extend(labels)
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
+            self.targets = targets
+            self._load_meta()
+
         # files must be present; torchvision's MD5 check of every batch is skipped
         def _check_integrity(self) -> bool:
             base = os.path.join(self.root, self.base_folder)
@@ -137,9 +210,10 @@ def _cifar_class(name: str):
 
         def _load_meta(self) -> None:
             path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-            with open(path, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-            self.classes = data[self.meta["key"]]
+            classes = read_cifar_pickle(path).get(self.meta["key"])
+            if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                raise ValueError(f"{path}: {self.meta['key']!r} is not a list of class names")
+            self.classes = classes
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     _Cifar.__name__ = _Cifar.__qualname__ = parent.__name__

@@ -280,16 +280,19 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load_state(path: Path) -> dict[str, Any]:
+    """A training state, read with torch's restricted unpickler (``weights_only=True``) only: a
+    state file from someone else cannot run code (every state ftlens writes loads this way)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        try:  # our own file: it may hold objects that the restricted unpickler refuses
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(
-                f"cannot read the training state {path} ({type(exc).__name__}: {exc}); delete it and the "
-                "run resumes from the epoch before"
-            ) from exc
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read the training state {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "it is damaged or was not written by ftlens. Delete it and the run resumes from the epoch before"
+        ) from exc
+    if not isinstance(state, dict) or not isinstance(state.get("metrics"), list):
+        raise CheckpointError(f"{path} is not an ftlens training state; delete it and the run resumes from "
+                              "the epoch before")
+    return state
 
 
 # --------------------------------------------------------------------------- model and data
