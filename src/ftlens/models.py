@@ -4,7 +4,8 @@
 
 - ``"timm:NAME"``: a timm architecture (``pretrained=True`` fetches hub weights);
   extra keyword arguments go to :func:`timm.create_model`;
-- ``"ftlens:PRESET"``: a small CPU-friendly ViT (see :data:`PRESETS`);
+- ``"ftlens:PRESET"``: a small CPU-friendly ViT (see :data:`PRESETS`), or real pretrained
+  weights that ship in a package (``ftlens:efficientnet-lite0-in1k``, see :mod:`ftlens.weights`);
 - a checkpoint ``path.safetensors`` / ``path.pt`` (with ``arch=SPEC`` unless the file
   was written by :func:`save_checkpoint`, which records its architecture);
 - a finetuning run's epoch: ``"RUN_DIR@3"``, ``"RUN_DIR@last"``, ``"RUN_DIR/epoch_3"``;
@@ -569,12 +570,20 @@ def load_model(
 def _build(spec: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Module, _Source]:
     import timm
 
+    from ftlens.weights import WEIGHTS, load_weights
+
     kind, name = spec.split(":", 1)
+    if kind == "ftlens" and name in WEIGHTS:  # real weights: rebuilt as their timm architecture
+        module, info = load_weights(name, **kwargs)
+        module.pretrained_cfg = {**module.pretrained_cfg, "mean": info.mean, "std": info.std,
+                                 "input_size": info.input_size}
+        return module, _Source(info.arch, dict(kwargs))
     if kind == "ftlens":
         if name not in PRESETS:
-            close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.3)
+            known = list(PRESETS) + list(WEIGHTS)
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.3)
             raise ValueError(
-                f"unknown ftlens preset {name!r}; presets: {', '.join(PRESETS)}"
+                f"unknown ftlens preset {name!r}; presets: {', '.join(known)}"
                 + (f" (did you mean {close[0]}?)" if close else "")
             )
         if pretrained:

