@@ -137,3 +137,67 @@ def test_cifar_reader_reads_every_protocol_and_refuses_objects(tmp_path, protoco
     path.write_bytes(pickle.dumps({"data": np.array([Payload(marker)], dtype=object)}, protocol=protocol))
     with pytest.raises(pickle.UnpicklingError):
         read_cifar_pickle(path)
+
+
+# --------------------------------------------------------------------------- nothing deleted
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_folder_without_config_is_refused_and_kept(tiny_run, tmp_path):
+    from ftlens.errors import OutputError
+
+    run_dir, opts = tiny_run
+    run = _copy(run_dir, tmp_path / "run")
+    (run / "config.yaml").unlink()
+    before = _snapshot(run)
+    with pytest.raises(OutputError, match="no config.yaml") as ei:
+        finetune(out=str(run), **opts)
+    assert "--overwrite" in str(ei.value) and "checkpoints/" in str(ei.value)
+    assert _snapshot(run) == before
+    # someone else's folder
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputError, match="thesis.tex"):
+        finetune(out=str(other), **opts)
+    assert (other / "thesis.tex").read_text() == "years of work"
+
+
+def test_unfinished_run_without_state_is_refused_and_kept(tiny_run, tmp_path):
+    from ftlens.errors import OutputError
+
+    run_dir, opts = tiny_run
+    run = _copy(run_dir, tmp_path / "run")
+    import shutil
+
+    shutil.rmtree(run / "state")
+    before = _snapshot(run)
+    with pytest.raises(OutputError, match="training state") as ei:
+        finetune(out=str(run), **opts)
+    assert "--pretrained-from" in str(ei.value) and "--overwrite" in str(ei.value)
+    assert _snapshot(run) == before
+    # usable for analysis and as a starting point
+    assert load_model(f"{run}@last").name
+    start = finetune(out=str(tmp_path / "next"), **{**opts, "pretrained_from": f"{run}@1", "epochs": 1})
+    assert start.completed
+    # --overwrite trains it again
+    again = finetune(out=str(run), overwrite=True, **opts)
+    assert again.completed and again.last_epoch == 2
+
+
+def test_finished_run_without_state_is_reused_not_retrained(tiny_run, tmp_path):
+    run_dir, opts = tiny_run
+    full = finetune(out=str(tmp_path / "full"), **opts)
+    import shutil
+
+    shutil.rmtree(full.run_dir / "state")
+    before = _snapshot(full.run_dir)
+    again = finetune(out=str(full.run_dir), **opts)
+    assert _snapshot(full.run_dir) == before
+    assert again.completed and again.last_epoch == 2
+    assert again.metrics["test_acc"].tolist() == pytest.approx(full.metrics["test_acc"].tolist(), abs=0, rel=1e-12)
+    for (k, v), (k2, v2) in zip(again.model.module.state_dict().items(), full.model.module.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2)

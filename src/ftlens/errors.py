@@ -1,10 +1,24 @@
-"""Exceptions of ftlens. Every message says what was wrong and what to do."""
+"""Every exception (and warning) class of ftlens, in one place. Every message says what was wrong
+and what to do.
+
+Errors caused by input the user can fix derive from :class:`FtlensError`; the command line prints
+their message on one line and exits with status 2. Those about a value also derive from
+``ValueError`` so that ``except ValueError`` keeps working.
+"""
 
 from __future__ import annotations
 
 
 class FtlensError(Exception):
     """Base class: an error caused by input the user can fix."""
+
+
+class ConfigError(FtlensError, ValueError):
+    """An invalid option or configuration (unknown key, wrong type, value out of range, conflict)."""
+
+
+class OutputError(FtlensError):
+    """An output folder that cannot be written, or that holds something ftlens must not overwrite."""
 
 
 class LayerError(FtlensError, KeyError):
@@ -32,3 +46,19 @@ class NumericalError(FtlensError, FloatingPointError):
 
 class OfflineError(FtlensError):
     """Something needs the network and the network is not there."""
+
+
+class CorrelationError(FtlensError, ValueError):
+    """Inputs of the correlation analysis that cannot be used as given."""
+
+
+class DistortionError(FtlensError, ValueError):
+    """Features or runs that cannot be compared as given."""
+
+
+class DegenerateRepresentationWarning(UserWarning):
+    """A similarity is undefined for the given input (e.g. a constant representation); NaN returned."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was ignored (unreadable, for another key, non-finite) or could not be written."""

@@ -147,15 +147,12 @@ class InversionSettings:
     autocast: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, (int, np.integer)) or self.steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
-        if not (isinstance(self.step_size, (int, float)) and math.isfinite(self.step_size) and self.step_size > 0):
-            raise ValueError(f"step_size must be a positive number, got {self.step_size!r}")
-        if self.start not in STARTS:
-            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
+        from ftlens.checks import inversion_options
+
+        steps, step_size, _ = inversion_options(self.steps, self.step_size, self.start)  # ConfigError
         dtype = _autocast_dtype(self.autocast)
-        object.__setattr__(self, "steps", int(self.steps))
-        object.__setattr__(self, "step_size", float(self.step_size))
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "step_size", step_size)
         object.__setattr__(self, "autocast", None if dtype is None else str(dtype).removeprefix("torch."))
 
     def effective_autocast(self, device: torch.device | str) -> str | None:

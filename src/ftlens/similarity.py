@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ftlens.errors import NumericalError
+from ftlens.errors import DegenerateRepresentationWarning, NumericalError
 
 __all__ = [
     "DegenerateRepresentationWarning",
@@ -95,10 +95,6 @@ _CONSTANT_RTOL = 1e-10
 _RANK_RTOL = 1e-10
 _KERNELS = ("linear", "rbf")
 _METHODS = ("auto", "gram", "features")
-
-
-class DegenerateRepresentationWarning(UserWarning):
-    """A similarity is undefined for the given input (e.g. a constant representation); NaN returned."""
 
 
 # ----------------------------------------------------------------------------------------------

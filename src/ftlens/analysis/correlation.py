@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ftlens.errors import FtlensError
+from ftlens.errors import CorrelationError
 
 COMBINATIONS: tuple[str, ...] = (
     "learning",
@@ -84,10 +84,6 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "is_headline",
     "note",
 )
-
-
-class CorrelationError(FtlensError, ValueError):
-    """Inputs of the correlation analysis that cannot be used as given."""
 
 
 # ----------------------------------------------------------------------------- hypotheses

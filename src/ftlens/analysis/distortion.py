@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from ftlens.errors import FtlensError, NumericalError
+from ftlens.errors import DistortionError, NumericalError
 
 MEASURES: tuple[str, ...] = (
     "mean_squared_difference",
@@ -50,10 +50,6 @@ RISE_THEN_FALL: tuple[str, ...] = ("dot_product", "norm")
 """Seed 003: these first rise then fall as energy grows."""
 
 ENERGY_KEYS: tuple[str, ...] = ("train_acc", "train_loss")
-
-
-class DistortionError(FtlensError, ValueError):
-    """Features or runs that cannot be compared as given."""
 
 
 # ----------------------------------------------------------------------------- pure functions

@@ -8,6 +8,7 @@ import typer
 
 from ftlens.cli import app
 from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
+from ftlens.errors import ConfigError
 
 
 @app.command("dynamics")
@@ -44,7 +45,7 @@ def dynamics_cmd(
         cfg_path = run_dir / "config.yaml"
         data = yaml.safe_load(cfg_path.read_text()).get("data") if cfg_path.exists() else None
         if data is None:
-            raise typer.BadParameter("the run records no dataset; pass --data")
+            raise ConfigError("the run records no dataset; pass --data")
     ds = get_dataset(data, split="test", image_size=pt.input_size[1:], data_dir=data_dir)
     x, _ = sample_images(ds, min(len(ds), max(images, images * 2)), seed=0)
     out = out or run_dir / "dynamics"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,16 +17,39 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: OSErrors that are the user's environment, not a bug: reported in one line like an FtlensError.
+_USER_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EDQUOT,
+                             errno.EISDIR, errno.ENAMETOOLONG})
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line the CLI prints for a user error (no markup, no line breaks)."""
+    if isinstance(exc, OSError) and not isinstance(exc, FtlensError):
+        from ftlens.checks import os_error_message
+
+        text = os_error_message(exc)
+    else:
+        text = str(exc)
+    return "error: " + " ".join(text.split())
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, FtlensError) or (isinstance(exc, OSError) and exc.errno in _USER_OS_ERRNOS)
+
+
 def fail_on_ftlens_error(func: F) -> F:
-    """Turn an :class:`FtlensError` into a one-paragraph message and exit code 2 (no traceback)."""
+    """Turn an :class:`FtlensError` (or a full disk, a read-only folder...) into one line on stderr
+    and exit code 2 (no traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except FtlensError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc}")
-            raise typer.Exit(code=2) from exc
+        except Exception as exc:
+            if not is_user_error(exc):
+                raise
+            typer.secho(error_line(exc), fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
 

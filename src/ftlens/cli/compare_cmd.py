@@ -8,6 +8,7 @@ import typer
 
 from ftlens.cli import app
 from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
+from ftlens.errors import ConfigError
 
 
 def _layer_list(values: list[str] | None) -> list[str] | None:
@@ -106,7 +107,7 @@ def compare_cmd(
     ctx = distributed.context()
     sharded = ctx.distributed or processes > 1
     if sharded and no_cache:
-        raise typer.BadParameter("a sharded run (--processes N > 1, or a launcher's WORLD_SIZE > 1) needs the "
+        raise ConfigError("a sharded run (--processes N > 1, or a launcher's WORLD_SIZE > 1) needs the "
                                  "shared inversion cache; drop --no-cache (use --cache-dir to choose it)")
     if threads and not sharded:
         import torch
@@ -121,7 +122,7 @@ def compare_cmd(
     # The pool: enough images for every seed to draw its own sample (capped by the split's size).
     pool_size = min(len(ds), images * seeds)
     if pool_size < images:
-        raise typer.BadParameter(f"dataset {data!r} (test split) has only {len(ds)} images; use --images {len(ds)} or fewer")
+        raise ConfigError(f"dataset {data!r} (test split) has only {len(ds)} images; use --images {len(ds)} or fewer")
     pool, _ = sample_images(ds, pool_size, seed=0)
     cache = None if no_cache else (cache_dir if cache_dir is not None else True)
     with inversion.runtime(compile=compile_):

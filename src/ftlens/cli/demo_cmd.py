@@ -9,6 +9,7 @@ import typer
 
 from ftlens.cli import app
 from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
+from ftlens.errors import ConfigError
 
 
 def _run(config, out: Path, stages: str | None, no_cache: bool) -> None:
@@ -17,7 +18,7 @@ def _run(config, out: Path, stages: str | None, no_cache: bool) -> None:
     chosen = tuple(parse_list(stages) or STAGES)
     bad = sorted(set(chosen) - set(STAGES))
     if bad:
-        raise typer.BadParameter(f"unknown stage(s) {bad}; stages: {', '.join(STAGES)}")
+        raise ConfigError(f"unknown stage(s) {bad}; stages: {', '.join(STAGES)}")
     start = time.perf_counter()
     exp = Experiment(config, out, **({"cache": None} if no_cache else {}))
     report = exp.run(chosen)

@@ -71,7 +71,6 @@ def finetune_cmd(
     Example: ftlens finetune --model ftlens:vit-tiny-32 --data digits --strategy lp-ft --epochs 5 --out runs/digits-lpft
     """
     options = dict(locals())
-    from ftlens.errors import FtlensError
     from ftlens.finetune import FinetuneConfig, finetune
     from ftlens.finetune.config import read_yaml_mapping
 
@@ -81,8 +80,12 @@ def finetune_cmd(
         base: dict[str, Any] = read_yaml_mapping(config) if config is not None else {}
         cfg = FinetuneConfig.coerce(base, **given)
         result = finetune(cfg, resume=resume, overwrite=overwrite, stop_after=stop_after)
-    except FtlensError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    except Exception as exc:
+        from ftlens.cli.common import error_line, is_user_error
+
+        if not is_user_error(exc):
+            raise
+        typer.secho(error_line(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     if _is_main_process():
         print_summary(result)

@@ -8,6 +8,7 @@ import typer
 
 from ftlens.cli import app
 from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
+from ftlens.errors import ConfigError
 
 
 @app.command("layers")
@@ -64,7 +65,7 @@ def cka_cmd(
     a = load_model(model_a, layers=parse_list(layers))
     b = load_model(model_b, layers=parse_list(layers))
     if a.input_size != b.input_size:
-        raise typer.BadParameter(f"input sizes differ: {a.input_size} vs {b.input_size}")
+        raise ConfigError(f"input sizes differ: {a.input_size} vs {b.input_size}")
     dataset = get_dataset(data, split="test", image_size=a.input_size[1:], data_dir=data_dir, seed=seed)
     x, _ = sample_images(dataset, images, seed=seed)
     ra = a.representations(x, progress=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftlens.errors import FtlensError
+from ftlens.errors import ConfigError
 
 TASKS = ("classification", "reconstruction")
 STRATEGIES = ("scratch", "ft", "lp", "lp-ft", "hp-ft", "l2-sp", "surgical", "wise-ft")
@@ -36,10 +36,6 @@ PAPER_WARMUP_STEPS = 100
 #: Fields that may change between a killed run and its resumption (they do not change results
 #: on the same device).
 RESUME_FREE_FIELDS = frozenset({"out", "device", "num_workers", "eval_batch_size", "download", "data_dir"})
-
-
-class ConfigError(FtlensError, ValueError):
-    """An invalid finetuning configuration (unknown name, value out of range, conflict)."""
 
 
 @dataclass

@@ -15,6 +15,11 @@ Epoch ``e`` is complete once its state file and its checkpoint both exist (the s
 first, then the checkpoint, then the previous state is removed; every write is atomic). A run
 that was killed resumes from its last complete epoch and ends bit-identical (CPU) to a run that
 was never interrupted, because each epoch's randomness is seeded by ``(seed, epoch)``.
+
+Nothing a user has is deleted without ``overwrite``: a folder that is not empty and holds no
+``config.yaml``, a run of another configuration, and checkpoints that have no training state
+(a run shared without ``state/``) are errors. A complete run without ``state/`` is returned as it
+is (usable for analysis and as a starting point), never retrained.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import pandas as pd
 import torch
 
 from ftlens import io
-from ftlens.errors import CheckpointError, FtlensError
+from ftlens.errors import CheckpointError, FtlensError, OutputError
 from ftlens.finetune.config import (
     PAPER_WARMUP_STEPS,
     RESUME_FREE_FIELDS,
@@ -194,16 +199,39 @@ class RunDir:
         both = self._epochs(self.states, ".pt") & self._epochs(self.checkpoints, ".safetensors")
         return max(both) if both else None
 
+    def checkpoint_epochs(self) -> set[int]:
+        return self._epochs(self.checkpoints, ".safetensors")
+
     def clean_after(self, epoch: int | None) -> None:
-        """Remove files of epochs after ``epoch`` (never complete) and temporary files."""
-        for folder, suffix in ((self.states, ".pt"), (self.checkpoints, ".safetensors")):
+        """Remove training states after ``epoch`` (an epoch killed before its checkpoint was
+        written) and temporary files. Checkpoints are never removed here."""
+        for folder in (self.states, self.checkpoints):
             if not folder.is_dir():
                 continue
             for p in folder.glob(".*.tmp"):
                 p.unlink(missing_ok=True)
-            for e in self._epochs(folder, suffix):
-                if epoch is None or e > epoch:
-                    (folder / f"epoch_{e:03d}{suffix}").unlink(missing_ok=True)
+        for e in self._epochs(self.states, ".pt"):
+            if epoch is None or e > epoch:
+                self.state(e).unlink(missing_ok=True)
+
+    def check_no_stray_checkpoints(self, last: int | None) -> None:
+        """OutputError when checkpoints after ``last`` exist (training would overwrite them), except
+        the one of epoch ``last + 1``: the epoch a killed process was writing, which is retrained."""
+        beyond = sorted(e for e in self.checkpoint_epochs() if last is None or e > last)
+        if last is not None and beyond == [last + 1]:
+            self.checkpoint(last + 1).unlink(missing_ok=True)
+        elif beyond:
+            has = f"up to epoch {last}" if last is not None else "for no epoch"
+            raise OutputError(
+                f"{self.path} holds checkpoints of epochs {beyond[0]}-{beyond[-1]} but a training state ({STATE_DIR}/) "
+                f"{has}, so the run cannot continue exactly and training would overwrite them. Nothing was "
+                f"changed: analyse them as they are ({self.path}@{beyond[-1]}), start a new run from them "
+                f"(--pretrained-from {self.path}@{beyond[-1]} --out NEW_DIR), or pass --overwrite to train again"
+            )
+
+    def is_complete_without_state(self, epochs: int) -> bool:
+        """True when checkpoints 0..epochs and metrics.csv are there (a finished run shared without state/)."""
+        return self.checkpoint_epochs() >= set(range(epochs + 1)) and self.metrics.is_file()
 
     def wipe(self) -> None:
         for p in (self.config, self.metrics, self.energy, self.probe, self.info):
@@ -217,7 +245,13 @@ class RunDir:
         if overwrite:
             self.wipe()
         if self.config.exists():
-            old = FinetuneConfig.from_yaml(self.config).to_dict()
+            try:
+                old = FinetuneConfig.from_yaml(self.config).to_dict()
+            except FtlensError as exc:
+                raise OutputError(
+                    f"{self.path} holds a run whose config.yaml cannot be read ({exc}). Nothing was changed: "
+                    "choose another --out, or pass --overwrite (overwrite=True) to replace that run"
+                ) from None
             new = cfg.to_dict()
             diff = {k: (old.get(k), new.get(k)) for k in new if k not in RESUME_FREE_FIELDS and old.get(k) != new.get(k)}
             if diff:
@@ -231,16 +265,30 @@ class RunDir:
                     f"{self.path} already holds this run; pass resume=True (--resume) to continue it or "
                     "overwrite=True (--overwrite) to start again"
                 )
-        elif self.path.exists() and any(self.path.iterdir()):
-            ours = {"checkpoints", STATE_DIR, "metrics.csv", "energy.json", "linear_probe.json", "run.json"}
-            foreign = [p.name for p in self.path.iterdir() if p.name not in ours]
-            if foreign:
-                raise ConfigError(
-                    f"{self.path} exists and is not an ftlens run directory (it holds {foreign[:5]}); choose "
-                    "another --out"
+        elif self.path.exists():
+            check_output_dir(self.path)
+            if any(self.path.iterdir()):
+                raise OutputError(
+                    f"{self.path} is not empty ({describe_folder(self.path)}) and has no config.yaml, so it is "
+                    "not a run ftlens can continue. Nothing was changed: choose another --out, or pass "
+                    "--overwrite (overwrite=True) to replace the run files in it"
                 )
-            self.wipe()
+        check_output_dir(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+
+
+def describe_folder(path: Path, limit: int = 5) -> str:
+    """``"it holds a.txt, b/, ... (12 entries)"`` for an error message."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(path).iterdir())
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+    return f"it holds {shown}"
+
+
+def check_output_dir(path: Path) -> None:
+    """OutputError unless ``path`` is (or can be created as) a writable folder."""
+    from ftlens.checks import check_writable_dir
+
+    check_writable_dir(path, "--out")
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]], energy: dict[str, Any] | None) -> pd.DataFrame:
@@ -287,12 +335,15 @@ def _load_state(path: Path) -> dict[str, Any]:
     except Exception as exc:
         raise CheckpointError(
             f"cannot read the training state {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "it is damaged or was not written by ftlens. Delete it and the run resumes from the epoch before"
+            f"it is damaged or was not written by ftlens. {_STATE_ADVICE}"
         ) from exc
     if not isinstance(state, dict) or not isinstance(state.get("metrics"), list):
-        raise CheckpointError(f"{path} is not an ftlens training state; delete it and the run resumes from "
-                              "the epoch before")
+        raise CheckpointError(f"{path} is not an ftlens training state. {_STATE_ADVICE}")
     return state
+
+
+_STATE_ADVICE = ("The checkpoints are untouched and usable for analysis (RUN@EPOCH) or as a starting point "
+                 "(--pretrained-from RUN@EPOCH); pass --overwrite (overwrite=True) to train the run again")
 
 
 # --------------------------------------------------------------------------- model and data
@@ -441,10 +492,13 @@ class _Run:
         cfg, rt, d = self.cfg, self.runtime, self.dir
         if rt.is_main:
             d.prepare(cfg, resume=resume, overwrite=overwrite)
-            io.write_text(d.config, cfg.to_yaml())
         rt.barrier()
         last = d.last_complete() if resume else None
+        if resume and d.is_complete_without_state(len(self.phases)) and (last is None or last < len(self.phases)):
+            return self._shared_result()
+        d.check_no_stray_checkpoints(last)
         if rt.is_main:
+            io.write_text(d.config, cfg.to_yaml())
             d.clean_after(last)
         rt.barrier()
         self.rows: list[dict[str, Any]] = []
@@ -508,6 +562,20 @@ class _Run:
         model = load_model(f"{d.path}@last")
         return RunResult(run_dir=d.path, metrics=df, model=model, config=cfg, energy=self.energy,
                          linear_probe=self.probe, completed=end >= total)
+
+    def _shared_result(self) -> RunResult:
+        """A finished run without its training states: its files as they are, nothing trained."""
+        d = self.dir
+        try:
+            df = pd.read_csv(d.metrics)
+            if "epoch" not in df.columns or len(df) != len(self.phases) + 1:
+                raise ValueError(f"{len(df)} rows, expected {len(self.phases) + 1} with an 'epoch' column")
+        except Exception as exc:
+            raise OutputError(f"{d.metrics} cannot be read ({type(exc).__name__}: {exc}); {_STATE_ADVICE}") from None
+        energy = io.read_json(d.energy) if d.energy.is_file() else None
+        probe = io.read_json(d.probe) if d.probe.is_file() else None
+        return RunResult(run_dir=d.path, metrics=df, model=load_model(f"{d.path}@last"), config=self.cfg,
+                         energy=energy, linear_probe=probe, completed=True)
 
     # ---------------------------------------------------------------- epochs
     def _epoch_zero(self) -> None:
