@@ -13,7 +13,6 @@ import torch
 
 from ftlens.analysis import distortion as dist
 from ftlens.errors import NumericalError
-from ftlens.models import load_model
 
 ATOL = 1e-10  # float64 arithmetic on float32 features: identical inputs give ~1e-16
 RTOL = 1e-9
@@ -50,14 +49,9 @@ def _slow(z0: torch.Tensor, zt: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _micro(seed: int):
-    torch.manual_seed(seed)
-    return load_model("ftlens:vit-micro")
-
-
 @pytest.fixture(scope="module")
-def models():
-    return _micro(0), _micro(0), _micro(1)
+def models(make_vit):
+    return make_vit(0), make_vit(0), make_vit(1)
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,14 @@ LAYERS = ["blocks.0", "blocks.1"]
 KW = dict(layers=LAYERS, seeds=1, n_images=16, steps=5, progress=False)
 
 
-def _vit(seed: int):
-    torch.manual_seed(seed)
-    return load_model("ftlens:vit-micro")
+@pytest.fixture(scope="module")
+def models(pt, ft):
+    return pt, ft
 
 
 @pytest.fixture(scope="module")
-def models():
-    return _vit(0), _vit(1)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+def pool(make_pool):
+    return make_pool(16, 7)
 
 
 def test_two_gloo_processes_give_the_single_process_result(models, pool, tmp_path):
@@ -110,7 +105,7 @@ def test_context_from_environment(monkeypatch):
     assert ctx.shard(list(range(10))) == [3, 7]
     assert ctx.resolve_device("cpu") == torch.device("cpu") and ctx.resolve_device(None) is None
     with pytest.raises(ValueError, match="launcher"):
-        distributed.sharded_compare("ftlens:vit-micro", "ftlens:vit-micro", torch.rand(4, 3, 16, 16), processes=2)
+        compare("ftlens:vit-micro", "ftlens:vit-micro", torch.rand(4, 3, 16, 16), processes=2)
 
 
 def _same(a, b, x):
@@ -120,10 +115,10 @@ def _same(a, b, x):
     assert all(torch.equal(ra[k], rb[k]) for k in ra)
 
 
-def test_models_cross_process_boundaries(tmp_path):
+def test_models_cross_process_boundaries(tmp_path, make_vit):
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     # a random-weight spec: the weights travel, not the spec
-    m = _vit(5)
+    m = make_vit(5)
     _same(m, pickle.loads(pickle.dumps(ModelRef.from_wrapper(m))).load(), x)
     # a checkpoint, with the final norm as an extra layer
     path = save_checkpoint(m, tmp_path / "m.safetensors")

@@ -29,26 +29,12 @@ N_IMAGES = 32
 STEPS = 8
 LAYERS = ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
 
-
-
-def _vit(seed: int):
-    torch.manual_seed(seed)
-    return load_model("ftlens:vit-micro")
+# pt (vit-micro seed 0) and ft (seed 1, a *different* model) come from conftest.py
 
 
 @pytest.fixture(scope="module")
-def pt():
-    return _vit(0)
-
-
-@pytest.fixture(scope="module")
-def ft():
-    return _vit(1)  # a *different* model: different random weights
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return torch.rand(N_POOL, 3, 16, 16, generator=torch.Generator().manual_seed(42))
+def pool(make_pool):
+    return make_pool(N_POOL, 42)
 
 
 @pytest.fixture(scope="module")
@@ -188,17 +174,17 @@ def test_tables_are_tidy(cmp_different):
 # ------------------------------------------------------------------------------ cost and cache
 
 
-def test_two_l_inversions_per_seed_and_shared_by_targets(pt, ft, pool, counter):
+def test_two_l_inversions_per_seed_and_shared_by_targets(pt, ft, pool, counter, make_vit):
     compare(pt, ft, pool, seeds=2, n_images=16, steps=1, cache=None, progress=False)
     assert len(counter) == 2 * len(LAYERS) * 2  # 2L per seed, not L^2
     counter.clear()
-    third = _vit(2)
+    third = make_vit(2)
     df = stir([ft, third], pt, pool[:16], seeds=1, steps=1, cache=None, progress=False)
     assert len(counter) == len(LAYERS)  # one inversion per reference layer serves both targets
     assert df["target"].nunique() == 2 and len(df) == 2 * len(LAYERS) ** 2
 
 
-def test_cache_reuse_dynamics_and_resumption(pt, ft, pool, tmp_path, counter):
+def test_cache_reuse_dynamics_and_resumption(pt, ft, pool, tmp_path, counter, make_vit):
     cache = Cache(tmp_path / "cache")
     kw = dict(seeds=2, n_images=16, steps=2, cache=cache, progress=False, layers=["blocks.0", "blocks.2"])
     first = compare(pt, ft, pool, **kw)
@@ -208,7 +194,7 @@ def test_cache_reuse_dynamics_and_resumption(pt, ft, pool, tmp_path, counter):
     assert len(counter) == 0 and again.config["n_inversions_computed"] == 0  # no inversion at all
     pd.testing.assert_frame_equal(first.per_layer, again.per_layer)
     # another finetuned model (another epoch): only its own inversions, the pretrained side is cached
-    epoch2 = _vit(3)
+    epoch2 = make_vit(3)
     compare(pt, epoch2, pool, **kw)
     assert len(counter) == 4 and all(fp == epoch2.fingerprint for fp, _, _ in counter)
     assert {(layer, seed) for _, layer, seed in counter} == {(la, s) for la in ("blocks.0", "blocks.2") for s in (0, 1)}

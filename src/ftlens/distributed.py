@@ -1,22 +1,21 @@
-"""Split the work items of an analysis across processes and GPUs with ``torch.distributed``.
+"""Executors that split the work items of a comparison across processes and GPUs.
 
 Two ways in, one mechanism:
 
 - ``accelerate launch -m ftlens compare ...`` (or ``torchrun -m ftlens compare ...``): the
   launcher starts the processes and sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``;
-  :func:`context` reads them and ``ftlens compare`` runs sharded.
-- ``ftlens compare --processes N`` or ``compare(..., processes=N)``: :func:`launch_local`
-  spawns N local processes (``torch.multiprocessing.spawn``), each with
+  :func:`executor` then gives :class:`TorchDistributed`, and every rank runs ``compare``.
+- ``ftlens compare --processes N`` or ``compare(..., processes=N)``: :class:`LocalProcesses`
+  spawns N local processes (:func:`launch_local`, ``torch.multiprocessing.spawn``), each with
   ``cpu_count // N`` CPU threads, or one GPU each when the device is CUDA.
 
-Every rank plans the same work items (:func:`ftlens.invariance.compare_plan`: one per
-(reference model, reference layer, seed), each with its content key), computes its share
-(:func:`assign`: the unique items, balanced by cost), and writes each result to the
-shared content-keyed cache. After a barrier (a gather of the per-rank work logs), rank 0
-runs the ordinary :func:`~ftlens.invariance.compare`, which finds every item in the cache,
-merges and scores. The merged result is the single-process result, bit for bit: the items
-are the same computations with the same seeds and the same batches, only run elsewhere.
-Other ranks return ``None`` (the CLI exits quietly on them).
+Every process plans the same work items (:func:`ftlens.invariance.plan.plan_inversions`: one
+per (reference model, reference layer, seed), each with its content key), computes its share
+(:func:`assign`: the unique items, balanced by cost), and writes each result to the shared
+content-keyed cache. After a barrier (a gather of the per-rank work logs) the scoring process
+reads every item from the cache and scores. The merged result is the single-process result,
+bit for bit: the items are the same computations with the same seeds and the same batches,
+only run elsewhere.
 
 The process group only carries control messages (barrier, small objects), so it always
 uses the gloo backend, on CPUs and GPUs alike; the GPUs never exchange tensors. Its timeout
@@ -28,6 +27,9 @@ preprocessing and layers), so random-weight specs, checkpoints and user modules 
 with the same fingerprint, hence the same cache keys. Under a launcher, where every rank loads
 the models itself, the ranks compare fingerprints and the image pool's hash; on a mismatch
 (random weights loaded without a seed) rank 0's models and images are broadcast to the others.
+
+This module imports the core (:mod:`ftlens.invariance.plan`, :mod:`ftlens.invariance.run`);
+the core never imports it.
 """
 
 from __future__ import annotations
@@ -45,17 +47,26 @@ from typing import Any, TypeVar
 
 import torch
 
+from ftlens import inversion
+from ftlens.invariance.plan import Plan, plan_inversions
+from ftlens.invariance.run import Execution, Executor, InProcess, run_plan
+from ftlens.models import ModelWrapper, load_model
+from ftlens.store import Cache, resolve_cache, tensor_hash
+
 T = TypeVar("T")
 
 __all__ = [
     "Context",
+    "LocalProcesses",
     "ModelRef",
+    "TorchDistributed",
     "assign",
     "barrier",
     "context",
+    "executor",
     "init_process_group",
     "launch_local",
-    "sharded_compare",
+    "portable",
 ]
 
 #: Environment variable: seconds a rank may wait at a barrier (default 24 h).
@@ -170,8 +181,6 @@ class ModelRef:
 
     @classmethod
     def from_wrapper(cls, model) -> ModelRef:
-        from ftlens.models import ModelWrapper
-
         if not isinstance(model, ModelWrapper):
             raise TypeError(f"ModelRef.from_wrapper needs a ModelWrapper, got {type(model).__name__}")
         module = model.module
@@ -183,8 +192,6 @@ class ModelRef:
                    fingerprint=model.fingerprint)
 
     def load(self, device: str | torch.device | None = None):
-        from ftlens.models import ModelWrapper
-
         wrapper = ModelWrapper(self.module, spec=self.spec, mean=self.mean, std=self.std, input_size=self.input_size,
                                layers=self.layers, source=self.source, extra_state=self.extra_state, name=self.name)
         if self.fingerprint and wrapper.fingerprint != self.fingerprint:
@@ -199,8 +206,6 @@ def portable(model) -> ModelRef:
     Specs are loaded here, once, so that every process gets the same weights (a random-weight
     spec loaded in each process separately would give each its own model).
     """
-    from ftlens.models import ModelWrapper, load_model
-
     if isinstance(model, ModelRef):
         return model
     if not isinstance(model, ModelWrapper):
@@ -229,35 +234,29 @@ def assign(costs: Sequence[float], world_size: int) -> list[list[int]]:
     return [sorted(s) for s in shares]
 
 
-def _item_costs(plan) -> list[float]:
-    """Relative cost of each unique item: the depth of its layer in its model (1-based).
-
-    The forward (and backward) of an inversion stops at its layer, so for a stack of equal
-    blocks the cost grows linearly with the depth.
-    """
-    unique = list({item.key: item for item in plan.items}.values())
-    costs = []
-    for item in unique:
-        layers = plan.layers[item.reference]
-        costs.append(float(layers.index(item.layer) + 1))
-    return costs
+def _cache_root(cache) -> str:
+    store = resolve_cache(cache)
+    if store is None:
+        raise ValueError("sharded compare needs a cache shared by the processes (each rank writes its "
+                         "inversions there and rank 0 merges them): pass cache=True (the default directory, "
+                         "$FTLENS_CACHE_DIR or ~/.cache/ftlens) or a directory, not None")
+    store.root.mkdir(parents=True, exist_ok=True)
+    return str(store.root)
 
 
-def _run_share(ctx: Context, pt, ft, images: torch.Tensor, store, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Plan like :func:`compare`, run this rank's share of the unique items into ``store``."""
-    from ftlens.invariance import compare_plan, run_plan
-
-    plan_keys = ("layers", "seeds", "n_images", "steps", "step_size", "start", "autocast", "device")
-    _, _, _, _, plan = compare_plan(pt, ft, images, **{k: kwargs[k] for k in plan_keys if k in kwargs})
-    unique = list({item.key: item for item in plan.items}.values())
-    mine = [unique[i] for i in assign(_item_costs(plan), ctx.world_size)[ctx.rank]]
+def _run_share(ctx: Context, plan: Plan, images: torch.Tensor, store: Cache, batch_size: int | None,
+               progress: bool | None) -> dict[str, Any]:
+    """Run this rank's share of the plan's unique items into ``store``; returns the rank's log."""
+    unique = plan.unique_items
+    mine = [unique[i] for i in assign(plan.item_costs(), ctx.world_size)[ctx.rank]]
     writes = store.writes
     t0 = time.perf_counter()
-    invs = run_plan(plan, images, items=mine, cache=store, batch_size=kwargs.get("batch_size"),
-                    progress=kwargs.get("progress") if ctx.is_main else False)
+    invs = run_plan(plan, images, items=mine, cache=store, batch_size=batch_size,
+                    progress=progress if ctx.is_main else False)
+    first = next(iter(plan.references.values()))
     return {
         "rank": ctx.rank,
-        "device": str(plan.device or pt.device),
+        "device": str(plan.device or first.device),
         "threads": torch.get_num_threads(),
         "items": [item.describe() for item in mine],
         "keys": [item.key for item in mine],
@@ -268,134 +267,144 @@ def _run_share(ctx: Context, pt, ft, images: torch.Tensor, store, kwargs: dict[s
     }
 
 
-def _sync_inputs(ctx: Context, pt, ft, images: torch.Tensor):
-    """Make sure every rank has rank 0's models and images (launchers load them per rank)."""
-    from ftlens.store import tensor_hash
-
-    mine = (pt.fingerprint, ft.fingerprint, tensor_hash(images))
-    everyone = _gather(mine, ctx)
-    if all(x == everyone[0] for x in everyone):
-        return pt, ft, images
-    models_differ = any(x[:2] != everyone[0][:2] for x in everyone)
-    images_differ = any(x[2] != everyone[0][2] for x in everyone)
-    if models_differ:
-        refs = _broadcast((ModelRef.from_wrapper(pt), ModelRef.from_wrapper(ft)) if ctx.is_main else None, ctx)
-        if not ctx.is_main:
-            pt, ft = refs[0].load(pt.device), refs[1].load(ft.device)
-    if images_differ:
-        images = _broadcast(images if ctx.is_main else None, ctx)
-    return pt, ft, images
-
-
-def _sharded(ctx: Context, pt, ft, images: torch.Tensor, cache_root: str, kwargs: dict[str, Any]):
-    """The body every rank runs: share, barrier, rank 0 merges. Returns the result on rank 0."""
-    from ftlens.invariance import compare
-    from ftlens.store import Cache
-
-    kwargs = dict(kwargs)
-    device = ctx.resolve_device(kwargs.get("device"))
-    kwargs["device"] = device
-    if device is not None:
-        pt.to(device)
-        ft.to(device)
-    pt, ft, images = _sync_inputs(ctx, pt, ft, images)
-    store = Cache(cache_root)
-    t0 = time.perf_counter()
-    log = _run_share(ctx, pt, ft, images, store, kwargs)
-    logs = _gather(log, ctx)  # the barrier: every rank's share is in the cache after this
-    t_shares = time.perf_counter() - t0
-    if not ctx.is_main:
-        return None
-    result = compare(pt, ft, images, cache=store, **kwargs)
+def _merge(plan: Plan, images: torch.Tensor, store: Cache, logs: list[dict[str, Any]], world_size: int,
+           t_shares: float) -> Execution:
+    """Read every item of the plan from the cache (the shares put them there) -> Execution."""
+    invs = run_plan(plan, images, cache=store, progress=False)
     computed = [k for lg in logs for k in lg["computed"]]
-    result.config["distributed"] = {
-        "world_size": ctx.world_size,
+    info = {
+        "world_size": world_size,
         "backend": "gloo",
         "assignment": "unique work items balanced by layer depth (longest first)",
         "shares_s": t_shares,
-        "merge_s": result.config["timings"]["total_s"],
         "n_inversions_computed": len(computed),
         "ranks": logs,
     }
-    result.config["n_inversions_computed"] = len(computed)
-    result.config["timings"]["inversion_compute_s"] = float(sum(lg["compute_seconds"] for lg in logs))
-    result.config["timings"]["total_s"] = time.perf_counter() - t0
-    return result
+    return Execution(invs, computed, float(sum(lg["compute_seconds"] for lg in logs)), info)
 
 
-def _local_rank_main(ctx: Context, refs: tuple[ModelRef, ModelRef], images: torch.Tensor, cache_root: str,
-                     kwargs: dict[str, Any], runtime_state: tuple):
-    from ftlens import inversion
+def _plan_spec(plan: Plan) -> dict[str, Any]:
+    """What rebuilds ``plan`` in another process (models travel separately as ModelRefs)."""
+    return {"layers": plan.layers, "seeds": plan.seeds, "n_images": plan.n_images, "settings": plan.settings,
+            "device": plan.device}
 
+
+def _local_rank_main(ctx: Context, refs: dict[str, ModelRef], spec: dict[str, Any], images: torch.Tensor,
+                     cache_root: str, batch_size: int | None, progress: bool | None, runtime_state: tuple):
+    """One local rank: rebuild the plan, run its share, gather the logs (rank 0 returns them)."""
     rt, precision = runtime_state
     torch.set_float32_matmul_precision(precision)
-    device = ctx.resolve_device(kwargs.get("device"))
-    pt, ft = refs[0].load(device), refs[1].load(device)
+    device = ctx.resolve_device(spec["device"])
+    models = {label: ref.load(device) for label, ref in refs.items()}
     with inversion.runtime(rt):
-        return _sharded(ctx, pt, ft, images, cache_root, kwargs)
+        plan = plan_inversions(models, images, layers=spec["layers"], seeds=spec["seeds"],
+                               n_images=spec["n_images"], settings=spec["settings"], device=device)
+        log = _run_share(ctx, plan, images, Cache(cache_root), batch_size, progress)
+    return _gather(log, ctx)
 
 
-def _cache_root(cache) -> str:
-    from ftlens.store import resolve_cache
+class LocalProcesses:
+    """Spawn ``processes`` local processes (gloo) that share the plan's items through the cache.
 
-    store = resolve_cache(cache)
-    if store is None:
-        raise ValueError("sharded compare needs a cache shared by the processes (each rank writes its "
-                         "inversions there and rank 0 merges them): pass cache=True (the default directory, "
-                         "$FTLENS_CACHE_DIR or ~/.cache/ftlens) or a directory, not None")
-    store.root.mkdir(parents=True, exist_ok=True)
-    return str(store.root)
-
-
-def sharded_compare(
-    pretrained,
-    finetuned,
-    images: torch.Tensor,
-    *,
-    processes: int | None = None,
-    cache=True,
-    threads: int | None = None,
-    **compare_kwargs: Any,
-):
-    """:func:`ftlens.invariance.compare` with its inversions split across processes.
-
-    - ``processes=N > 1``: spawn ``N`` local processes (gloo; ``threads`` or
-      ``cpu_count // N`` CPU threads each; ``device="cuda"`` gives rank ``r`` GPU ``r``);
-      returns the merged :class:`~ftlens.invariance.Comparison` here.
-    - otherwise, inside a launcher (``WORLD_SIZE > 1``: ``accelerate launch``, ``torchrun``):
-      run this rank's share; rank 0 returns the merged comparison, every other rank ``None``.
-    - otherwise: plain :func:`~ftlens.invariance.compare`.
-
-    ``cache`` is required (a directory every process can reach); ``compare_kwargs`` are those of
-    :func:`~ftlens.invariance.compare` (layers, seeds, n_images, steps, ...).
+    Each process gets ``threads`` (default ``cpu_count // processes``) CPU threads, or GPU
+    ``rank`` when the plan's device is CUDA. This process then reads every item from the cache.
     """
-    from ftlens import inversion
-    from ftlens.invariance import _as_model, compare
 
-    compare_kwargs.pop("processes", None)
-    ctx = context()
-    if processes is not None and int(processes) > 1:
-        if ctx.distributed:
-            raise ValueError(f"processes={processes} inside a launcher that already started {ctx.world_size} "
+    is_main = True
+
+    def __init__(self, processes: int, *, threads: int | None = None, cache=True) -> None:
+        if context().distributed:
+            raise ValueError(f"processes={processes} inside a launcher that already started {context().world_size} "
                              "processes; use one or the other")
-        cache_root = _cache_root(cache)
-        refs = (portable(_as_model(pretrained, "pretrained")), portable(_as_model(finetuned, "finetuned")))
+        self.processes = int(processes)
+        self.threads = threads
+        self.cache_root = _cache_root(cache)
+
+    def prepare(self, models, images, device):
+        return dict(models), images, device
+
+    def run(self, plan: Plan, images: torch.Tensor, *, cache: Cache | None, batch_size: int | None,
+            progress: bool | None) -> Execution:
+        refs = {label: portable(m) for label, m in plan.references.items()}
         try:
             precision = torch.get_float32_matmul_precision()
         except RuntimeError:
             precision = "highest"
         state = (inversion.current_runtime(), precision)
-        return launch_local(_local_rank_main, int(processes), refs, images, cache_root, compare_kwargs, state,
-                            threads=threads)
-    if ctx.distributed:
-        cache_root = _cache_root(cache)
+        t0 = time.perf_counter()
+        logs = launch_local(_local_rank_main, self.processes, refs, _plan_spec(plan), images, self.cache_root,
+                            batch_size, progress, state, threads=self.threads)
+        return _merge(plan, images, Cache(self.cache_root), logs, self.processes, time.perf_counter() - t0)
+
+
+class TorchDistributed:
+    """Under a launcher (``accelerate launch``, ``torchrun``): this rank runs its share of the items.
+
+    Rank 0 then reads every item from the shared cache and scores; ``run`` returns ``None`` on
+    the other ranks. ``prepare`` joins the process group, moves the models to this rank's
+    device and makes every rank use rank 0's models and images.
+    """
+
+    def __init__(self, *, threads: int | None = None, cache=True) -> None:
+        self.ctx = context()
+        self.cache_root = _cache_root(cache)
         _set_launcher_threads(threads)
-        init_process_group(ctx)
-        pt, ft = _as_model(pretrained, "pretrained"), _as_model(finetuned, "finetuned")
-        return _sharded(ctx, pt, ft, images, cache_root, compare_kwargs)
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
+
+    def prepare(self, models, images, device):
+        init_process_group(self.ctx)
+        device = self.ctx.resolve_device(device)
+        models = dict(models)
+        if device is not None:
+            for m in models.values():
+                m.to(device)
+        models, images = _sync_inputs(self.ctx, models, images)
+        return models, images, device
+
+    def run(self, plan: Plan, images: torch.Tensor, *, cache: Cache | None, batch_size: int | None,
+            progress: bool | None) -> Execution | None:
+        store = Cache(self.cache_root)
+        t0 = time.perf_counter()
+        log = _run_share(self.ctx, plan, images, store, batch_size, progress)
+        logs = _gather(log, self.ctx)  # the barrier: every rank's share is in the cache after this
+        if not self.ctx.is_main:
+            return None
+        return _merge(plan, images, store, logs, self.ctx.world_size, time.perf_counter() - t0)
+
+
+def _sync_inputs(ctx: Context, models: dict[str, ModelWrapper], images: torch.Tensor):
+    """Make sure every rank has rank 0's models and images (launchers load them per rank)."""
+    mine = (tuple(m.fingerprint for m in models.values()), tensor_hash(images))
+    everyone = _gather(mine, ctx)
+    if all(x == everyone[0] for x in everyone):
+        return models, images
+    if any(x[0] != everyone[0][0] for x in everyone):
+        refs = _broadcast({k: ModelRef.from_wrapper(m) for k, m in models.items()} if ctx.is_main else None, ctx)
+        if not ctx.is_main:
+            models = {k: refs[k].load(m.device) for k, m in models.items()}
+    if any(x[1] != everyone[0][1] for x in everyone):
+        images = _broadcast(images if ctx.is_main else None, ctx)
+    return models, images
+
+
+def executor(processes: int | None = None, *, threads: int | None = None, cache=True) -> Executor:
+    """The executor for ``processes`` and the environment.
+
+    ``processes > 1``: :class:`LocalProcesses`; else under a launcher (``WORLD_SIZE > 1``):
+    :class:`TorchDistributed`; else :class:`~ftlens.invariance.run.InProcess` (with
+    ``threads`` CPU threads when given). The multi-process ones need ``cache`` (a directory
+    every process can reach).
+    """
+    if processes is not None and int(processes) > 1:
+        return LocalProcesses(int(processes), threads=threads, cache=cache)
+    if context().distributed:
+        return TorchDistributed(threads=threads, cache=cache)
     if threads:
         torch.set_num_threads(int(threads))
-    return compare(pretrained, finetuned, images, cache=cache, **compare_kwargs)
+    return InProcess()
 
 
 def _set_launcher_threads(threads: int | None) -> None:

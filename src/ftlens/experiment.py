@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from ftlens import io
+from ftlens.settings import PAPER
 
 STAGES = ("pretrain", "finetune", "compare", "dynamics", "correlation", "distortion", "findings", "report")
 _ALL_RANKS = ("pretrain", "finetune", "compare", "dynamics")  # the stages that use every process
@@ -44,12 +45,12 @@ _ALL_RANKS = ("pretrain", "finetune", "compare", "dynamics")  # the stages that 
 class AnalysisConfig:
     """What to measure and how precisely."""
 
-    images: int = 500  # images per seed (the paper: 500)
-    seeds: int = 3  # the paper: 3
-    steps: int = 50  # inversion steps (the paper's text: 50)
-    step_size: float = 0.5
+    images: int = PAPER.images  # images per seed
+    seeds: int = PAPER.seeds
+    steps: int = PAPER.steps  # inversion steps
+    step_size: float = PAPER.step_size
     layers: list[str] | None = None  # default: every block
-    debiased: bool = False  # CKA estimator; the paper uses the biased one
+    debiased: bool = PAPER.debiased  # CKA estimator; the paper uses the biased one
     compare: list[str] | None = None  # run names (default: every run except lp / wise-ft)
     dynamics: list[str] = field(default_factory=list)
     dynamics_epochs: list[int] | None = None
@@ -217,18 +218,15 @@ class Experiment:
                      device=self.config.device, data_dir=self.config.data_dir, pretrained=self.config.pretrained,
                      **kwargs)
 
-    def _image_pool(self, n: int, seed: int = 0):
+    def _image_pool(self, n: int, seeds: int = 1):
+        """The test-split pool for ``seeds`` seeds of ``n`` images (:func:`ftlens.invariance.pool.image_pool`)."""
         from ftlens.data import get_dataset
+        from ftlens.invariance.pool import image_pool
 
         pt = self.load_pretrained()
         ds = get_dataset(self.config.data, split="test", image_size=pt.input_size[1:], data_dir=self.config.data_dir)
-        if hasattr(ds, "tensors"):
-            images, labels = ds.tensors()
-        else:
-            from ftlens.data import sample_images
-
-            images, labels = sample_images(ds, min(len(ds), n), seed=seed)
-        return images, labels
+        pool = image_pool(ds, min(n, len(ds)), seeds)
+        return pool.images, pool.labels
 
     def _compare_kwargs(self) -> dict[str, Any]:
         a = self.config.analysis
@@ -248,18 +246,18 @@ class Experiment:
         return [r["name"] for r in self.config.runs if r.get("strategy", "ft") not in ("lp", "wise-ft")]
 
     def stage_compare(self) -> None:
-        from ftlens.distributed import sharded_compare
+        from ftlens.invariance import compare
         from ftlens.models import load_model
 
         pt = self.load_pretrained()
-        images, _ = self._image_pool(self.config.analysis.images)
+        images, _ = self._image_pool(self.config.analysis.images, self.config.analysis.seeds)
         for name in self.compare_names():
             target = self.out / "compare" / name
             if (target / "comparison.json").exists():
                 continue
             ft = load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
-            cmp = sharded_compare(pt, ft, images, **self._compare_kwargs())  # plain compare in one process
-            if cmp is not None:  # rank 0
+            cmp = compare(pt, ft, images, **self._compare_kwargs())
+            if cmp is not None:  # None on ranks other than 0 under a launcher
                 cmp.save(target)
 
     def stage_dynamics(self) -> None:
@@ -268,7 +266,7 @@ class Experiment:
         if not self.config.analysis.dynamics:
             return
         pt = self.load_pretrained()
-        images, _ = self._image_pool(self.config.analysis.images)
+        images, _ = self._image_pool(self.config.analysis.images, self.config.analysis.seeds)
         for name in self.config.analysis.dynamics:
             dynamics(self.run_dir(name), pt, images, epochs=self.config.analysis.dynamics_epochs,
                      out=self.out / "dynamics" / name, **self._compare_kwargs())

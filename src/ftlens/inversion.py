@@ -76,6 +76,7 @@ import torch
 
 from ftlens.errors import NumericalError
 from ftlens.models import ModelWrapper
+from ftlens.settings import PAPER
 
 __all__ = [
     "STARTS",
@@ -141,9 +142,9 @@ class InversionSettings:
             autocast on CUDA only (ignored on the CPU); residuals are always float32.
     """
 
-    steps: int = 50
-    step_size: float = 0.5
-    start: str = "noise"
+    steps: int = PAPER.steps
+    step_size: float = PAPER.step_size
+    start: str = PAPER.start
     autocast: str | None = None
 
     def __post_init__(self) -> None:
@@ -623,9 +624,9 @@ def invert(
     model: ModelWrapper,
     layer: str,
     images: torch.Tensor,
-    steps: int = 50,
-    step_size: float = 0.5,
-    start: str = "noise",
+    steps: int = PAPER.steps,
+    step_size: float = PAPER.step_size,
+    start: str = PAPER.start,
     seed: int = 0,
     *,
     batch_size: int | None = None,
@@ -754,9 +755,9 @@ def invert_many(
     model: ModelWrapper,
     layers: Sequence[str] | str | None,
     images: torch.Tensor,
-    steps: int = 50,
-    step_size: float = 0.5,
-    start: str = "noise",
+    steps: int = PAPER.steps,
+    step_size: float = PAPER.step_size,
+    start: str = PAPER.start,
     seed: int = 0,
     **kwargs: Any,
 ) -> dict[str, Inversion]:

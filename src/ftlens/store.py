@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ftlens import io
+from ftlens.settings import PAPER
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -281,9 +282,9 @@ def cached_inversion(
     images: torch.Tensor,
     *,
     seed: int = 0,
-    steps: int = 50,
-    step_size: float = 0.5,
-    start: str = "noise",
+    steps: int = PAPER.steps,
+    step_size: float = PAPER.step_size,
+    start: str = PAPER.start,
     autocast: str | None = None,
     settings=None,
     cache: Cache | str | os.PathLike | bool | None = True,

@@ -22,6 +22,7 @@ import torch
 
 from ftlens import io
 from ftlens.models import ModelWrapper, load_model, run_checkpoints
+from ftlens.settings import PAPER
 
 
 def run_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
@@ -56,7 +57,7 @@ def dynamics(
     Returns:
         tidy DataFrame with columns ``epoch, layer, learning, forgetting, cka_divergence, ...``.
     """
-    from ftlens.distributed import sharded_compare
+    from ftlens.invariance import compare
 
     pt = load_model(pretrained) if not isinstance(pretrained, ModelWrapper) else pretrained
     ckpts = run_checkpoints(run_dir)
@@ -71,13 +72,13 @@ def dynamics(
 
     for epoch in track([e for e in wanted if e not in have], description=f"dynamics {Path(run_dir).name}"):
         ft = load_model(str(ckpts[epoch]), layers=layers or pt.layers)
-        cmp = sharded_compare(pt, ft, images, layers=layers, **compare_kwargs)  # plain compare in one process
+        cmp = compare(pt, ft, images, layers=layers, **compare_kwargs)
         if cmp is None:  # another rank under a launcher: its share is in the cache, rank 0 merges
             continue
         frame = cmp.per_layer.reset_index().rename(columns={"index": "layer"})
         frame.insert(0, "epoch", epoch)
         sub = subspace_per_layer(pt, ft, images, layers=list(frame["layer"]),
-                                 n_images=compare_kwargs.get("n_images", 500))
+                                 n_images=compare_kwargs.get("n_images", PAPER.images))
         frame["subspace_similarity"] = frame["layer"].map(sub)
         frames.append(frame)
         if table_path is not None:
@@ -89,13 +90,13 @@ def dynamics(
 
 
 def subspace_per_layer(pt: ModelWrapper, ft: ModelWrapper, images: torch.Tensor, *, layers: Sequence[str],
-                       n_images: int = 500, k: int = 10) -> dict[str, float]:
+                       n_images: int = PAPER.images, k: int = 10) -> dict[str, float]:
     """Subspace similarity (Ramasesh et al. 2022: overlap of the top-``k`` principal subspaces)
     of each layer of ``ft`` with the same layer of ``pt`` on clean images (seed 0's sample).
 
     The paper's baseline next to cka divergence in the robustness correlation.
     """
-    from ftlens.invariance import sample_indices
+    from ftlens.invariance.pool import sample_indices
     from ftlens.similarity import subspace_similarity
 
     idx = sample_indices(images.shape[0], min(n_images, images.shape[0]), 0)

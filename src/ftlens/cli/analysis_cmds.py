@@ -9,6 +9,7 @@ import typer
 from ftlens.cli import app
 from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
 from ftlens.errors import ConfigError
+from ftlens.settings import PAPER
 
 
 @app.command("dynamics")
@@ -17,10 +18,10 @@ def dynamics_cmd(
     run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A finetuning run directory."),
     pretrained: str = typer.Option(None, "--pretrained", help="Reference model spec (default RUN_DIR@0)."),
     data: str = typer.Option(None, "--data", help="Dataset for the images (default: the run's dataset)."),
-    images: int = typer.Option(500, "--images"),
-    seeds: int = typer.Option(3, "--seeds"),
-    steps: int = typer.Option(50, "--steps"),
-    step_size: float = typer.Option(0.5, "--step-size"),
+    images: int = typer.Option(PAPER.images, "--images", help="Images per seed (the paper: 500)."),
+    seeds: int = typer.Option(PAPER.seeds, "--seeds", help="Seeds (each: its own image sample and start noise)."),
+    steps: int = typer.Option(PAPER.steps, "--steps", help="Inversion steps (the paper: 50)."),
+    step_size: float = typer.Option(PAPER.step_size, "--step-size", help="L2 length of each inversion step."),
     epochs: str = typer.Option(None, "--epochs", help="Comma-separated epochs (default: all)."),
     layers: str = typer.Option(None, "--layers", help="Comma-separated layers or globs."),
     debiased: bool = typer.Option(False, "--debiased", help="Debiased CKA inside STIR and cka divergence."),
@@ -36,7 +37,8 @@ def dynamics_cmd(
 
     from ftlens import io
     from ftlens.analysis.dynamics import corrupted_accuracy, dynamics, run_metrics
-    from ftlens.data import get_dataset, sample_images
+    from ftlens.data import get_dataset
+    from ftlens.invariance.pool import image_pool
     from ftlens.models import load_model
 
     pretrained = pretrained or f"{run_dir}@0"
@@ -47,7 +49,7 @@ def dynamics_cmd(
         if data is None:
             raise ConfigError("the run records no dataset; pass --data")
     ds = get_dataset(data, split="test", image_size=pt.input_size[1:], data_dir=data_dir)
-    x, _ = sample_images(ds, min(len(ds), max(images, images * 2)), seed=0)
+    x = image_pool(ds, min(images, len(ds)), seeds).images
     out = out or run_dir / "dynamics"
     table = dynamics(run_dir, pt, x, epochs=parse_list(epochs, int), layers=parse_list(layers), out=out,
                      seeds=seeds, n_images=min(images, len(x)), steps=steps, step_size=step_size, debiased=debiased)

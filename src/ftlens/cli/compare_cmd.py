@@ -9,6 +9,7 @@ import typer
 from ftlens.cli import app
 from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
 from ftlens.errors import ConfigError
+from ftlens.settings import PAPER
 
 
 def _layer_list(values: list[str] | None) -> list[str] | None:
@@ -66,14 +67,15 @@ def compare_cmd(
     out: Path = typer.Option(..., "--out", help="Output directory for tables, comparison.json and plots."),
     layers: list[str] = typer.Option(None, "--layers", help="Layers or globs (comma-separated or repeated); "
                                      "default: every block."),
-    images: int = typer.Option(500, "--images", help="Images per seed (the paper: 500)."),
-    steps: int = typer.Option(50, "--steps", help="Inversion steps (the paper: 50)."),
-    step_size: float = typer.Option(0.5, "--step-size", help="L2 length of each inversion step."),
-    start: str = typer.Option("noise", "--start", help="Inversion start: noise, mixed or uniform."),
-    seeds: int = typer.Option(3, "--seeds", help="Seeds (each: its own image sample and start noise)."),
-    debiased: bool = typer.Option(False, "--debiased", help="Debiased CKA (unbiased HSIC) instead of the biased default."),
-    first_term: str = typer.Option("measured", "--first-term", help="measured (STIR of a layer with itself) "
-                                   "or one (the paper's 1 - STIR)."),
+    images: int = typer.Option(PAPER.images, "--images", help="Images per seed (the paper: 500)."),
+    steps: int = typer.Option(PAPER.steps, "--steps", help="Inversion steps (the paper: 50)."),
+    step_size: float = typer.Option(PAPER.step_size, "--step-size", help="L2 length of each inversion step."),
+    start: str = typer.Option(PAPER.start, "--start", help="Inversion start: noise, mixed or uniform."),
+    seeds: int = typer.Option(PAPER.seeds, "--seeds", help="Seeds (each: its own image sample and start noise)."),
+    debiased: bool = typer.Option(PAPER.debiased, "--debiased",
+                                  help="Debiased CKA (unbiased HSIC) instead of the biased default."),
+    first_term: str = typer.Option(PAPER.first_term, "--first-term", help="measured (STIR of a layer with "
+                                   "itself) or one (the paper's 1 - STIR)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Images per batch (default: 256 on the CPU, from free memory on CUDA)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for the inversion forward (CUDA only)."),
@@ -101,7 +103,9 @@ def compare_cmd(
     `accelerate launch --multi_gpu --num_processes N -m ftlens compare ...`; every process
     inverts its share into the cache and rank 0 merges (the same result as one process)."""
     from ftlens import distributed, inversion
-    from ftlens.data import get_dataset, sample_images
+    from ftlens.data import get_dataset
+    from ftlens.invariance import compare
+    from ftlens.invariance.pool import image_pool
     from ftlens.models import load_model
 
     ctx = distributed.context()
@@ -119,21 +123,19 @@ def compare_cmd(
     pt = load_model(pretrained, layers=layer_list, device=device or "cpu")
     ft = load_model(finetuned, layers=layer_list, device=device or "cpu")
     ds = get_dataset(data, split="test", image_size=tuple(pt.input_size[1:]), data_dir=data_dir)
-    # The pool: enough images for every seed to draw its own sample (capped by the split's size).
-    pool_size = min(len(ds), images * seeds)
-    if pool_size < images:
+    if images > len(ds):
         raise ConfigError(f"dataset {data!r} (test split) has only {len(ds)} images; use --images {len(ds)} or fewer")
-    pool, _ = sample_images(ds, pool_size, seed=0)
+    pool = image_pool(ds, images, seeds)  # enough for every seed to draw its own images (capped by the split)
     cache = None if no_cache else (cache_dir if cache_dir is not None else True)
     with inversion.runtime(compile=compile_):
-        result = distributed.sharded_compare(
-            pt, ft, pool, processes=processes, threads=threads, layers=layer_list, seeds=seeds, n_images=images,
+        result = compare(
+            pt, ft, pool.images, processes=processes, threads=threads, layers=layer_list, seeds=seeds, n_images=images,
             steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased, first_term=first_term,
             batch_size=batch_size, autocast="bf16" if bf16 else None, device=device, progress=None,
         )
     if result is None:  # a rank other than 0 under a launcher: rank 0 merges and writes
         return
-    result.config["data"] = {"name": data, "split": "test", "pool_size": pool_size, "pool_seed": 0}
+    result.config["data"] = {**pool.describe(), "name": data}
     result.save(out)
     print_summary(result)
     if not no_plots:

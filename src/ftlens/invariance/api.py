@@ -1,0 +1,264 @@
+"""The entry points: :func:`compare` (two models, every metric) and :func:`stir` (any models).
+
+Both are *plan -> run -> score -> derive*: :func:`~ftlens.invariance.plan.plan_inversions`
+lists the work items, an executor runs them (:class:`~ftlens.invariance.run.InProcess`, or
+the local-process and ``torch.distributed`` executors of :mod:`ftlens.distributed`), the
+scorer turns inversions into tidy STIR / CKA tables, and the pure derivations give per-layer
+metrics and flows. ``compare`` is the one way to run a comparison, in one process or many.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ftlens import distributed, io
+from ftlens.errors import LayerError
+from ftlens.invariance.inputs import (
+    ModelLike,
+    as_model,
+    check_input_sizes,
+    layer_numbers,
+    resolve_shared_layers,
+)
+from ftlens.invariance.metrics import FIRST_TERMS, derive_metrics
+from ftlens.invariance.plan import Plan, plan_inversions
+from ftlens.invariance.result import Comparison, inversion_table, model_info
+from ftlens.invariance.run import Executor, run_plan
+from ftlens.invariance.score import FINETUNED, PRETRAINED, cka_table, score
+from ftlens.inversion import InversionSettings
+from ftlens.models import ModelWrapper
+from ftlens.settings import PAPER
+from ftlens.store import Cache, resolve_cache, tensor_hash
+
+__all__ = ["compare", "compare_plan", "stir"]
+
+
+def compare_plan(
+    pretrained: ModelLike,
+    finetuned: ModelLike,
+    images: torch.Tensor,
+    layers: Sequence[str] | str | None = None,
+    seeds: int | Sequence[int] = PAPER.seeds,
+    n_images: int | None = PAPER.images,
+    steps: int = PAPER.steps,
+    step_size: float = PAPER.step_size,
+    start: str = PAPER.start,
+    *,
+    autocast: str | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[ModelWrapper, ModelWrapper, list[str], InversionSettings, Plan]:
+    """The models, layers, settings and :class:`~ftlens.invariance.plan.Plan` that :func:`compare` runs."""
+    pt = as_model(pretrained, PRETRAINED)
+    ft = as_model(finetuned, FINETUNED)
+    models = {PRETRAINED: pt, FINETUNED: ft}
+    check_input_sizes(models)
+    layer_list = resolve_shared_layers(models, layers)
+    settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast)
+    plan = plan_inversions(models, images, layers={PRETRAINED: layer_list, FINETUNED: layer_list}, seeds=seeds,
+                           n_images=n_images, settings=settings, device=device)
+    return pt, ft, layer_list, settings, plan
+
+
+def compare(
+    pretrained: ModelLike,
+    finetuned: ModelLike,
+    images: torch.Tensor,
+    layers: Sequence[str] | str | None = None,
+    seeds: int | Sequence[int] = PAPER.seeds,
+    n_images: int | None = PAPER.images,
+    steps: int = PAPER.steps,
+    step_size: float = PAPER.step_size,
+    start: str = PAPER.start,
+    *,
+    cache: Cache | str | os.PathLike | bool | None = True,
+    debiased: bool = PAPER.debiased,
+    first_term: str = PAPER.first_term,
+    batch_size: int | None = None,
+    autocast: str | None = None,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    processes: int | None = None,
+    threads: int | None = None,
+    executor: Executor | None = None,
+) -> Comparison | None:
+    """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` vs ``pretrained``.
+
+    Works for any two models with the same input size and layer names (not only a
+    pretrained/finetuned pair); the table labels are the roles ``pretrained``/``finetuned``.
+
+    Args:
+        pretrained, finetuned: models (wrappers or specs for :func:`ftlens.load_model`).
+        images: the image pool (n, C, H, W) in [0, 1]; each seed draws ``n_images`` of it
+            (``None``: the whole pool) and its own start noise
+            (:mod:`ftlens.invariance.pool`: disjoint samples when the pool allows).
+        layers: layer names / globs present in both models (default: the pretrained model's).
+        seeds: a count (0..k-1) or explicit seeds; means and intervals are over seeds.
+        steps, step_size, start: inversion settings (the paper: 50 steps, 0.5, noise).
+        cache: ``True`` (``$FTLENS_CACHE_DIR`` or ``~/.cache/ftlens``), a directory or
+            :class:`~ftlens.store.Cache`, or ``None`` (no cache). Pretrained-side inversions
+            are shared by every comparison against the same pretrained model.
+        debiased: debiased (unbiased-HSIC) linear CKA for STIR and cka divergence.
+        first_term: ``"measured"`` (default: ``STIR(pt^[i] | pt^[i])`` from the same
+            inversions, so an exact copy gives exactly 0) or ``"one"`` (the paper's ``1 - STIR``).
+        batch_size: images per batch for inversion and capture.
+        autocast: ``"bf16"`` to run the inversion forward in bfloat16 on CUDA.
+        processes: ``N > 1`` splits the inversions over ``N`` local processes (gloo,
+            ``threads`` or ``cpu_count // N`` CPU threads each, one GPU each when ``device``
+            is CUDA); they share ``cache`` (required), and the merged result equals the
+            single-process one. Under a launcher (``accelerate launch``, ``torchrun``) the
+            launcher's processes are used and every rank but 0 returns ``None``.
+        executor: where the work items run (default from ``processes`` and the launcher:
+            :func:`ftlens.distributed.executor`).
+
+    Returns:
+        a :class:`~ftlens.invariance.result.Comparison` (``None`` on ranks other than 0 under a
+        launcher). It takes ``2 L`` inversions per seed for ``L`` layers.
+
+    Raises:
+        LayerError: a layer missing from a model. ImageError: images outside [0, 1], of the
+        wrong shape, fewer than ``n_images``, or models with different input sizes.
+    """
+    t_start = time.perf_counter()
+    if first_term not in FIRST_TERMS:
+        raise ValueError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
+    executor = executor or distributed.executor(processes=processes, threads=threads, cache=cache)
+    pt = as_model(pretrained, PRETRAINED)
+    ft = as_model(finetuned, FINETUNED)
+    models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)
+    pt, ft = models[PRETRAINED], models[FINETUNED]
+    pt, ft, layer_list, settings, plan = compare_plan(
+        pt, ft, images, layers=layers, seeds=seeds, n_images=n_images, steps=steps,
+        step_size=step_size, start=start, autocast=autocast, device=device)
+    store = resolve_cache(cache)
+    t_plan = time.perf_counter()
+    done = executor.run(plan, images, cache=store, batch_size=batch_size, progress=progress)
+    if done is None:  # a rank other than 0: its share is in the cache, rank 0 scores
+        return None
+    invs = done.inversions
+    t_inv = time.perf_counter()
+    clean: dict = {}
+    stir_df = score(plan, invs, images, {PRETRAINED: (pt, layer_list), FINETUNED: (ft, layer_list)},
+                    debiased=debiased, batch_size=batch_size, clean_grams=clean)
+    cka_df = cka_table(clean, plan.seeds, layer_list, debiased)
+    t_score = time.perf_counter()
+    numbers = layer_numbers(pt, layer_list)
+    derived = derive_metrics(stir_df, cka_df, layer_list, first_term=first_term, layer_numbers=numbers)
+    estimator = "debiased" if debiased else "biased"
+    config: dict[str, Any] = {
+        "kind": "ftlens.compare",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "pretrained": model_info(pt),
+        "finetuned": model_info(ft),
+        "layers": layer_list,
+        "layer_numbers": numbers,
+        "seeds": plan.seeds,
+        "n_images": plan.n_images,
+        "pool_size": plan.pool_size,
+        "pool_hash": tensor_hash(images),
+        "sample_hashes": {str(k): v for k, v in plan.sample_hashes.items()},
+        "samples": {str(k): v for k, v in plan.samples.items()},
+        "inversion": settings.as_dict(),
+        "estimator": estimator,
+        "similarity": f"linear CKA ({estimator} HSIC), float64",
+        "first_term": first_term,
+        "flow_definition": {
+            "flow": "eq. 5 as printed: flow[i, j] = STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[j]); "
+                    "rows pretrained layer i, columns finetuned layer j",
+            "flow_relative": "flow_relative[i, j] = STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[i])",
+        },
+        "n_inversions": len(plan.unique_keys),
+        "n_inversions_computed": len(done.computed),
+        "batch_size": batch_size,
+        "device": str(plan.device or pt.device),
+        "cache": str(store.root) if store is not None else None,
+        "versions": io.versions(),
+        "timings": {
+            "plan_s": t_plan - t_start,
+            "inversions_s": t_inv - t_plan,
+            "inversion_compute_s": done.compute_seconds,
+            "scoring_s": t_score - t_inv,
+            "total_s": time.perf_counter() - t_start,
+        },
+    }
+    if done.info:
+        config["distributed"] = done.info
+    return Comparison(stir=stir_df, cka=cka_df, inversions=inversion_table(plan, invs), config=config, **derived)
+
+
+def _label_models(target) -> dict[str, ModelWrapper]:
+    if isinstance(target, Mapping):
+        return {str(k): as_model(v, f"target {k}") for k, v in target.items()}
+    if isinstance(target, (ModelWrapper, str, os.PathLike)):
+        target = [target]
+    out: dict[str, ModelWrapper] = {}
+    for i, m in enumerate(target):
+        m = as_model(m, f"target {i}")
+        label, k = m.name, 2
+        while label in out:
+            label, k = f"{m.name}#{k}", k + 1
+        out[label] = m
+    return out
+
+
+def stir(
+    target: ModelLike | Sequence[ModelLike] | Mapping[str, ModelLike],
+    reference: ModelLike,
+    images: torch.Tensor,
+    target_layers: Sequence[str] | str | None = None,
+    reference_layers: Sequence[str] | str | None = None,
+    seeds: int | Sequence[int] = 1,
+    steps: int = PAPER.steps,
+    step_size: float = PAPER.step_size,
+    start: str = PAPER.start,
+    *,
+    n_images: int | None = None,
+    debiased: bool = False,
+    cache: Cache | str | os.PathLike | bool | None = True,
+    batch_size: int | None = None,
+    autocast: str | None = None,
+    device: str | torch.device | None = None,
+    reference_name: str | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """``STIR(target^[i] | reference^[j])`` for every target layer ``i`` and reference layer ``j``.
+
+    One inversion per (reference layer, seed) serves every target layer of every target.
+
+    Args:
+        target: a model, a list of models (labelled by name) or ``{label: model}``; all are
+            scored against the same inversions.
+        reference: the model whose layers are inverted.
+        images: the pool (n, C, H, W) in [0, 1]; each seed uses ``n_images`` of it (default all).
+        target_layers, reference_layers: layer names / globs (default: each model's layers).
+        seeds: a count or explicit seeds (each: its own image sample and start noise).
+        steps, step_size, start: inversion settings (:func:`ftlens.invert`).
+        debiased: debiased linear CKA instead of the biased default.
+        cache: ``True`` (default directory), a directory / :class:`~ftlens.store.Cache`, or None.
+
+    Returns:
+        Tidy DataFrame with columns ``target, reference, target_layer, reference_layer, seed,
+        stir, residual, estimator`` (``residual``: mean relative residual of the inversion).
+    """
+    ref = as_model(reference, "reference")
+    ref_label = reference_name or ref.name
+    tmodels = _label_models(target)
+    check_input_sizes({ref_label: ref, **tmodels})
+    tlayers = {}
+    for label, m in tmodels.items():
+        try:
+            tlayers[label] = m.resolve_layers(target_layers)
+        except LayerError as exc:
+            raise LayerError(f"target {label}: {exc}") from None
+    settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast)
+    plan = plan_inversions({ref_label: ref}, images, layers=reference_layers, seeds=seeds, n_images=n_images,
+                           settings=settings, device=device)
+    invs = run_plan(plan, images, cache=cache, batch_size=batch_size, progress=progress)
+    return score(plan, invs, images, {label: (m, tlayers[label]) for label, m in tmodels.items()},
+                 debiased=debiased, batch_size=batch_size)

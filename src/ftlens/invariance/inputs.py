@@ -1,0 +1,113 @@
+"""Checks and normalisation of what a comparison is given: models, image pool, seeds, layers."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ftlens.errors import ImageError, LayerError
+from ftlens.models import ModelWrapper, load_model
+
+__all__ = ["ModelLike", "as_model", "check_input_sizes", "check_pool", "layer_numbers", "resolve_shared_layers",
+           "seed_list"]
+
+ModelLike = ModelWrapper | str | os.PathLike
+
+_BLOCK = re.compile(r"(?:.*\.)?blocks\.(\d+)")
+
+
+def as_model(model: ModelLike | torch.nn.Module, what: str) -> ModelWrapper:
+    """``model`` as a :class:`~ftlens.models.ModelWrapper` (a spec is loaded; a bare module is refused)."""
+    if isinstance(model, ModelWrapper):
+        return model
+    if isinstance(model, torch.nn.Module):
+        raise TypeError(f"{what}: wrap the nn.Module first: ftlens.load_model(module, layers=[...], input_size=(C, H, W))")
+    return load_model(model)
+
+
+def check_input_sizes(models: Mapping[str, ModelWrapper]) -> None:
+    """ImageError unless every model expects the same input size (C, H, W)."""
+    sizes = {label: m.input_size for label, m in models.items()}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{label} {m.name}: {sizes[label]}" for label, m in models.items())
+        raise ImageError(
+            f"the models expect different input sizes ({listed}), so no image set fits all of them; "
+            "compare models with the same input size (C, H, W), e.g. load them with the same img_size"
+        )
+
+
+def check_pool(images: torch.Tensor, model: ModelWrapper, n_images: int | None) -> int:
+    """Validate the pool (n, C, H, W) for ``model``; returns the images per seed (default: the pool)."""
+    model.check_images(images)
+    pool = int(images.shape[0])
+    if n_images is None:
+        n_images = pool
+    if not isinstance(n_images, (int, np.integer)) or n_images < 1:
+        raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
+    if pool < n_images:
+        raise ImageError(
+            f"asked for n_images={n_images} per seed but only {pool} images were given; pass a pool "
+            f"of at least {n_images} images or lower n_images to at most {pool}"
+        )
+    if n_images < 2:
+        raise ImageError("CKA needs at least 2 images per seed (n_images >= 2)")
+    return int(n_images)
+
+
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """A count ``k`` -> ``[0, ..., k-1]``; an explicit list is checked (distinct, >= 0)."""
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1 (a count) or a list of seeds, got {seeds}")
+        return list(range(int(seeds)))
+    out = [int(s) for s in seeds]
+    if not out or len(set(out)) != len(out) or min(out) < 0:
+        raise ValueError(f"seeds must be distinct integers >= 0, got {list(seeds)}")
+    return out
+
+
+def resolve_shared_layers(models: Mapping[str, ModelWrapper], layers) -> list[str]:
+    """Resolve ``layers`` on the first model and check every other model has the same names."""
+    labels = list(models)
+    first = models[labels[0]]
+    try:
+        resolved = first.resolve_layers(layers)
+    except LayerError as exc:
+        raise LayerError(f"{labels[0]} model {first.name}: {exc}") from None
+    for label in labels[1:]:
+        m = models[label]
+        missing = [layer for layer in resolved if layer not in m.available_layers]
+        if missing:
+            raise LayerError(
+                f"layer(s) {missing} of the {labels[0]} model {first.name} are missing from the {label} "
+                f"model {m.name}; pass layers=[...] that both models have (its layers: {m.layers[:8]}"
+                f"{' ...' if len(m.layers) > 8 else ''})"
+            )
+        try:
+            m.resolve_layers(resolved)
+        except LayerError as exc:
+            raise LayerError(f"{label} model {m.name}: {exc}") from None
+    return resolved
+
+
+def layer_numbers(model: ModelWrapper, layers: Sequence[str]) -> list[int]:
+    """The 1-based position of each layer in ``model`` (its true depth, also for a subset).
+
+    ``blocks.k`` is layer ``k + 1``; another name is numbered by its place in the model's
+    default layers, else as the one after the previous layer of ``layers``.
+    """
+    own = list(model.layers)
+    out = []
+    for layer in layers:
+        m = _BLOCK.fullmatch(layer)
+        if m:
+            out.append(int(m.group(1)) + 1)
+        elif layer in own:
+            out.append(own.index(layer) + 1)
+        else:
+            out.append((out[-1] if out else 0) + 1)
+    return out

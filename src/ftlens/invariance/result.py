@@ -1,0 +1,172 @@
+"""The result of a comparison (:class:`Comparison`) and its persistence (save / load).
+
+A saved comparison is its primary tables (STIR, CKA, inversions) and configuration; every
+derived table (per layer, per seed, flows) is recomputed from them on load
+(:func:`ftlens.invariance.metrics.derive_metrics`), so a result always matches its definitions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ftlens import io
+from ftlens.invariance.metrics import derive_metrics
+from ftlens.invariance.plan import Plan
+from ftlens.invariance.score import FINETUNED, PRETRAINED
+from ftlens.inversion import Inversion
+from ftlens.models import ModelWrapper
+
+__all__ = ["Comparison", "inversion_table", "load_comparison", "model_info"]
+
+
+@dataclass
+class Comparison:
+    """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` against ``pretrained``.
+
+    Attributes:
+        per_layer: DataFrame indexed by ``layer`` (names; ``layer_number`` is 1-based) with
+            ``learning``, ``forgetting``, ``cka_divergence`` and their ``*_std`` (sample std
+            over seeds, NaN for one seed), the STIR terms ``stir_pt_pt = STIR(pt^[i] | pt^[i])``,
+            ``stir_ft_ft``, ``stir_ft_given_pt = STIR(ft^[i] | pt^[i])``, ``stir_pt_given_ft``,
+            ``cka = CKA(ft^[i], pt^[i])`` and the mean inversion residuals ``residual_pt`` /
+            ``residual_ft`` (means over seeds).
+        per_seed: the same per (layer, seed), tidy.
+        stir: tidy STIR table (``target, reference, target_layer, reference_layer, seed, stir,
+            residual, estimator``) for the four (target, reference) pairs of the two models.
+        cka: tidy clean-image CKA table (``model_a, layer_a, model_b, layer_b, seed, cka``).
+        flow: InvarianceFlow, eq. 5 as printed: rows pretrained layer ``i``, columns
+            finetuned layer ``j``, ``STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[j])``
+            (antisymmetric, mean over seeds). ``flow_std``: its std over seeds.
+        flow_relative: ``STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[i])`` (relative to the
+            diagonal). ``flow_relative_std``: its std over seeds.
+        inversions: one row per inversion (reference, reference_layer, seed, residuals,
+            seconds, cached, key).
+        config: the full configuration, package versions, fingerprints, seeds and timings.
+    """
+
+    per_layer: pd.DataFrame
+    per_seed: pd.DataFrame
+    stir: pd.DataFrame
+    cka: pd.DataFrame
+    flow: pd.DataFrame
+    flow_std: pd.DataFrame
+    flow_relative: pd.DataFrame
+    flow_relative_std: pd.DataFrame
+    inversions: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.per_layer.index)
+
+    @property
+    def estimator(self) -> str:
+        return str(self.config.get("estimator", "biased"))
+
+    def stir_matrix(self, target: str = FINETUNED, reference: str = PRETRAINED, stat: str = "mean") -> pd.DataFrame:
+        """``STIR(target^[a] | reference^[b])`` over seeds (``stat``: mean or std); rows a, columns b."""
+        if target not in (PRETRAINED, FINETUNED) or reference not in (PRETRAINED, FINETUNED):
+            raise ValueError(f"target and reference must be {PRETRAINED!r} or {FINETUNED!r}")
+        sub = self.stir[(self.stir["target"] == target) & (self.stir["reference"] == reference)]
+        grouped = sub.groupby(["target_layer", "reference_layer"])["stir"]
+        values = grouped.mean() if stat == "mean" else grouped.std(ddof=1)
+        df = values.unstack("reference_layer").reindex(index=self.layers, columns=self.layers)
+        df.index.name = f"{target}_layer (target)"
+        df.columns.name = f"{reference}_layer (reference)"
+        return df
+
+    @property
+    def stir_matrices(self) -> dict[tuple[str, str], pd.DataFrame]:
+        """``{(target, reference): mean STIR matrix}`` for the four pairs."""
+        return {(t, r): self.stir_matrix(t, r) for t in (PRETRAINED, FINETUNED) for r in (PRETRAINED, FINETUNED)}
+
+    def cka_matrix(self, model_a: str = FINETUNED) -> pd.DataFrame:
+        """Clean-image ``CKA(model_a^[a], pt^[b])`` averaged over seeds; rows a, columns b."""
+        sub = self.cka[self.cka["model_a"] == model_a]
+        df = sub.groupby(["layer_a", "layer_b"])["cka"].mean().unstack("layer_b")
+        return df.reindex(index=self.layers, columns=self.layers)
+
+    def summary(self) -> pd.DataFrame:
+        """A small per-layer table to print (1-based layer numbers)."""
+        cols = ["learning", "learning_std", "forgetting", "forgetting_std", "cka_divergence",
+                "cka_divergence_std", "stir_pt_pt", "stir_ft_ft", "residual_pt", "residual_ft"]
+        out = self.per_layer[cols].copy()
+        out.insert(0, "layer_number", self.per_layer["layer_number"])
+        out.attrs.update(self.per_layer.attrs)
+        return out
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (
+            f"Comparison({cfg.get('pretrained', {}).get('name')} -> {cfg.get('finetuned', {}).get('name')}, "
+            f"{len(self.layers)} layers, seeds={cfg.get('seeds')}, n_images={cfg.get('n_images')}, "
+            f"steps={cfg.get('inversion', {}).get('steps')}, CKA estimator={self.estimator})"
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the tables (CSV) and ``comparison.json`` into ``directory`` (atomic writes)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        io.write_table(d / "per_layer.csv", self.per_layer)
+        io.write_table(d / "per_seed.csv", self.per_seed.set_index("layer"))
+        io.write_table(d / "stir.csv", self.stir.set_index("target"))
+        io.write_table(d / "cka.csv", self.cka.set_index("model_a"))
+        io.write_table(d / "inversions.csv", self.inversions.set_index("reference"))
+        io.write_table(d / "flow.csv", self.flow)
+        io.write_table(d / "flow_std.csv", self.flow_std)
+        io.write_table(d / "flow_relative.csv", self.flow_relative)
+        io.write_table(d / "flow_relative_std.csv", self.flow_relative_std)
+        io.write_json(d / "comparison.json", self.config)
+        return d
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; is {path.parent} a directory written by Comparison.save?")
+    return pd.read_csv(path, float_precision="round_trip")
+
+
+def load_comparison(directory: str | os.PathLike) -> Comparison:
+    """Read a :class:`Comparison` written by :meth:`Comparison.save`.
+
+    The primary tables (STIR, CKA, inversions) are read and every derived table (per layer,
+    per seed, flows) is recomputed from them with the saved configuration.
+    """
+    d = Path(directory)
+    config = io.read_json(d / "comparison.json") if (d / "comparison.json").exists() else None
+    if config is None:
+        raise FileNotFoundError(f"{d / 'comparison.json'} is missing; is {d} a directory written by Comparison.save?")
+    stir_df = _read_csv(d / "stir.csv")
+    cka_df = _read_csv(d / "cka.csv")
+    inv_df = _read_csv(d / "inversions.csv")
+    for df in (stir_df, cka_df):
+        df["seed"] = df["seed"].astype(int)
+    derived = derive_metrics(stir_df, cka_df, config["layers"], first_term=config.get("first_term", "measured"),
+                             layer_numbers=config.get("layer_numbers"))
+    return Comparison(stir=stir_df, cka=cka_df, inversions=inv_df, config=config, **derived)
+
+
+def model_info(m: ModelWrapper) -> dict[str, Any]:
+    return {"name": m.name, "spec": m.spec, "fingerprint": m.fingerprint, "input_size": list(m.input_size),
+            "mean": list(m.mean), "std": list(m.std)}
+
+
+def inversion_table(plan: Plan, invs: Mapping[str, Inversion]) -> pd.DataFrame:
+    rows = []
+    for item in plan.items:
+        inv = invs[item.key]
+        r = inv.residual.double()
+        rows.append({
+            "reference": item.reference, "reference_layer": item.layer, "seed": item.seed, "n_images": inv.n,
+            "residual_mean": float(r.mean()), "residual_median": float(r.median()),
+            "residual_max": float(r.max()), "start_residual": float(inv.history[0]),
+            "seconds": float(inv.seconds), "cached": bool(inv.cached), "key": item.key,
+        })
+    return pd.DataFrame(rows)

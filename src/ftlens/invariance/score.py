@@ -1,0 +1,128 @@
+"""Scoring: finished inversions -> the tidy STIR table and the clean-image CKA table.
+
+``STIR(target^[i] | reference^[j]) = CKA(target^[i](X), target^[i](X'_j))`` where ``X'_j`` is
+inverted on ``reference^[j]``; every CKA is computed from float64 Gram matrices
+(:func:`ftlens.similarity.cka_from_grams`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from ftlens.invariance.plan import Plan
+from ftlens.inversion import Inversion
+from ftlens.models import ModelWrapper
+from ftlens.similarity import cka_from_grams, gram_linear
+
+__all__ = ["CKA_COLUMNS", "FINETUNED", "PRETRAINED", "STIR_COLUMNS", "cka_table", "grams", "score"]
+
+#: Role labels used in the tables of a comparison.
+PRETRAINED = "pretrained"
+FINETUNED = "finetuned"
+STIR_COLUMNS = ["target", "reference", "target_layer", "reference_layer", "seed", "stir", "residual"]
+CKA_COLUMNS = ["model_a", "layer_a", "model_b", "layer_b", "seed", "cka"]
+
+
+def grams(model: ModelWrapper, x: torch.Tensor, layers: list[str], batch_size: int | None) -> dict[str, torch.Tensor]:
+    """``{layer: float64 Gram (n, n)}`` of ``model``'s ``layers`` on images ``x`` (CPU tensors).
+
+    On CUDA the representations stay on the GPU (float32 forward) and each Gram is computed
+    there in float64: the same arithmetic as the CPU path, without moving n x d features to
+    the host and multiplying them there.
+    """
+    if model.device.type == "cuda":
+        return _grams_on_device(model, x, layers, batch_size)
+    reps = model.representations(x, layers, batch_size=batch_size or 256)
+    return {layer: gram_linear(reps.pop(layer)) for layer in layers}
+
+
+def _grams_on_device(model: ModelWrapper, x: torch.Tensor, layers: list[str], batch_size: int | None) -> dict[str, torch.Tensor]:
+    model.check_images(x)
+    device = model.device
+    bs = batch_size or 256
+    chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    was_training = model.module.training
+    model.module.eval()
+    try:
+        with torch.inference_mode():
+            for lo in range(0, x.shape[0], bs):
+                reps = model.forward_layers(x[lo : lo + bs].to(device, non_blocking=True), layers, clone=False)
+                for layer in layers:
+                    chunks[layer].append(reps[layer].float())
+    finally:
+        if was_training:
+            model.module.train()
+    return {layer: gram_linear(torch.cat(chunks.pop(layer))).cpu() for layer in layers}
+
+
+def score(
+    plan: Plan,
+    inversions: Mapping[str, Inversion],
+    images: torch.Tensor,
+    targets: Mapping[str, tuple[ModelWrapper, Sequence[str]]],
+    *,
+    debiased: bool = False,
+    batch_size: int | None = None,
+    clean_grams: dict | None = None,
+) -> pd.DataFrame:
+    """Tidy STIR table of every target layer against every finished inversion of the plan.
+
+    ``STIR(target^[i] | reference^[j]) = CKA(target^[i](X), target^[i](X'_j))`` (linear CKA,
+    float64, biased unless ``debiased``), one row per (target, reference, target_layer,
+    reference_layer, seed), with the mean residual of the inversion.
+
+    Args:
+        targets: ``{label: (model, layers)}``; a target may be one of the references.
+        clean_grams: an optional dict filled with ``{(label, seed): {layer: Gram on X}}``
+            (reused if already filled), e.g. to compute CKA on clean images without another forward.
+    """
+    clean = clean_grams if clean_grams is not None else {}
+    missing = [item for item in plan.items if item.key not in inversions]
+    if missing:
+        raise KeyError(
+            f"{len(missing)} work item(s) have no inversion (first: {missing[0].describe()}); "
+            "run them first (run_plan) or load them from the cache"
+        )
+    estimator = "debiased" if debiased else "biased"
+    rows = []
+    for seed in plan.seeds:
+        x = plan.sample(images, seed)
+        for label, (model, layers) in targets.items():
+            if (label, seed) not in clean:
+                clean[(label, seed)] = grams(model, x, list(layers), batch_size)
+        for item in (it for it in plan.items if it.seed == seed):
+            inv = inversions[item.key]
+            residual = inv.mean_residual
+            for label, (model, layers) in targets.items():
+                inverted = grams(model, inv.images, list(layers), batch_size)
+                for layer in layers:
+                    value = cka_from_grams(clean[(label, seed)][layer], inverted[layer], debiased=debiased)
+                    rows.append((label, item.reference, layer, item.layer, seed, value, residual))
+    df = pd.DataFrame(rows, columns=STIR_COLUMNS)
+    df["estimator"] = estimator
+    df.attrs["estimator"] = estimator
+    return df
+
+
+def cka_table(
+    clean_grams: Mapping[tuple[str, int], Mapping[str, torch.Tensor]],
+    seeds: Sequence[int],
+    layers: Sequence[str],
+    debiased: bool,
+) -> pd.DataFrame:
+    """Tidy clean-image CKA: ``CKA(ft^[a], pt^[b])`` and ``CKA(pt^[a], pt^[b])`` for all a, b."""
+    rows = []
+    for seed in seeds:
+        pt = clean_grams[(PRETRAINED, seed)]
+        for model_a in (FINETUNED, PRETRAINED):
+            grams_a = clean_grams[(model_a, seed)]
+            for la in layers:
+                for lb in layers:
+                    value = cka_from_grams(grams_a[la], pt[lb], debiased=debiased)
+                    rows.append((model_a, la, PRETRAINED, lb, seed, value))
+    df = pd.DataFrame(rows, columns=CKA_COLUMNS)
+    df["estimator"] = "debiased" if debiased else "biased"
+    return df

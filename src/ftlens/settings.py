@@ -1,0 +1,63 @@
+"""The analysis settings, with the paper's defaults written once.
+
+Every default of the inversion (steps, step size, start) and of the analysis (images per
+seed, seeds, CKA estimator, first term, interval level, convergence threshold) that the API,
+the CLI and the experiment configs use comes from :data:`PAPER`. This module imports nothing
+from ftlens, so any module may import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["PAPER", "Settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How an analysis is run and judged.
+
+    Attributes:
+        images: images per seed (the paper: 500).
+        seeds: seeds; each draws its own images and start noise (the paper: 3).
+        steps: inversion steps (the paper's text: 50).
+        step_size: L2 length of each normalised inversion step, per image, in [0, 1] pixels.
+        start: inversion start, ``"noise"`` (N(0, 1), the paper) | ``"mixed"`` | ``"uniform"``.
+        debiased: debiased (unbiased HSIC) linear CKA instead of the paper's biased one.
+        first_term: ``"measured"`` (``STIR(m^[i] | m^[i])`` from the same inversions) or
+            ``"one"`` (the paper's ``1 - STIR``) in learning and forgetting.
+        confidence: level of every interval (0.95: 95% intervals).
+        bootstrap: bootstrap resamples of the images within a seed.
+        residual_threshold: an inversion whose mean relative residual ``||m(X') - m(X)|| /
+            ||m(X)||`` stays above this is *not converged*; verdicts resting on it are
+            inconclusive.
+        alpha: significance level of the findings' tests (after multiple-comparison correction).
+        min_seeds, min_epochs, min_runs: fewer than these make a finding inconclusive.
+    """
+
+    images: int = 500
+    seeds: int = 3
+    steps: int = 50
+    step_size: float = 0.5
+    start: str = "noise"
+    debiased: bool = False
+    first_term: str = "measured"
+    confidence: float = 0.95
+    bootstrap: int = 200
+    residual_threshold: float = 0.5
+    alpha: float = 0.05
+    min_seeds: int = 2
+    min_epochs: int = 4
+    min_runs: int = 4
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (unknown names raise TypeError)."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: The paper's settings (Merlin et al. 2023) and the project's defaults for judging them.
+PAPER = Settings()
