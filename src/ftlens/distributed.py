@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 import torch
 
 from ftlens import inversion
+from ftlens.errors import ConfigError
 from ftlens.invariance.plan import Plan, plan_inversions
 from ftlens.invariance.run import Execution, Executor, InProcess, run_plan
 from ftlens.models import ModelWrapper, load_model
@@ -237,7 +238,7 @@ def assign(costs: Sequence[float], world_size: int) -> list[list[int]]:
 def _cache_root(cache) -> str:
     store = resolve_cache(cache)
     if store is None:
-        raise ValueError("sharded compare needs a cache shared by the processes (each rank writes its "
+        raise ConfigError("sharded compare needs a cache shared by the processes (each rank writes its "
                          "inversions there and rank 0 merges them): pass cache=True (the default directory, "
                          "$FTLENS_CACHE_DIR or ~/.cache/ftlens) or a directory, not None")
     store.root.mkdir(parents=True, exist_ok=True)
@@ -314,7 +315,7 @@ class LocalProcesses:
 
     def __init__(self, processes: int, *, threads: int | None = None, cache=True) -> None:
         if context().distributed:
-            raise ValueError(f"processes={processes} inside a launcher that already started {context().world_size} "
+            raise ConfigError(f"processes={processes} inside a launcher that already started {context().world_size} "
                              "processes; use one or the other")
         self.processes = int(processes)
         self.threads = threads
