@@ -62,3 +62,20 @@ class DegenerateRepresentationWarning(UserWarning):
 
 class CacheWarning(UserWarning):
     """A cache entry was ignored (unreadable, for another key, non-finite) or could not be written."""
+
+
+class ModelError(FtlensError, ValueError):
+    """A model spec or module ftlens cannot load or trace (unknown name, untraceable layers,
+    a LoRA adapter that does not fit its base)."""
+
+
+class ImageSizeError(ModelError):
+    """An input size the architecture cannot take."""
+
+
+class MissingDependencyError(FtlensError, ImportError):
+    """An optional package is not installed; the message names the extra to install."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """Finetuning starts from randomly initialised weights (training from scratch in effect)."""

@@ -69,6 +69,7 @@ class ExperimentConfig:
     runs: list[dict[str, Any]]
     title: str = ""
     pretrained: bool = False  # load hub weights for `model` (timm)
+    image_size: int | list[int] | None = None  # input resolution of every run (None: the model's own)
     pretrain: dict[str, Any] | None = None  # a pretraining run (finetune kwargs) from random init
     defaults: dict[str, Any] = field(default_factory=dict)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
@@ -152,16 +153,20 @@ class Experiment:
     def load_pretrained(self):
         from ftlens.models import load_model
 
+        size = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
         if self.config.pretrain:
-            return load_model(self.pretrained_spec, layers=self.config.analysis.layers)
+            return load_model(self.pretrained_spec, layers=self.config.analysis.layers, **size)
         if self.config.model.startswith(("timm:", "ftlens:")):
-            return load_model(self.config.model, pretrained=self.config.pretrained, layers=self.config.analysis.layers)
-        return load_model(self.config.model, layers=self.config.analysis.layers)
+            return load_model(self.config.model, pretrained=self.config.pretrained, layers=self.config.analysis.layers,
+                              **size)
+        return load_model(self.config.model, layers=self.config.analysis.layers, **size)
 
     def run_config(self, run: dict[str, Any]) -> dict[str, Any]:
         """The finetune kwargs of one run: defaults, then the run's own settings."""
         merged = {**self.config.defaults, **run}
         merged.pop("name")
+        if self.config.image_size is not None:
+            merged.setdefault("image_size", self.config.image_size)
         if merged.get("task") == "reconstruction" and "corruptions" not in run:
             merged["corruptions"] = []  # corrupted accuracy is a classification measure
         return merged
@@ -204,6 +209,8 @@ class Experiment:
 
         kwargs = {"strategy": "scratch", **self.config.pretrain}
         kwargs.setdefault("seed", self.config.defaults.get("seed", 0))
+        if self.config.image_size is not None:
+            kwargs.setdefault("image_size", self.config.image_size)
         finetune(model=self.config.model, out=str(self.run_dir("pretrain")), device=self.config.device,
                  data_dir=self.config.data_dir, pretrained=False, **kwargs)
 

@@ -36,7 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftlens.errors import CheckpointError, ImageError, LayerError, NumericalError, OfflineError
+from ftlens.errors import (
+    CheckpointError,
+    ImageError,
+    ImageSizeError,
+    LayerError,
+    ModelError,
+    NumericalError,
+    OfflineError,
+)
 
 #: Small ViT presets addressed as ``ftlens:NAME``: timm ``VisionTransformer`` kwargs.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -79,6 +87,8 @@ class ModelWrapper:
         spec: the spec it was loaded from (a string; ``"<module>"`` for objects).
         mean, std: per-channel normalisation applied inside every forward.
         input_size: ``(C, H, W)`` the model expects.
+        random_init: True when the weights are a random initialisation (a preset, a hub model
+            without ``pretrained=True``), not pretrained ones.
         layers: default analysis layers in execution order (ViT: ``blocks.0`` ...).
     """
 
@@ -94,8 +104,10 @@ class ModelWrapper:
         source: _Source | None = None,
         extra_state: dict[str, torch.Tensor] | None = None,
         name: str | None = None,
+        random_init: bool = False,
     ) -> None:
         self.module = module.eval()
+        self.random_init = bool(random_init)
         self.spec = spec
         self.name = name or _short_name(spec)
         self.mean = tuple(float(m) for m in mean)
@@ -180,11 +192,18 @@ class ModelWrapper:
             for pname, t in list(module._parameters.items()) + list(module._buffers.items()):
                 if t is None:
                     continue
-                t = t.detach().cpu().contiguous()
                 h.update(f"{pname}|{t.dtype}|{tuple(t.shape)}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                h.update(tensor_bytes(t))
         cache[key] = h.hexdigest()
         return cache[key]
+
+    def refresh_modules(self) -> None:
+        """Re-read the module tree after submodules were replaced (e.g. ``reset_classifier``,
+        which rebuilds a timm CNN's ``global_pool``); the execution trace is taken again."""
+        self._modules = dict(self.module.named_modules())
+        self._aliases = _aliases_for(self.module)
+        self._order = None
+        self.refresh_fingerprint()
 
     def refresh_fingerprint(self) -> str:
         """Recompute :attr:`fingerprint` after the weights changed."""
@@ -201,6 +220,21 @@ class ModelWrapper:
         new._fingerprint = None
         new.__dict__.pop("_layer_fps", None)
         return new
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Every submodule in ``eval()`` (BatchNorm uses its running statistics, dropout is off);
+        each module's own mode is restored afterwards (a model in the middle of training)."""
+        modes = [(m, m.training) for m in self.module.modules()]
+        if not any(training for _, training in modes):
+            yield
+            return
+        self.module.eval()
+        try:
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
 
     # ------------------------------------------------------------------ layers
     @property
@@ -290,9 +324,15 @@ class ModelWrapper:
         handles = [m.register_forward_hook(make_hook(n)) for n, m in self._modules.items() if n]
         handles += [m.register_forward_pre_hook(make_pre_hook(n)) for n, m in self._modules.items() if n]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.eval_mode():
                 x = torch.full((1, *self.input_size), 0.5, device=self.device)
                 self.module(self._normalize(x))
+        except Exception as exc:
+            raise ImageSizeError(
+                f"{self.name} cannot run on input size {self.input_size} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); choose an image size the architecture "
+                "takes (e.g. its default, or a multiple of its patch size / total stride)"
+            ) from exc
         finally:
             for h in handles:
                 h.remove()
@@ -363,7 +403,8 @@ class ModelWrapper:
         after the deepest requested layer. Gradients flow to ``images`` if it requires them.
         """
         layers = self.resolve_layers(layers)
-        return self._capture(images, layers, clone=clone)
+        with self.eval_mode():
+            return self._capture(images, layers, clone=clone)
 
     def _capture(self, images: torch.Tensor, layers: list[str], *, clone: bool) -> dict[str, torch.Tensor]:
         modules = {self._module_name(layer): layer for layer in layers}
@@ -430,7 +471,7 @@ class ModelWrapper:
             from ftlens.progress import track
 
             batches = track(batches, description=f"capture {self.name}", total=len(batches))
-        with torch.inference_mode(), _autocast(device, autocast):
+        with torch.inference_mode(), _autocast(device, autocast), self.eval_mode():
             for start in batches:
                 x = images[start : start + batch_size].to(device, non_blocking=True)
                 reps = self._capture(x, layers, clone=False)
@@ -508,14 +549,20 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]
         yield
 
 
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor of any dtype and rank (0-dim included, e.g. BatchNorm's
+    ``num_batches_tracked``), in C order; empty tensors give ``b""``."""
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
 def weights_fingerprint(module: nn.Module, extra: Any = None) -> str:
     """sha256 hex digest of a module's state dict (names, dtypes, shapes and bytes)."""
     h = hashlib.sha256()
     h.update(type(module).__name__.encode())
     for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(tensor_bytes(t))
     if extra is not None:
         h.update(repr(extra).encode())
     return h.hexdigest()
@@ -534,6 +581,7 @@ def load_model(
     pretrained: bool = False,
     arch: str | None = None,
     include_norm: bool = False,
+    image_size: int | Sequence[int] | None = None,
     device: str | torch.device = "cpu",
     **timm_kwargs: Any,
 ) -> ModelWrapper:
@@ -545,8 +593,15 @@ def load_model(
         layers: analysis layers (names or glob patterns); defaults to every ViT block.
         include_norm: also append ``pre_logits`` (CLS after the final norm) to the defaults.
         arch: architecture spec of a checkpoint that does not record its own.
+        image_size: input resolution ``H`` or ``(H, W)`` (default: the model's own, or the one a
+            checkpoint records). A ViT's position embedding is resampled to the new grid.
         **timm_kwargs: passed to :func:`timm.create_model` (``img_size``, ``depth``, ...).
     """
+    if image_size is not None:
+        hw = _hw(image_size)
+        if input_size is not None and tuple(input_size[1:]) != hw:
+            raise ImageSizeError(f"image_size {hw} and input_size {tuple(input_size)} disagree; give one of them")
+        input_size = (int(input_size[0]) if input_size is not None else 3, *hw)
     if isinstance(spec, nn.Module):
         wrapper = _from_module(spec, layers=layers, mean=mean, std=std, input_size=input_size)
     else:
@@ -554,6 +609,7 @@ def load_model(
         if spec.startswith(("timm:", "ftlens:")):
             module, source = _build(spec, pretrained=pretrained, **timm_kwargs)
             wrapper = _wrap_built(module, spec, source, layers=layers, mean=mean, std=std, input_size=input_size)
+            wrapper.random_init = not pretrained and not _ships_weights(spec)
         else:
             path = resolve_run_checkpoint(spec) if _looks_like_run_spec(spec) else Path(spec)
             wrapper = _from_checkpoint(
@@ -582,12 +638,12 @@ def _build(spec: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Mo
         if name not in PRESETS:
             known = list(PRESETS) + list(WEIGHTS)
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.3)
-            raise ValueError(
+            raise ModelError(
                 f"unknown ftlens preset {name!r}; presets: {', '.join(known)}"
                 + (f" (did you mean {close[0]}?)" if close else "")
             )
         if pretrained:
-            raise ValueError(
+            raise ModelError(
                 f"ftlens:{name} has no published weights; pretrain it (`ftlens finetune --task "
                 "classification --data natural-patches`) and load the run's checkpoint"
             )
@@ -596,7 +652,7 @@ def _build(spec: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Mo
         return module, _Source(spec, {k: v for k, v in {"num_classes": 0, **kwargs}.items()})
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
-        raise ValueError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        raise ModelError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
     try:
         module = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as exc:  # network errors come in many types (OSError, HTTP errors, ...)
@@ -609,6 +665,47 @@ def _build(spec: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Mo
             ) from exc
         raise
     return module, _Source(spec, dict(kwargs))
+
+
+def _ships_weights(spec: str) -> bool:
+    """Whether an ``ftlens:`` spec names real weights that ship in a package."""
+    from ftlens.weights import WEIGHTS
+
+    return spec.startswith("ftlens:") and spec.split(":", 1)[1] in WEIGHTS
+
+
+def _hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """``224`` or ``(224, 224)`` or ``(3, 224, 224)`` -> ``(224, 224)``."""
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(v) for v in size)
+    if len(size) == 3:
+        size = size[1:]
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or min(size) < 1:
+        raise ImageSizeError(f"image size must be a positive H or (H, W), got {size}")
+    return size
+
+
+def _set_image_size(module: nn.Module, hw: tuple[int, int]) -> None:
+    """Make a fixed-resolution model (timm ViT, Swin, ...) take ``hw`` images (position
+    embeddings resampled); models that take any size (CNNs) are left as they are."""
+    pe = getattr(module, "patch_embed", None)
+    current = getattr(pe, "img_size", None)
+    if current is None or tuple(current) == hw:
+        return
+    if not hasattr(module, "set_input_size"):
+        raise ImageSizeError(
+            f"{type(module).__name__} is built for {tuple(current)} images and cannot be resized to {hw}; "
+            f"use image size {current[0]} (or rebuild it with img_size={hw[0]})"
+        )
+    try:
+        module.set_input_size(img_size=hw)
+    except Exception as exc:
+        raise ImageSizeError(
+            f"{type(module).__name__} cannot take {hw} images ({exc}); choose a multiple of its patch size"
+        ) from exc
 
 
 def _is_network_error(exc: BaseException) -> bool:
@@ -631,6 +728,8 @@ def _wrap_built(
     import timm
 
     cfg = timm.data.resolve_model_data_config(module)
+    if input_size is not None:
+        _set_image_size(module, _hw(input_size))
     pe = getattr(module, "patch_embed", None)
     if input_size is None and pe is not None and getattr(pe, "img_size", None) is not None:
         input_size = (getattr(pe.proj, "in_channels", 3), *pe.img_size)
@@ -762,6 +861,10 @@ def _from_checkpoint(
             )
         kwargs = {**json.loads(meta.get("ftlens_kwargs", "{}")), **kwargs}
     module, source = _build(arch, pretrained=False, **kwargs)
+    if input_size is None and meta.get("ftlens_input_size"):
+        input_size = json.loads(meta["ftlens_input_size"])
+    if input_size is not None:
+        _set_image_size(module, _hw(input_size))
     extra = {k: v for k, v in state.items() if k.startswith(TASK_HEAD_PREFIX)}
     backbone = {k: v for k, v in state.items() if not k.startswith(TASK_HEAD_PREFIX)}
     expected = module.state_dict()
@@ -825,6 +928,7 @@ def save_checkpoint(
         "ftlens_kwargs": json.dumps(wrapper.source.kwargs, sort_keys=True),
         "ftlens_mean": json.dumps(list(wrapper.mean)),
         "ftlens_std": json.dumps(list(wrapper.std)),
+        "ftlens_input_size": json.dumps(list(wrapper.input_size)),
         **(metadata or {}),
     }
     from ftlens.io import atomic_path

@@ -71,7 +71,7 @@ def dynamics(
     from ftlens.progress import track
 
     for epoch in track([e for e in wanted if e not in have], description=f"dynamics {Path(run_dir).name}"):
-        ft = load_model(str(ckpts[epoch]), layers=layers or pt.layers)
+        ft = load_model(str(ckpts[epoch]), layers=layers or pt.layers, image_size=pt.input_size[1:])
         cmp = compare(pt, ft, images, layers=layers, **compare_kwargs)
         if cmp is None:  # another rank under a launcher: its share is in the cache, rank 0 merges
             continue

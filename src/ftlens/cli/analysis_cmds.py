@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ftlens.cli import app
-from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
+from ftlens.cli.common import console, fail_on_ftlens_error, image_size_kwargs, parse_list
 from ftlens.errors import ConfigError
 from ftlens.settings import PAPER
 
@@ -17,6 +17,7 @@ from ftlens.settings import PAPER
 def dynamics_cmd(
     run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A finetuning run directory."),
     pretrained: str = typer.Option(None, "--pretrained", help="Reference model spec (default RUN_DIR@0)."),
+    image_size: str = typer.Option(None, "--image-size", help="Input resolution H or H,W (default: the model's own, or its checkpoint's)."),
     data: str = typer.Option(None, "--data", help="Dataset for the images (default: the run's dataset)."),
     images: int = typer.Option(PAPER.images, "--images", help="Images per seed (the paper: 500)."),
     seeds: int = typer.Option(PAPER.seeds, "--seeds", help="Seeds (each: its own image sample and start noise)."),
@@ -42,7 +43,7 @@ def dynamics_cmd(
     from ftlens.models import load_model
 
     pretrained = pretrained or f"{run_dir}@0"
-    pt = load_model(pretrained, layers=parse_list(layers))
+    pt = load_model(pretrained, layers=parse_list(layers), **image_size_kwargs(image_size))
     if data is None:
         cfg_path = run_dir / "config.yaml"
         data = yaml.safe_load(cfg_path.read_text()).get("data") if cfg_path.exists() else None

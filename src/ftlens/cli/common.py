@@ -59,3 +59,12 @@ def parse_list(text: str | None, cast: Callable[[str], Any] = str) -> list[Any] 
     if text is None or not str(text).strip():
         return None
     return [cast(t.strip()) for t in str(text).split(",") if t.strip()]
+
+
+def image_size_kwargs(text: str | None) -> dict[str, Any]:
+    """``--image-size 224`` / ``224,160`` -> ``{"image_size": [H, W]}`` for load_model; None -> {}."""
+    if text is None:
+        return {}
+    from ftlens.finetune.config import parse_image_size
+
+    return {"image_size": parse_image_size(text)}

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ftlens.cli import app
-from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
+from ftlens.cli.common import console, fail_on_ftlens_error, image_size_kwargs, parse_list
 from ftlens.errors import ConfigError
 from ftlens.settings import PAPER
 
@@ -63,6 +63,7 @@ def compare_cmd(
     pretrained: str = typer.Option(..., "--pretrained", help="Reference model SPEC (timm:NAME, ftlens:PRESET, "
                                    "a checkpoint, RUN_DIR@EPOCH)."),
     finetuned: str = typer.Option(..., "--finetuned", help="Finetuned model SPEC (same forms)."),
+    image_size: str = typer.Option(None, "--image-size", help="Input resolution H or H,W (default: the model's own, or its checkpoint's)."),
     data: str = typer.Option(..., "--data", help="Dataset for the images (`ftlens datasets` lists them)."),
     out: Path = typer.Option(..., "--out", help="Output directory for tables, comparison.json and plots."),
     layers: list[str] = typer.Option(None, "--layers", help="Layers or globs (comma-separated or repeated); "
@@ -120,8 +121,9 @@ def compare_cmd(
     if tf32:
         inversion.set_tf32(True)
     layer_list = _layer_list(layers)
-    pt = load_model(pretrained, layers=layer_list, device=device or "cpu")
-    ft = load_model(finetuned, layers=layer_list, device=device or "cpu")
+    size = image_size_kwargs(image_size)
+    pt = load_model(pretrained, layers=layer_list, device=device or "cpu", **size)
+    ft = load_model(finetuned, layers=layer_list, device=device or "cpu", **size)
     ds = get_dataset(data, split="test", image_size=tuple(pt.input_size[1:]), data_dir=data_dir)
     if images > len(ds):
         raise ConfigError(f"dataset {data!r} (test split) has only {len(ds)} images; use --images {len(ds)} or fewer")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ftlens.cli import app
-from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
+from ftlens.cli.common import console, fail_on_ftlens_error, image_size_kwargs, parse_list
 from ftlens.errors import ConfigError
 
 
@@ -47,6 +47,7 @@ def layers_cmd(
 def cka_cmd(
     model_a: str = typer.Argument(..., help="First model spec."),
     model_b: str = typer.Argument(..., help="Second model spec."),
+    image_size: str = typer.Option(None, "--image-size", help="Input resolution H or H,W (default: the model's own, or its checkpoint's)."),
     data: str = typer.Option("digits", "--data", help="Dataset name (see `ftlens datasets`)."),
     images: int = typer.Option(256, "--images", help="Number of test images."),
     layers: str = typer.Option(None, "--layers", help="Comma-separated layers or globs (default: every block)."),
@@ -62,8 +63,9 @@ def cka_cmd(
     from ftlens.report.figures import cka_heatmap, save_figure
     from ftlens.similarity import cka_matrix
 
-    a = load_model(model_a, layers=parse_list(layers))
-    b = load_model(model_b, layers=parse_list(layers))
+    size = image_size_kwargs(image_size)
+    a = load_model(model_a, layers=parse_list(layers), **size)
+    b = load_model(model_b, layers=parse_list(layers), **size)
     if a.input_size != b.input_size:
         raise ConfigError(f"input sizes differ: {a.input_size} vs {b.input_size}")
     dataset = get_dataset(data, split="test", image_size=a.input_size[1:], data_dir=data_dir, seed=seed)

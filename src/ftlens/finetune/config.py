@@ -50,6 +50,9 @@ class FinetuneConfig:
         pretrained_from: start from these weights instead: ``"RUN_DIR@last"``,
             ``"RUN_DIR@3"`` or a checkpoint file (architecture read from it; the classification
             head is reset when its number of classes differs from the new task's).
+        image_size: input resolution ``H`` (or ``[H, W]``) the model is run at (None: the
+            model's own, or the one its checkpoint records); a ViT's position embedding is
+            resampled. Recorded in every checkpoint.
         data: a :func:`ftlens.data.get_dataset` name (``digits``, ``cifar10``, ``folder:PATH``).
         data_dir, download: where torchvision datasets live and whether to fetch them.
         train_size, test_size: use a seeded subset of this many images (None: all).
@@ -64,6 +67,12 @@ class FinetuneConfig:
         l2sp_weight: ``w`` of the L2-SP penalty ``w * sum ||theta - theta_0||^2`` (backbone).
         surgical_blocks: which ViT blocks train for ``surgical`` (``"0-3"``, ``"0,2"``, a list);
             the task head always trains.
+        surgical_layers: for ``surgical`` on any model: module-name patterns of the backbone whose
+            parameters train (``"layer1,layer2"``, ``"stages.0*"``, ``"blocks.[0-3]"``; fnmatch,
+            a pattern also selects everything under the module it names).
+        freeze_bn: BatchNorm layers keep their running statistics and affine weights during FT
+            (eval mode, not trained); default off (BN trains as usual). LP and head probing
+            never touch the backbone, BN statistics included.
         lp_grid, lp_val_fraction, lp_max_iter: linear probe: C values swept, fraction of the
             train split held out to choose C, iterations of L-BFGS.
         wise_alphas, wise_from, wise_to: WiSE-FT: interpolation weights ``a`` in
@@ -94,6 +103,7 @@ class FinetuneConfig:
     model: str | None = None
     pretrained: bool = True
     pretrained_from: str | None = None
+    image_size: list[int] | None = None
     data: str = "digits"
     data_dir: str | None = None
     download: bool | None = None
@@ -108,6 +118,8 @@ class FinetuneConfig:
     hp_label_smoothing: float = 0.0
     l2sp_weight: float = 0.01
     surgical_blocks: list[int] | None = None
+    surgical_layers: list[str] | None = None
+    freeze_bn: bool = False
     lp_grid: list[float] = field(default_factory=lambda: list(DEFAULT_LP_GRID))
     lp_val_fraction: float = 0.2
     lp_max_iter: int = 1000
@@ -240,6 +252,9 @@ class FinetuneConfig:
         if not self.wise_alphas:
             raise ConfigError("wise_alphas must hold at least one interpolation weight, e.g. 0,0.5,1")
         self.surgical_blocks = parse_blocks(self.surgical_blocks)
+        self.surgical_layers = [str(p).strip() for p in _as_list(self.surgical_layers) if str(p).strip()] or None
+        self.freeze_bn = bool(self.freeze_bn)
+        self.image_size = parse_image_size(self.image_size)
         self.corruptions = [str(c).strip() for c in _as_list(self.corruptions) if str(c).strip()]
         self.severities = [_int("severities", s, minimum=1) for s in _as_list(self.severities)]
         if self.corruptions and (not self.severities or max(self.severities) > 5):
@@ -265,8 +280,13 @@ class FinetuneConfig:
             return
         if self.model is None and self.pretrained_from is None:
             raise ConfigError("give a model (--model timm:NAME | ftlens:PRESET) or --pretrained-from RUN@last")
-        if self.strategy == "surgical" and not self.surgical_blocks:
-            raise ConfigError("strategy surgical needs surgical_blocks, e.g. --surgical-blocks 0-3")
+        if self.strategy == "surgical" and not self.surgical_blocks and not self.surgical_layers:
+            raise ConfigError(
+                "strategy surgical needs surgical_blocks (ViT blocks, e.g. --surgical-blocks 0-3) or "
+                "surgical_layers (module-name patterns, e.g. --surgical-layers 'layer1,layer2')"
+            )
+        if self.surgical_blocks and self.surgical_layers:
+            raise ConfigError("give surgical_blocks or surgical_layers, not both")
         if self.strategy == "lp-ft" and self.task == "reconstruction":
             raise ConfigError(
                 "lp-ft is a classification strategy (logistic regression head); for reconstruction "
@@ -292,6 +312,18 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of options, got {type(data).__name__}")
     return data
+
+
+def parse_image_size(value: Any) -> list[int] | None:
+    """``224`` / ``"224"`` / ``"224,160"`` / ``[224, 160]`` -> ``[H, W]``; None -> None."""
+    if value is None or value == "" or value == []:
+        return None
+    items = _as_list(value)
+    if len(items) == 1:
+        items = items * 2
+    if len(items) != 2:
+        raise ConfigError(f"image_size must be H or [H, W], got {value!r}")
+    return [_int("image_size", v, minimum=1) for v in items]
 
 
 def parse_blocks(value: Any) -> list[int] | None:

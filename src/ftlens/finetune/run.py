@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ import pandas as pd
 import torch
 
 from ftlens import io
-from ftlens.errors import CheckpointError, FtlensError, OutputError
+from ftlens.errors import CheckpointError, FtlensError, OutputError, RandomWeightsWarning
 from ftlens.finetune.config import (
     PAPER_WARMUP_STEPS,
     RESUME_FREE_FIELDS,
@@ -360,7 +361,8 @@ def start_model(cfg: FinetuneConfig) -> ModelWrapper:
     spec = cfg.pretrained_from or cfg.model
     torch.manual_seed(cfg.seed)  # a randomly initialised start (a preset) is the same for a seed
     timm_pretrained = cfg.pretrained and str(spec).startswith("timm:") and cfg.strategy != "scratch"
-    wrapper = load_model(spec, pretrained=timm_pretrained) if timm_pretrained else load_model(spec)
+    size = {"image_size": cfg.image_size} if cfg.image_size else {}
+    wrapper = load_model(spec, pretrained=timm_pretrained, **size) if timm_pretrained else load_model(spec, **size)
     if cfg.pretrained_from and cfg.model and cfg.model != cfg.pretrained_from:
         model_arch = cfg.model if cfg.model.startswith(("timm:", "ftlens:")) else load_model(cfg.model).source.spec
         if model_arch != wrapper.source.spec:
@@ -371,6 +373,14 @@ def start_model(cfg: FinetuneConfig) -> ModelWrapper:
     if cfg.strategy == "scratch":
         torch.manual_seed(cfg.seed)
         wrapper = rebuild(wrapper)
+    elif wrapper.random_init and cfg.strategy != "wise-ft":
+        warnings.warn(
+            f"{spec} starts from random weights (no pretrained weights were loaded), so this is training "
+            "from scratch, not finetuning; pass a pretrained model (timm:NAME with --pretrained, a "
+            "checkpoint, or --pretrained-from RUN@last)",
+            RandomWeightsWarning,
+            stacklevel=2,
+        )
     return wrapper
 
 
@@ -608,7 +618,8 @@ class _Run:
         if self.optimizer is not None and self.opt_phase == phase:
             return
         cfg, rt = self.cfg, self.runtime
-        names = trainable_names(self.model, cfg.strategy, phase, cfg.surgical_blocks)
+        names = trainable_names(self.model, cfg.strategy, phase, cfg.surgical_blocks, cfg.surgical_layers,
+                                cfg.freeze_bn)
         params = set_trainable(self.model, names)
         lr = cfg.hp_lr if phase == "hp" and cfg.hp_lr is not None else cfg.lr
         optimizer = make_optimizer(params, cfg.optimizer, lr=lr, momentum=cfg.momentum,
@@ -642,7 +653,7 @@ class _Run:
                 label_smoothing=cfg.hp_label_smoothing if phase == "hp" else cfg.label_smoothing,
                 grad_clip=cfg.grad_clip, penalty=penalty,
             )
-            set_train_mode(self.model, phase)
+            set_train_mode(self.model, phase, cfg.freeze_bn)
             stats = train_epoch(self.ddp_model, self.train_src, self.optimizer, self.scheduler, self.params,
                                 settings, rt, epoch_seed(cfg.seed, epoch), on_step)
             row.update(stats)

@@ -14,6 +14,7 @@ Phases (the ``phase`` column of ``metrics.csv``):
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -58,14 +59,51 @@ def block_names(task_model: TaskModel) -> list[str]:
     return [f"backbone.blocks.{i}." for i in range(len(blocks))]
 
 
+def surgical_names(task_model: TaskModel, patterns: Sequence[str]) -> list[str]:
+    """Backbone parameter names (``backbone.layer1.0.conv1.weight``) selected by module-name
+    patterns (fnmatch, relative to the backbone: ``layer1``, ``stages.0*``, ``blocks.[0-3]``).
+
+    A pattern selects a parameter when it matches the parameter's name or the name of a module
+    that holds it. A pattern that selects nothing is an error listing the top-level modules.
+    """
+    names = [n for n, _ in task_model.backbone_parameters()]
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if _selects(pattern, n.removeprefix("backbone."))]
+        if not hits:
+            tops = sorted({n.removeprefix("backbone.").split(".")[0] for n in names})
+            raise FtlensError(
+                f"surgical_layers pattern {pattern!r} selects no backbone parameter; module names start "
+                f"with {', '.join(tops[:12])} (`ftlens layers MODEL` lists them)"
+            )
+        chosen.extend(n for n in hits if n not in chosen)
+    return chosen
+
+
+def _selects(pattern: str, name: str) -> bool:
+    """Whether ``pattern`` names the parameter ``name`` or one of the modules holding it."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
+
+
 def trainable_names(task_model: TaskModel, strategy: str, phase: str,
-                    surgical_blocks: Sequence[int] | None = None) -> list[str]:
-    """Names of the parameters that train in ``phase`` of ``strategy`` (the head always does)."""
+                    surgical_blocks: Sequence[int] | None = None,
+                    surgical_layers: Sequence[str] | None = None,
+                    freeze_bn: bool = False) -> list[str]:
+    """Names of the parameters that train in ``phase`` of ``strategy`` (the head always does).
+
+    ``freeze_bn``: BatchNorm affine weights of the backbone do not train in FT."""
     names = [n for n, _ in task_model.named_parameters()]
     if phase in HEAD_ONLY_PHASES:
         return [n for n in names if task_model.is_head(n)]
     if phase != "ft":
         return []
+    if freeze_bn:
+        frozen = set(bn_parameter_names(task_model))
+        names = [n for n in names if n not in frozen or task_model.is_head(n)]
+    if strategy == "surgical" and surgical_layers:
+        chosen = set(surgical_names(task_model, surgical_layers))
+        return [n for n in names if task_model.is_head(n) or n in chosen]
     if strategy == "surgical":
         prefixes = block_names(task_model)
         bad = [b for b in surgical_blocks or [] if b >= len(prefixes)]
@@ -89,8 +127,20 @@ def set_trainable(task_model: TaskModel, names: Sequence[str]) -> list[torch.nn.
     return params
 
 
-def set_train_mode(task_model: TaskModel, phase: str) -> None:
-    """``train()`` for FT; a frozen backbone stays in ``eval()`` (fixed features, BN statistics)."""
+def bn_parameter_names(task_model: TaskModel) -> list[str]:
+    """Names of the affine parameters of the backbone's BatchNorm layers."""
+    out = []
+    for mname, module in task_model.backbone.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            out += [f"backbone.{mname}.{p}" for p, _ in module.named_parameters(recurse=False)]
+    return out
+
+
+def set_train_mode(task_model: TaskModel, phase: str, freeze_bn: bool = False) -> None:
+    """``train()`` for FT; a frozen backbone stays in ``eval()`` (fixed features, BN statistics).
+
+    In FT, BatchNorm layers whose parameters are all frozen (surgical, ``freeze_bn``) stay in
+    ``eval()`` so their running statistics do not move either."""
     task_model.train()
     if phase in HEAD_ONLY_PHASES:
         task_model.backbone.eval()
@@ -102,7 +152,7 @@ def set_train_mode(task_model: TaskModel, phase: str) -> None:
     # modules whose parameters are all frozen (surgical) keep their normalisation statistics
     for module in task_model.backbone.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            if not any(p.requires_grad for p in module.parameters()):
+            if freeze_bn or not any(p.requires_grad for p in module.parameters()):
                 module.eval()
 
 

@@ -109,7 +109,7 @@ def reset_classifier(wrapper: ModelWrapper, num_classes: int) -> None:
     wrapper.source = dataclasses.replace(
         wrapper.source, kwargs={**wrapper.source.kwargs, "num_classes": int(num_classes)}
     )
-    wrapper.refresh_fingerprint()
+    wrapper.refresh_modules()
 
 
 def classifier_prefix(module: nn.Module) -> str:
