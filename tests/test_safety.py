@@ -201,3 +201,17 @@ def test_finished_run_without_state_is_reused_not_retrained(tiny_run, tmp_path):
     assert again.metrics["test_acc"].tolist() == pytest.approx(full.metrics["test_acc"].tolist(), abs=0, rel=1e-12)
     for (k, v), (k2, v2) in zip(again.model.module.state_dict().items(), full.model.module.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
+
+
+def test_checkpoints_and_states_respect_the_umask(tmp_path):
+    import os
+
+    from ftlens.finetune.run import _save_state
+
+    old = os.umask(0o027)
+    try:
+        ckpt = save_checkpoint(load_model(MODEL), tmp_path / "m.safetensors")
+        _save_state(tmp_path / "s.pt", {"metrics": []})
+    finally:
+        os.umask(old)
+    assert {(p.stat().st_mode & 0o777) for p in (ckpt, tmp_path / "s.pt")} == {0o640}

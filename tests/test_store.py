@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from ftlens import inversion as inversion_mod
+from ftlens.inversion import cached_inversion
 from ftlens.models import load_model
 from ftlens.store import (
     CACHE_DIR_ENV,
     Cache,
-    cached_inversion,
     canonical_json,
     content_key,
     default_cache_dir,
@@ -136,3 +136,117 @@ def test_no_cache_always_computes(model, images, counter):
     cached_inversion(model, "blocks.0", images, steps=1, cache=None)
     cached_inversion(model, "blocks.0", images, steps=1, cache=None)
     assert len(counter) == 2
+
+
+# --------------------------------------------------------------------------- entries are verified
+
+
+def test_swapped_entry_is_detected_and_recomputed(tmp_path, model, images, counter):
+    cache = Cache(tmp_path)
+    a = cached_inversion(model, "blocks.1", images, seed=0, steps=STEPS, cache=cache)
+    b = cached_inversion(model, "blocks.1", images, seed=1, steps=STEPS, cache=cache)
+    assert len(counter) == 2 and not torch.equal(a.images, b.images)
+    cache.path(a.extra["key"]).write_bytes(cache.path(b.extra["key"]).read_bytes())  # b copied over a
+    with pytest.warns(UserWarning, match="written for key"):
+        again = cached_inversion(model, "blocks.1", images, seed=0, steps=STEPS, cache=cache)
+    assert len(counter) == 3 and not again.cached
+    assert torch.equal(again.images, a.images) and torch.equal(again.residual, a.residual)
+    # the entry was rewritten: the next call reads it
+    assert cached_inversion(model, "blocks.1", images, seed=0, steps=STEPS, cache=cache).cached
+    assert len(counter) == 3
+
+
+def test_nan_and_altered_entries_are_recomputed(tmp_path, model, images, counter):
+    from ftlens.inversion import _inversion_to_entry
+
+    cache = Cache(tmp_path)
+    a = cached_inversion(model, "blocks.0", images, seed=0, steps=STEPS, cache=cache)
+    key = a.extra["key"]
+    tensors, meta = _inversion_to_entry(a)
+    poisoned = dict(tensors, images=torch.full_like(a.images, float("nan")))
+    cache.put(key, poisoned, meta)  # a well-formed entry for the right key, holding NaN
+    with pytest.warns(UserWarning, match="NaN or inf"):
+        again = cached_inversion(model, "blocks.0", images, seed=0, steps=STEPS, cache=cache)
+    assert not again.cached and torch.equal(again.images, a.images) and len(counter) == 2
+    # one flipped byte in the tensor data (the header and its key intact)
+    path = cache.path(key)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="does not match the hash"):
+        again = cached_inversion(model, "blocks.0", images, seed=0, steps=STEPS, cache=cache)
+    assert not again.cached and torch.equal(again.images, a.images) and len(counter) == 3
+    # an entry of the right key with other shapes (e.g. written by hand)
+    cache.put(key, dict(tensors, images=tensors["images"][:2]), meta)
+    with pytest.warns(UserWarning, match="shape"):
+        again = cached_inversion(model, "blocks.0", images, seed=0, steps=STEPS, cache=cache)
+    assert torch.equal(again.images, a.images) and len(counter) == 4
+
+
+def test_read_only_cache_computes_without_caching(tmp_path, model, images, counter, monkeypatch):
+    import contextlib
+    import errno
+
+    from ftlens import io
+
+    cache = Cache(tmp_path)
+    cached_inversion(model, "blocks.0", images, seed=0, steps=STEPS, cache=cache)  # one entry there
+
+    @contextlib.contextmanager
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+        yield
+
+    monkeypatch.setattr(io, "atomic_path", read_only)
+    with pytest.warns(UserWarning, match="cannot be written"):
+        fresh = cached_inversion(model, "blocks.0", images, seed=1, steps=STEPS, cache=cache)
+    assert not fresh.cached and len(counter) == 2 and len(cache.entries()) == 1
+    assert cached_inversion(model, "blocks.0", images, seed=0, steps=STEPS, cache=cache).cached  # reads still work
+    assert cache.put_table(content_key({"t": 1}), pd.DataFrame({"a": [1]})) is None
+
+
+def test_racing_writers_compute_a_key_once(tmp_path):
+    import threading
+    import time
+
+    cache = Cache(tmp_path)
+    key = content_key({"race": 1})
+    calls = []
+
+    def make():
+        calls.append(1)
+        time.sleep(0.3)
+        return {"x": torch.arange(3.0)}, {"who": str(len(calls))}
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.compute(key, make))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1, "the lock let two writers compute the same key"
+    assert [r[2] for r in results].count(False) == 1
+    assert all(torch.equal(r[0]["x"], torch.arange(3.0)) and r[1]["who"] == "1" for r in results)
+    assert len(cache.entries()) == 1
+
+
+def test_entries_respect_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = Cache(tmp_path).put(content_key({"m": 1}), {"a": torch.zeros(1)})
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o640
+
+
+def test_store_is_generic():
+    import ast
+    from pathlib import Path
+
+    import ftlens.store
+
+    tree = ast.parse(Path(ftlens.store.__file__).read_text())
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert "_invert" not in names

@@ -1,57 +1,81 @@
-"""The content-keyed on-disk cache (inversions, small tables).
+"""The content-keyed on-disk cache (generic: any computation whose inputs hash to a key).
 
-An entry's key is the sha256 of a canonical JSON of everything that determines its content:
-for an inversion, the model fingerprint (hash of the weights and the preprocessing), the layer,
-the hash of the image set, the seed, the inversion settings and :data:`CODE_VERSION`. So
+An entry's key is the sha256 of a canonical JSON of everything that determines its content
+(:func:`content_key`). The inversion cache (:func:`ftlens.inversion.cached_inversion`) keys an
+inversion by the model fingerprint (hash of the weights and the preprocessing), the layer, the
+hash of the image set, the seed, the inversion settings and its code version. So
 
 - rerunning the same computation reuses every entry;
-- changing any input (weights, layer, images, seed, steps, step size, start, autocast) gives a
-  different key, and only the entries that depend on it are recomputed;
+- changing any input gives a different key, and only the entries that depend on it are recomputed;
 - a killed run loses nothing: each finished entry is written atomically (temporary file, then
   rename) as soon as it is computed, and a half-written file never carries a final name.
+
+Entries come from disk, which other people and other programs can write, so nothing is trusted:
+every entry records the key it was written for and the sha256 of its content, and :meth:`Cache.get`
+ignores (with a :class:`~ftlens.errors.CacheWarning`, and the caller recomputes) an entry that is
+unreadable, written for another key, altered since, or holding NaN or inf. Entries are safetensors
+and Parquet files: reading one never runs code.
+
+Processes that share a cache (``--processes N``, a launcher, two terminals) stay consistent:
+:meth:`Cache.compute` holds a lock file per key while computing, so a second process asking for
+the same key waits and reads the first one's entry instead of computing it again (where the file
+system supports ``flock``; elsewhere both compute the same bytes and the last rename wins). A
+cache folder that cannot be written (read-only, full) is used for reading only: results are
+computed and returned without being stored, with a warning.
 
 Layout under the root (``$FTLENS_CACHE_DIR`` or ``~/.cache/ftlens``)::
 
     inversions/ab/ab12....safetensors   tensors + metadata (the key's content as JSON)
+    inversions/ab/.ab12....lock         the lock file of a key (empty)
     tables/cd/cd34....parquet           pandas tables
 
-Batch size and device are *not* part of the key: they change results only by float rounding.
-Weights changed in place need ``wrapper.refresh_fingerprint()`` before the next lookup (the
-wrapper caches its fingerprint).
+Batch size and device are *not* part of an inversion's key: they change results only by float
+rounding. Weights changed in place need ``wrapper.refresh_fingerprint()`` before the next lookup
+(the wrapper caches its fingerprint).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ftlens import io
-from ftlens.settings import PAPER
+from ftlens.errors import CacheWarning
 
 __all__ = [
     "CACHE_DIR_ENV",
-    "CODE_VERSION",
     "Cache",
-    "cached_inversion",
     "canonical_json",
     "content_key",
     "default_cache_dir",
-    "inversion_key",
     "resolve_cache",
     "tensor_hash",
+    "tensors_hash",
 ]
 
 #: Environment variable naming the cache root.
 CACHE_DIR_ENV = "FTLENS_CACHE_DIR"
-#: Version of the code that produces cached values; bump it when an algorithm's output changes.
-CODE_VERSION = "inversion-2"
+#: Metadata fields every entry carries: the key it was written for, the sha256 of its tensors.
+KEY_FIELD, HASH_FIELD = "ftlens_key", "ftlens_sha256"
+#: What the inversion cache used to export from here (now in ftlens.inversion).
+_MOVED = ("cached_inversion", "inversion_key", "CODE_VERSION")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        from ftlens import inversion
+
+        return getattr(inversion, name)
+    raise AttributeError(f"module 'ftlens.store' has no attribute {name!r}")
 
 
 def default_cache_dir() -> Path:
@@ -99,12 +123,25 @@ def tensor_hash(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def tensors_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the names (sorted) and :func:`tensor_hash` of a dict of tensors."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(f"{name}={tensor_hash(tensors[name])};".encode())
+    return h.hexdigest()
+
+
+def _cannot_write(exc: OSError) -> bool:
+    return exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR)
+
+
 class Cache:
     """A directory of content-keyed entries: tensors (safetensors) and tables.
 
     ``get``/``put`` store ``{name: tensor}`` dicts with string metadata; ``get_table``/
-    ``put_table`` store DataFrames. Counters ``hits``, ``misses`` and ``writes`` count the
-    calls of this object (useful to check that a rerun computed nothing).
+    ``put_table`` store DataFrames; ``compute`` is get-or-compute-and-put under a lock. Counters
+    ``hits``, ``misses`` and ``writes`` count the calls of this object (useful to check that a
+    rerun computed nothing).
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
@@ -112,6 +149,7 @@ class Cache:
         self.hits = 0
         self.misses = 0
         self.writes = 0
+        self._read_only_warned = False
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
@@ -126,9 +164,14 @@ class Cache:
     def __contains__(self, key: str) -> bool:
         return self.path(key).exists()
 
+    def _ignore(self, path: Path, why: str) -> None:
+        warnings.warn(f"ignoring cache entry {path}: {why}; it will be recomputed", CacheWarning, stacklevel=3)
+        self.misses += 1
+
     # ------------------------------------------------------------------ tensors
     def get(self, key: str, kind: str = "inversions") -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-        """``(tensors, metadata)`` of entry ``key``, or ``None`` if absent (or unreadable)."""
+        """``(tensors, metadata)`` of entry ``key``, or ``None`` if absent or not to be trusted
+        (unreadable, written for another key, altered, NaN or inf: a CacheWarning says which)."""
         path = self.path(key, kind)
         if not path.exists():
             self.misses += 1
@@ -140,11 +183,21 @@ class Cache:
                 meta = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # a corrupt file (disk full, manual edits): recompute it
-            warnings.warn(f"ignoring unreadable cache entry {path} ({type(exc).__name__}: {exc}); "
-                          "it will be recomputed", stacklevel=2)
-            self.misses += 1
+            self._ignore(path, f"unreadable ({type(exc).__name__}: {exc})")
+            return None
+        if meta.get(KEY_FIELD) != key:
+            self._ignore(path, f"it was written for key {meta.get(KEY_FIELD)!r}, not for {key!r}")
+            return None
+        if meta.get(HASH_FIELD) != tensors_hash(tensors):
+            self._ignore(path, "its content does not match the hash it was written with (altered or damaged)")
+            return None
+        bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            self._ignore(path, f"{', '.join(sorted(bad))} hold NaN or inf")
             return None
         self.hits += 1
+        meta.pop(KEY_FIELD)
+        meta.pop(HASH_FIELD)
         return tensors, meta
 
     def put(
@@ -153,21 +206,95 @@ class Cache:
         tensors: Mapping[str, torch.Tensor],
         metadata: Mapping[str, str] | None = None,
         kind: str = "inversions",
-    ) -> Path:
-        """Write entry ``key`` atomically (safetensors; metadata values must be strings)."""
+    ) -> Path | None:
+        """Write entry ``key`` atomically (safetensors; metadata values must be strings).
+
+        Returns the path, or None (with a warning) when the cache folder cannot be written."""
         from safetensors.torch import save_file
 
         path = self.path(key, kind)
         state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-        with io.atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
+        meta[KEY_FIELD] = key
+        meta[HASH_FIELD] = tensors_hash(state)
+        try:
+            with io.atomic_path(path) as tmp:
+                save_file(state, str(tmp), metadata=meta)
+        except OSError as exc:
+            if not _cannot_write(exc):
+                raise
+            self._warn_read_only(exc)
+            return None
         self.writes += 1
         return path
 
+    def _warn_read_only(self, exc: OSError) -> None:
+        if not self._read_only_warned:
+            warnings.warn(f"the cache {self.root} cannot be written ({exc.strerror or exc}); results are computed "
+                          "but not cached (choose another --cache-dir / $FTLENS_CACHE_DIR to keep them)",
+                          CacheWarning, stacklevel=3)
+            self._read_only_warned = True
+
+    @contextlib.contextmanager
+    def lock(self, key: str, kind: str = "inversions") -> Iterator[bool]:
+        """Hold an exclusive lock on ``key`` (a lock file beside the entry); yields whether a lock
+        is held (False where the folder cannot be written or has no ``flock``)."""
+        path = self.path(key, kind)
+        lock_path = path.with_name(f".{key}.lock")
+        try:
+            import fcntl
+
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except (ImportError, OSError):
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def compute(
+        self,
+        key: str,
+        make: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping[str, str]]],
+        kind: str = "inversions",
+        check: Callable[[dict[str, torch.Tensor], dict[str, str]], str | None] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:
+        """``(tensors, metadata, from_cache)``: entry ``key`` if it is there and trusted (and
+        ``check`` returns None for it), else ``make()``, stored. Only one process computes a key
+        at a time; the others wait and read its entry."""
+
+        def trusted() -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+            found = self.get(key, kind)
+            if found is not None and check is not None:
+                why = check(*found)
+                if why is not None:
+                    self.hits -= 1
+                    self._ignore(self.path(key, kind), why)
+                    return None
+            return found
+
+        found = trusted()
+        if found is not None:
+            return found[0], found[1], True
+        with self.lock(key, kind) as locked:
+            if locked and self.path(key, kind).exists():  # another process finished it while we waited
+                found = trusted()
+                if found is not None:
+                    return found[0], found[1], True
+            tensors, meta = make()
+            self.put(key, tensors, meta, kind)
+        return dict(tensors), dict(meta), False
+
     # ------------------------------------------------------------------ tables
     def get_table(self, key: str, kind: str = "tables"):
-        """A DataFrame stored under ``key``, or ``None``."""
+        """A DataFrame stored under ``key``, or ``None`` (absent, unreadable or for another key)."""
         import pandas as pd
 
         path = self.path(key, kind, ".parquet")
@@ -177,20 +304,31 @@ class Cache:
         try:
             df = pd.read_parquet(path)
         except Exception as exc:
-            warnings.warn(f"ignoring unreadable cache entry {path} ({type(exc).__name__}: {exc})", stacklevel=2)
-            self.misses += 1
+            self._ignore(path, f"unreadable ({type(exc).__name__}: {exc})")
             return None
+        if df.attrs.get(KEY_FIELD) != key:
+            self._ignore(path, f"it was written for key {df.attrs.get(KEY_FIELD)!r}, not for {key!r}")
+            return None
+        df.attrs.pop(KEY_FIELD)
         self.hits += 1
         return df
 
-    def put_table(self, key: str, df, kind: str = "tables") -> Path:
-        """Write a DataFrame under ``key`` atomically (Parquet)."""
-        path = io.write_table(self.path(key, kind, ".parquet"), df)
+    def put_table(self, key: str, df, kind: str = "tables") -> Path | None:
+        """Write a DataFrame under ``key`` atomically (Parquet; the key is in its metadata)."""
+        df = df.copy()
+        df.attrs[KEY_FIELD] = key
+        try:
+            path = io.write_table(self.path(key, kind, ".parquet"), df)
+        except OSError as exc:
+            if not _cannot_write(exc):
+                raise
+            self._warn_read_only(exc)
+            return None
         self.writes += 1
         return path
 
     def entries(self, kind: str = "inversions") -> list[Path]:
-        """Every complete entry of ``kind`` (temporary files excluded)."""
+        """Every complete entry of ``kind`` (temporary and lock files excluded)."""
         base = self.root / kind
         return sorted(p for p in base.glob("*/*") if not p.name.startswith("."))
 
@@ -206,125 +344,3 @@ def resolve_cache(cache: Cache | str | os.PathLike | bool | None) -> Cache | Non
     if isinstance(cache, (str, os.PathLike)):
         return Cache(cache)
     raise TypeError(f"cache must be a Cache, a directory, True (default directory) or None, got {cache!r}")
-
-
-# ---------------------------------------------------------------------------------- inversions
-
-
-def inversion_key(
-    model,
-    layer: str,
-    images_hash: str,
-    seed: int,
-    settings,
-    device: torch.device | str | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """``(key, content)`` of the inversion of ``images`` through ``model``'s ``layer``.
-
-    ``content`` is what the key hashes: the fingerprint of the weights that determine the layer
-    (:meth:`~ftlens.models.ModelWrapper.layer_fingerprint`), layer, image-set hash, seed, the
-    inversion settings (autocast as actually used on ``device``) and :data:`CODE_VERSION`.
-    """
-    device = device if device is not None else model.device
-    content = {
-        "kind": "inversion",
-        "code_version": CODE_VERSION,
-        "model": model.layer_fingerprint(layer),
-        "layer": layer,
-        "images": images_hash,
-        "seed": int(seed),
-        "steps": settings.steps,
-        "step_size": settings.step_size,
-        "start": settings.start,
-        "autocast": settings.effective_autocast(device),
-    }
-    return content_key(content), content
-
-
-def _inversion_to_entry(inv) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors = {
-        "images": inv.images,
-        "residual": inv.residual,
-        "history": inv.history,
-        "best_history": inv.best_history,
-    }
-    meta = {
-        "layer": inv.layer,
-        "model": inv.model,
-        "seed": str(inv.seed),
-        "settings": canonical_json(inv.settings.as_dict()),
-        "seconds": repr(float(inv.seconds)),
-    }
-    return tensors, meta
-
-
-def _inversion_from_entry(tensors: dict[str, torch.Tensor], meta: dict[str, str]):
-    from ftlens.inversion import Inversion, InversionSettings
-
-    return Inversion(
-        images=tensors["images"],
-        residual=tensors["residual"],
-        history=tensors["history"],
-        best_history=tensors["best_history"],
-        layer=meta["layer"],
-        model=meta["model"],
-        seed=int(meta["seed"]),
-        settings=InversionSettings(**json.loads(meta["settings"])),
-        seconds=float(meta.get("seconds", "0")),
-        cached=True,
-        extra={"key_content": json.loads(meta["key_content"])} if "key_content" in meta else {},
-    )
-
-
-def cached_inversion(
-    model,
-    layer: str,
-    images: torch.Tensor,
-    *,
-    seed: int = 0,
-    steps: int = PAPER.steps,
-    step_size: float = PAPER.step_size,
-    start: str = PAPER.start,
-    autocast: str | None = None,
-    settings=None,
-    cache: Cache | str | os.PathLike | bool | None = True,
-    images_hash: str | None = None,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    progress=False,
-):
-    """:func:`ftlens.inversion.invert`, looked up in / stored to ``cache`` by content.
-
-    ``settings`` (an :class:`~ftlens.inversion.InversionSettings`) overrides ``steps``,
-    ``step_size``, ``start`` and ``autocast``. ``images_hash`` (from :func:`tensor_hash`) saves
-    hashing the images again. ``cache=None`` computes without a cache. The returned
-    :class:`~ftlens.inversion.Inversion` has ``cached=True`` when it came from disk.
-    """
-    from ftlens import inversion as _inv
-
-    if settings is None:
-        settings = _inv.InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast)
-    store = resolve_cache(cache)
-    (layer,) = _inv._one_layer(model, layer)
-    if store is None:
-        return _inv._invert(model, layer, images, settings, seed, batch_size=batch_size, device=device,
-                            progress=progress)
-    model.check_images(images)
-    dev = torch.device(device) if device is not None else model.device
-    key, content = inversion_key(model, layer, images_hash or tensor_hash(images), seed, settings, dev)
-    found = store.get(key)
-    if found is not None:
-        tensors, meta = found
-        if tuple(tensors["images"].shape) == tuple(images.shape):
-            inv = _inversion_from_entry(tensors, meta)
-            inv.extra["key"] = key
-            return inv
-        warnings.warn(f"cache entry {key} has images of shape {tuple(tensors['images'].shape)}, "
-                      f"expected {tuple(images.shape)}; recomputing", stacklevel=2)
-    inv = _inv._invert(model, layer, images, settings, seed, batch_size=batch_size, device=dev,
-                       progress=progress)
-    tensors, meta = _inversion_to_entry(inv)
-    meta["key_content"] = canonical_json(content)
-    store.put(key, tensors, meta)
-    inv.extra["key"] = key
-    return inv
