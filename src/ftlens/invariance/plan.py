@@ -3,7 +3,7 @@
 One inversion per (reference model, reference layer, seed) serves every target layer and
 every target model, so a comparison of two models with ``L`` layers needs ``2 L`` inversions
 per seed, not ``L^2``. Each item carries its content key in the cache
-(:func:`ftlens.store.inversion_key`), so items with the same key are computed once.
+(:func:`ftlens.inversion.inversion_key`), so items with the same key are computed once.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from ftlens.errors import LayerError
 from ftlens.invariance.inputs import check_input_sizes, check_pool, seed_list
 from ftlens.invariance.pool import sample_indices
-from ftlens.inversion import InversionSettings
+from ftlens.inversion import InversionSettings, inversion_key
 from ftlens.models import ModelWrapper
-from ftlens.store import inversion_key, tensor_hash
+from ftlens.store import tensor_hash
 
 __all__ = ["Plan", "WorkItem", "plan_inversions"]
 
@@ -27,7 +27,7 @@ __all__ = ["Plan", "WorkItem", "plan_inversions"]
 class WorkItem:
     """One inversion: ``reference`` model's ``layer`` on seed ``seed``'s images and start noise.
 
-    ``key`` is its content key in the cache (:func:`ftlens.store.inversion_key`); two items
+    ``key`` is its content key in the cache (:func:`ftlens.inversion.inversion_key`); two items
     with the same key (e.g. a model compared with an exact copy) are computed once.
     """
 

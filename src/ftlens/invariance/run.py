@@ -17,11 +17,11 @@ from typing import Any, Protocol
 import torch
 
 from ftlens.invariance.plan import Plan, WorkItem
-from ftlens.inversion import Inversion
+from ftlens.inversion import Inversion, cached_inversion
 from ftlens.models import ModelWrapper
 from ftlens.progress import enabled as progress_enabled
 from ftlens.progress import make_progress
-from ftlens.store import Cache, cached_inversion, resolve_cache
+from ftlens.store import Cache, resolve_cache
 
 __all__ = ["Execution", "Executor", "InProcess", "run_item", "run_plan"]
 
