@@ -506,6 +506,10 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
 
 
 def _short_name(spec: str) -> str:
+    if spec.startswith("clip:"):
+        from ftlens.clip import describe
+
+        return describe(spec)
     if spec.startswith(("timm:", "ftlens:")):
         return spec.split(":", 1)[1]
     return Path(spec).name or spec
@@ -606,7 +610,7 @@ def load_model(
         wrapper = _from_module(spec, layers=layers, mean=mean, std=std, input_size=input_size)
     else:
         spec = str(spec)
-        if spec.startswith(("timm:", "ftlens:")):
+        if spec.startswith(("timm:", "ftlens:", "clip:")):
             module, source = _build(spec, pretrained=pretrained, **timm_kwargs)
             wrapper = _wrap_built(module, spec, source, layers=layers, mean=mean, std=std, input_size=input_size)
             wrapper.random_init = not pretrained and not _ships_weights(spec)
@@ -629,6 +633,11 @@ def _build(spec: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Mo
     from ftlens.weights import WEIGHTS, load_weights
 
     kind, name = spec.split(":", 1)
+    if kind == "clip":  # image-text models: the image tower, text tower kept aside (ftlens.clip)
+        from ftlens.clip import build_for_models
+
+        module, kwargs = build_for_models(name, **kwargs)
+        return module, _Source(spec, kwargs)
     if kind == "ftlens" and name in WEIGHTS:  # real weights: rebuilt as their timm architecture
         module, info = load_weights(name, **kwargs)
         module.pretrained_cfg = {**module.pretrained_cfg, "mean": info.mean, "std": info.std,

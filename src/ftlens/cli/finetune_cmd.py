@@ -24,7 +24,7 @@ _RUN = "Run"
 
 @app.command("finetune")
 def finetune_cmd(
-    model: str | None = typer.Option(None, "--model", help="load_model spec: timm:NAME, ftlens:PRESET, a checkpoint, RUN@EPOCH.", rich_help_panel=_MODEL),
+    model: str | None = typer.Option(None, "--model", help="load_model spec: timm:NAME, ftlens:PRESET, clip:hf:DIR, clip:open_clip:ARCH[:TAG], a checkpoint, RUN@EPOCH.", rich_help_panel=_MODEL),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="timm: models: fetch the hub weights (default on).", rich_help_panel=_MODEL),
     pretrained_from: str | None = typer.Option(None, "--pretrained-from", help="Start from RUN@last, RUN@3 or a checkpoint file (its head is replaced).", rich_help_panel=_MODEL),
     image_size: str | None = typer.Option(None, "--image-size", help="Input resolution H or H,W (default: the model's own, or its checkpoint's).", rich_help_panel=_MODEL),
@@ -34,7 +34,9 @@ def finetune_cmd(
     train_size: int | None = typer.Option(None, "--train-size", help="Use a seeded subset of this many training images.", rich_help_panel=_MODEL),
     test_size: int | None = typer.Option(None, "--test-size", help="Use a seeded subset of this many test images.", rich_help_panel=_MODEL),
     task: str | None = typer.Option(None, "--task", help="classification | reconstruction.", rich_help_panel=_TASK),
-    strategy: str | None = typer.Option(None, "--strategy", help="scratch | ft | lp | lp-ft | hp-ft | l2-sp | surgical | wise-ft.", rich_help_panel=_TASK),
+    strategy: str | None = typer.Option(None, "--strategy", help="scratch | ft | lp | lp-ft | hp-ft | l2-sp | surgical | wise-ft | flyp (image-text models).", rich_help_panel=_TASK),
+    head_init: str | None = typer.Option(None, "--head-init", help="random (default) | zero-shot (clip: models: the head from class-prompt text embeddings).", rich_help_panel=_TASK),
+    prompts: list[str] | None = typer.Option(None, "--prompt", help="Class-prompt template, repeatable, {} = class name (default 'a photo of a {}.').", rich_help_panel=_TASK),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs of finetuning (hp-ft adds --hp-epochs before them).", rich_help_panel=_TASK),
     hp_epochs: int | None = typer.Option(None, "--hp-epochs", help="hp-ft: epochs of head probing before FT.", rich_help_panel=_TASK),
     hp_lr: float | None = typer.Option(None, "--hp-lr", help="hp-ft: learning rate of head probing (default --lr).", rich_help_panel=_TASK),
@@ -78,7 +80,7 @@ def finetune_cmd(
     from ftlens.finetune.config import read_yaml_mapping
 
     fields = set(FinetuneConfig.field_names())
-    given = {k: v for k, v in options.items() if k in fields and v is not None}
+    given = {k: v for k, v in options.items() if k in fields and v is not None and v != []}
     try:
         base: dict[str, Any] = read_yaml_mapping(config) if config is not None else {}
         cfg = FinetuneConfig.coerce(base, **given)

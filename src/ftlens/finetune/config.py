@@ -22,7 +22,12 @@ from typing import Any
 from ftlens.errors import ConfigError
 
 TASKS = ("classification", "reconstruction")
-STRATEGIES = ("scratch", "ft", "lp", "lp-ft", "hp-ft", "l2-sp", "surgical", "wise-ft")
+#: Strategies defined in a module of their own (``build_task_model(cfg, wrapper, classes)``).
+STRATEGY_MODULES = {"flyp": "ftlens.finetune.flyp"}
+STRATEGIES = ("scratch", "ft", "lp", "lp-ft", "hp-ft", "l2-sp", "surgical", "wise-ft", *STRATEGY_MODULES)
+HEAD_INITS = ("random", "zero-shot")
+#: Class-prompt template of zero-shot heads and FLYP (``{}`` is the class name).
+DEFAULT_PROMPTS = ("a photo of a {}.",)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -59,8 +64,13 @@ class FinetuneConfig:
     Task and strategy:
         task: ``classification`` (timm's own head, cross-entropy) or ``reconstruction``
             (decoder from the ViT patch tokens, L1 loss).
-        strategy: ``scratch``, ``ft``, ``lp``, ``lp-ft``, ``hp-ft``, ``l2-sp``, ``surgical``
-            or ``wise-ft`` (ALGORITHMS.md §7).
+        strategy: ``scratch``, ``ft``, ``lp``, ``lp-ft``, ``hp-ft``, ``l2-sp``, ``surgical``,
+            ``wise-ft`` or ``flyp`` (image-text models only; ALGORITHMS.md §7).
+        head_init: ``random`` (a fresh head) or ``zero-shot`` (image-text models: the head from
+            the class-prompt text embeddings, so that epoch 0 is the zero-shot classifier, the
+            WiSE-FT starting point, and FT starts from a good head as in LP-FT).
+        prompts: class-prompt templates of zero-shot heads and FLYP, averaged (``{}`` is the
+            class name).
         epochs: epochs of (full) finetuning. ``hp-ft`` adds ``hp_epochs`` of head probing
             before them; ``lp`` (classification) is one closed-form epoch.
         hp_epochs, hp_lr, hp_label_smoothing: head probing of ``hp-ft`` (backbone frozen).
@@ -120,6 +130,8 @@ class FinetuneConfig:
     surgical_blocks: list[int] | None = None
     surgical_layers: list[str] | None = None
     freeze_bn: bool = False
+    head_init: str = "random"
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     lp_grid: list[float] = field(default_factory=lambda: list(DEFAULT_LP_GRID))
     lp_val_fraction: float = 0.2
     lp_max_iter: int = 1000
@@ -213,6 +225,12 @@ class FinetuneConfig:
         self.task = _choice("task", self.task, TASKS)
         self.strategy = _choice("strategy", self.strategy, STRATEGIES)
         self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.head_init = _choice("head_init", self.head_init, HEAD_INITS)
+        self.prompts = [str(p) for p in (self.prompts if isinstance(self.prompts, (list, tuple)) else [self.prompts])]
+        bad = [p for p in self.prompts if "{}" not in p and "{c}" not in p]
+        if not self.prompts or bad:
+            raise ConfigError(f"prompts must be templates with {{}} where the class name goes, e.g. 'a photo of a {{}}.'; "
+                              f"got {bad or self.prompts}")
         self.device = str(self.device).lower()
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
@@ -287,6 +305,12 @@ class FinetuneConfig:
             )
         if self.surgical_blocks and self.surgical_layers:
             raise ConfigError("give surgical_blocks or surgical_layers, not both")
+        if (self.strategy == "flyp" or self.head_init == "zero-shot") and self.task != "classification":
+            raise ConfigError("flyp and head_init zero-shot are for classification (class prompts); use --task "
+                              "classification")
+        if self.head_init == "zero-shot" and self.strategy in ("lp", "lp-ft", "scratch"):
+            raise ConfigError(f"head_init zero-shot does not apply to {self.strategy} (its head is fitted by "
+                              "logistic regression or the backbone is random); use strategy ft, hp-ft, l2-sp or surgical")
         if self.strategy == "lp-ft" and self.task == "reconstruction":
             raise ConfigError(
                 "lp-ft is a classification strategy (logistic regression head); for reconstruction "
@@ -369,6 +393,8 @@ def _choice(name: str, value: Any, options: Sequence[str]) -> str:
         text = {"l2sp": "l2-sp", "lpft": "lp-ft", "hpft": "hp-ft", "wiseft": "wise-ft", "wise": "wise-ft"}.get(
             text, text
         )
+    if name == "head_init":
+        text = {"zeroshot": "zero-shot", "zs": "zero-shot"}.get(text, text)
     if text in options:
         return text
     close = difflib.get_close_matches(text, options, n=2, cutoff=0.4)

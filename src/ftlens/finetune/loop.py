@@ -285,6 +285,7 @@ class EpochSettings:
     grad_clip: float | None
     flip: bool = True
     penalty: Callable[[], torch.Tensor] | None = None  # weighted regulariser (L2-SP)
+    model_loss: bool = False  # the model computes its loss: model(x, targets=y) -> (loss, logits) (FLYP)
 
 
 def train_epoch(
@@ -314,8 +315,11 @@ def train_epoch(
         if settings.augment:
             x = augment_batch(x, gen, settings.padding, settings.flip)
         with runtime.autocast():
-            out = model(x, frozen_backbone=settings.frozen_backbone)
-            loss = task_loss(settings.task, out, x, y, settings.label_smoothing)
+            if settings.model_loss:
+                loss, out = model(x, frozen_backbone=settings.frozen_backbone, targets=y)
+            else:
+                out = model(x, frozen_backbone=settings.frozen_backbone)
+                loss = task_loss(settings.task, out, x, y, settings.label_smoothing)
         total = loss
         if settings.penalty is not None:
             pen = settings.penalty()

@@ -45,6 +45,7 @@ from ftlens.errors import CheckpointError, FtlensError, OutputError, RandomWeigh
 from ftlens.finetune.config import (
     PAPER_WARMUP_STEPS,
     RESUME_FREE_FIELDS,
+    STRATEGY_MODULES,
     ConfigError,
     FinetuneConfig,
 )
@@ -431,11 +432,23 @@ def robustness_metrics(model: TaskModel, corrupted: dict[str, DataSource], task:
     return out
 
 
-def build_task_model(cfg: FinetuneConfig, wrapper: ModelWrapper, num_classes: int) -> TaskModel:
-    """Attach a fresh task head (seeded) and bundle normalisation, backbone and head."""
+def build_task_model(cfg: FinetuneConfig, wrapper: ModelWrapper, num_classes: int,
+                     classes: list[str] | None = None) -> TaskModel:
+    """Attach a fresh task head (seeded; ``head_init`` zero-shot: from the class prompts) and
+    bundle normalisation, backbone and head. A strategy with a module of its own builds its own."""
     torch.manual_seed(epoch_seed(cfg.seed, 0, _SEED_HEAD))
+    if cfg.strategy in STRATEGY_MODULES:
+        import importlib
+
+        return importlib.import_module(STRATEGY_MODULES[cfg.strategy]).build_task_model(cfg, wrapper, classes)
     if cfg.task == "classification":
         reset_classifier(wrapper, num_classes)
+        if cfg.head_init == "zero-shot":
+            from ftlens.clip import zero_shot_head
+
+            if not classes:
+                raise FtlensError(f"dataset {cfg.data!r} has no class names; a zero-shot head needs them")
+            zero_shot_head(wrapper, classes, cfg.prompts)
         return TaskModel(wrapper, "classification")
     head = wrapper.module.get_classifier() if hasattr(wrapper.module, "get_classifier") else None
     if head is not None and any(True for _ in head.parameters()):
@@ -467,7 +480,8 @@ class _Run:
         cfg = self.cfg
         self.wrapper = start_model(cfg)
         self.train_src, self.test_src, self.num_classes = load_sources(cfg, self.wrapper)
-        self.model = build_task_model(cfg, self.wrapper, self.num_classes).to(self.runtime.device)
+        classes = getattr(self.train_src.dataset, "classes", None)
+        self.model = build_task_model(cfg, self.wrapper, self.num_classes, classes).to(self.runtime.device)
         self.corrupted = corrupted_sources(cfg, self.test_src, tuple(self.wrapper.input_size[1:]))
         device = self.runtime.device
         for src in (self.train_src, self.test_src, *self.corrupted.values()):
@@ -651,7 +665,7 @@ class _Run:
                 flip=bool(cfg.flip),
                 frozen_backbone=head_only,
                 label_smoothing=cfg.hp_label_smoothing if phase == "hp" else cfg.label_smoothing,
-                grad_clip=cfg.grad_clip, penalty=penalty,
+                grad_clip=cfg.grad_clip, penalty=penalty, model_loss=cfg.strategy in STRATEGY_MODULES,
             )
             set_train_mode(self.model, phase, cfg.freeze_bn)
             stats = train_epoch(self.ddp_model, self.train_src, self.optimizer, self.scheduler, self.params,
@@ -663,6 +677,7 @@ class _Run:
 
     def _evaluate(self, row: dict[str, Any], epoch: int) -> None:
         cfg, rt = self.cfg, self.runtime
+        self.model.before_evaluate()
         test = evaluate(self.model, self.test_src, cfg.task, rt, cfg.eval_batch_size)
         if cfg.task == "classification":
             row.update(test_loss=test["loss"], test_acc=test["acc"])

@@ -113,6 +113,8 @@ def trainable_names(task_model: TaskModel, strategy: str, phase: str,
             )
         chosen = tuple(prefixes[b] for b in surgical_blocks or [])
         return [n for n in names if task_model.is_head(n) or n.startswith(chosen)]
+    if task_model.derived_head:  # FLYP: the head follows the text tower
+        return [n for n in names if not task_model.is_head(n)]
     return names
 
 

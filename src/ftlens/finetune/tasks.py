@@ -158,6 +158,12 @@ class TaskModel(nn.Module):
             tokens = self.backbone.forward_features(x)
         return self.decoder(tokens)
 
+    #: True when the head is computed (FLYP: from the text tower) rather than trained.
+    derived_head = False
+
+    def before_evaluate(self) -> None:
+        """Called before every evaluation (a no-op; FLYP recomputes its zero-shot head)."""
+
     def is_head(self, name: str) -> bool:
         """Whether parameter ``name`` (of this module) belongs to the task head."""
         return name.startswith(self.head_prefix)

@@ -1,0 +1,506 @@
+"""Image-text (CLIP-style) models: the image tower as an analysable classifier, the text tower
+beside it, their tokenizer, and zero-shot classification heads.
+
+Specs (:func:`ftlens.models.load_model`):
+
+- ``clip:hf:DIR_OR_NAME``: a Hugging Face ``CLIPModel`` (a directory written by
+  ``save_pretrained``, offline; or a hub name when online). Tokenizer: ``AutoTokenizer`` of
+  the same directory. Needs the ``hf`` extra (transformers).
+- ``clip:open_clip:ARCH`` or ``clip:open_clip:ARCH:TAG``: ``open_clip.create_model(ARCH,
+  pretrained=TAG)`` (no TAG: random weights). Tokenizer: ``open_clip.get_tokenizer(ARCH)``.
+  Needs the ``clip`` extra (open_clip_torch).
+
+What :class:`ftlens.models.ModelWrapper` wraps is :class:`ClipImageClassifier`: image encoder
+-> projection -> L2 normalisation (``global_pool``, the ``pre_logits`` pseudo-layer) -> a linear
+head. Its layers are the encoder's blocks; its state-dict keys are the original model's
+(``vision_model.*``/``visual_projection.*`` for HF, ``visual.*`` for open_clip) plus ``head.*``.
+Checkpoints record the full model config, so they rebuild without the original directory.
+
+Zero-shot head (ALGORITHMS.md §7, the WiSE-FT starting point): for class ``c`` and templates
+``t_1..t_T``, ``w_c = s * normalize(mean_t normalize(text(t(c))))`` with ``s = exp(logit_scale)``
+(capped at 100 as in CLIP) and bias 0; logits = ``w @ normalize(image embedding)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ftlens.errors import FtlensError, MissingDependencyError, OfflineError
+
+PREFIX = "clip:"
+#: Default prompt template (``{}`` or ``{c}`` is the class name).
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+#: CLIP caps the temperature: logits are at most 100 x cosine similarity.
+MAX_SCALE = 100.0
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class NotImageTextError(FtlensError, ValueError):
+    """A zero-shot head or FLYP was asked of a model without a text tower."""
+
+
+def require(module: str, extra: str, package: str):
+    """Import an optional dependency or raise :class:`MissingDependencyError` naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{package} is not installed, and image-text (CLIP) models need it: pip install 'ftlens[{extra}]' "
+            f"(or pip install {package})"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- image tower
+
+
+class L2Normalize(nn.Module):
+    """``x / ||x||`` over the last dimension (the image embedding the zero-shot head reads)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)
+
+
+class ClipImageClassifier(nn.Module):
+    """An image tower as a timm-style classifier.
+
+    ``forward_features(x) -> (n, d)`` projected image embeddings (not normalised);
+    ``forward_head(f, pre_logits) -> normalize(f)`` or ``head(normalize(f))``; ``forward(x)`` is
+    both. ``x`` is ``(n, 3, H, W)`` already normalised with the model's mean and std.
+    """
+
+    family = ""
+
+    def __init__(self, embed_dim: int, blocks: Sequence[str], num_classes: int = 0) -> None:
+        super().__init__()
+        self.num_features = int(embed_dim)
+        self.global_pool = L2Normalize()
+        self.head: nn.Module = nn.Identity()
+        self.num_classes = 0
+        # timm's contract for "the model's stages": ModelWrapper takes its default layers from it
+        self.feature_info = [{"module": b, "num_chs": 0, "reduction": 0} for b in blocks]
+        self.reset_classifier(num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        z = self.global_pool(features)
+        return z if pre_logits else self.head(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, *args: Any) -> None:
+        """A fresh ``Linear(d, num_classes)`` (timm's default init), or no head for 0."""
+        self.num_classes = int(num_classes)
+        self.head = nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
+
+
+class HFImageTower(ClipImageClassifier):
+    """``CLIPModel.vision_model`` + ``visual_projection``: pooled CLS after ``post_layernorm``, projected."""
+
+    family = "hf"
+
+    def __init__(self, model: nn.Module, num_classes: int = 0) -> None:
+        n = len(model.vision_model.encoder.layers)
+        super().__init__(model.config.projection_dim, [f"vision_model.encoder.layers.{i}" for i in range(n)],
+                         num_classes)
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual_projection(self.vision_model(pixel_values=x).pooler_output)
+
+
+class OpenClipImageTower(ClipImageClassifier):
+    """open_clip's ``model.visual`` (it applies its own projection)."""
+
+    family = "open_clip"
+
+    def __init__(self, model: nn.Module, embed_dim: int, num_classes: int = 0) -> None:
+        trunk = getattr(model.visual, "transformer", None)
+        blocks = getattr(trunk, "resblocks", None)
+        names = [f"visual.transformer.resblocks.{i}" for i in range(len(blocks))] if blocks is not None else []
+        if blocks is None:  # ResNet towers (ModifiedResNet): its stages
+            names = [f"visual.layer{i}" for i in range(1, 5) if hasattr(model.visual, f"layer{i}")]
+        super().__init__(embed_dim, names, num_classes)
+        self.visual = model.visual
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x)
+
+
+# --------------------------------------------------------------------------- text tower
+
+
+class TextTower(nn.Module):
+    """Token ids -> projected text embeddings ``(n, d)`` (not normalised); owns the logit scale."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def scale_parameter(self) -> nn.Parameter:
+        raise NotImplementedError
+
+    def scale(self) -> torch.Tensor:
+        """``exp(logit_scale)`` capped at :data:`MAX_SCALE` (a scalar tensor)."""
+        return self.scale_parameter.exp().clamp(max=MAX_SCALE)
+
+
+class HFTextTower(TextTower):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.text_model = model.text_model
+        self.text_projection = model.text_projection
+        self.logit_scale = model.logit_scale
+
+    @property
+    def scale_parameter(self) -> nn.Parameter:
+        return self.logit_scale
+
+    def forward(self, input_ids, attention_mask=None):
+        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.text_projection(out.pooler_output)
+
+
+class OpenClipTextTower(TextTower):
+    """The open_clip model with its image tower removed (``encode_text`` does not use it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        model.visual = None
+        self.clip = model
+
+    @property
+    def scale_parameter(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.clip.encode_text(input_ids)
+
+
+class Tokenizer:
+    """Prompts -> ``(input_ids (n, L) long, attention_mask (n, L) or None)``."""
+
+    def __init__(self, kind: str, tok: Any, max_length: int) -> None:
+        self.kind, self.tok, self.max_length = kind, tok, int(max_length)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.kind == "hf":
+            enc = self.tok(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                           return_tensors="pt")
+            return enc["input_ids"].long(), enc.get("attention_mask")
+        return self.tok(list(texts)).long(), None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class ImageText:
+    """Both towers of a CLIP-style model and how to feed them.
+
+    Attributes: ``image`` (a :class:`ClipImageClassifier`), ``text`` (a :class:`TextTower`),
+    ``config`` (JSON-able model config: rebuilds the architecture), ``mean``, ``std``,
+    ``input_size`` ``(3, H, W)``, ``origin`` (the spec after ``clip:``).
+    """
+
+    image: ClipImageClassifier
+    text: TextTower
+    config: dict[str, Any]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: tuple[int, int, int]
+    origin: str
+
+
+def is_clip_spec(spec: str) -> bool:
+    return str(spec).startswith(PREFIX)
+
+
+def load_image_text(spec: str, *, config: dict[str, Any] | None = None, num_classes: int = 0) -> ImageText:
+    """Build both towers of ``spec`` (``clip:hf:...`` / ``clip:open_clip:...``).
+
+    With ``config`` (recorded in a checkpoint) the architecture is built from it with random
+    weights (the checkpoint's are loaded next); without it the weights come from the origin.
+    """
+    if not is_clip_spec(spec):
+        raise NotImageTextError(
+            f"{spec!r} is not an image-text model; zero-shot heads and FLYP need a CLIP model: "
+            "clip:hf:DIR (a saved Hugging Face CLIPModel) or clip:open_clip:ARCH[:TAG]"
+        )
+    kind, _, location = spec[len(PREFIX):].partition(":")
+    if kind == "hf" and location:
+        return _load_hf(location, config, num_classes)
+    if kind == "open_clip" and location:
+        return _load_open_clip(location, config, num_classes)
+    raise FtlensError(f"cannot read image-text spec {spec!r}; use clip:hf:DIR or clip:open_clip:ARCH[:TAG]")
+
+
+def _load_hf(location: str, config: dict[str, Any] | None, num_classes: int) -> ImageText:
+    transformers = require("transformers", "hf", "transformers")
+    if config is None:
+        try:
+            cfg = transformers.AutoConfig.from_pretrained(location)
+        except OSError as exc:
+            raise _hf_missing(location, exc) from exc
+        if getattr(cfg, "model_type", None) != "clip":
+            raise NotImageTextError(
+                f"{location} holds a Hugging Face {getattr(cfg, 'model_type', '?')!r} model, not a CLIPModel "
+                "(model_type 'clip'); zero-shot heads and FLYP need both towers of a CLIP model"
+            )
+        try:
+            model = transformers.CLIPModel.from_pretrained(location)
+        except OSError as exc:
+            raise _hf_missing(location, exc) from exc
+    else:
+        model = transformers.CLIPModel(transformers.CLIPConfig.from_dict(config))
+    model = model.float().eval()
+    full = json.loads(model.config.to_json_string())
+    mean, std = _OPENAI_MEAN, _OPENAI_STD
+    pre = Path(location) / "preprocessor_config.json"
+    if config is None and pre.is_file():
+        values = json.loads(pre.read_text(encoding="utf-8"))
+        mean, std = tuple(values.get("image_mean", mean)), tuple(values.get("image_std", std))
+    size = int(model.config.vision_config.image_size)
+    return ImageText(HFImageTower(model, num_classes), HFTextTower(model), full, tuple(mean), tuple(std),
+                     (3, size, size), f"hf:{location}")
+
+
+def _hf_missing(location: str, exc: Exception) -> FtlensError:
+    if Path(location).exists():
+        return FtlensError(f"cannot load a CLIPModel from {location} ({exc}); it should be a directory written "
+                           "by CLIPModel.save_pretrained")
+    return OfflineError(f"cannot load the CLIPModel {location!r} ({type(exc).__name__}); no such directory, and "
+                        "the hub is not reachable or has no such model. Save it with save_pretrained(DIR) and "
+                        "use clip:hf:DIR")
+
+
+def _split_open_clip(location: str) -> tuple[str, str | None]:
+    """``ARCH`` or ``ARCH:TAG`` (a built-in or registered open_clip architecture, a weights tag)."""
+    arch, _, tag = location.partition(":")
+    return arch, tag or None
+
+
+def _load_open_clip(location: str, config: dict[str, Any] | None, num_classes: int) -> ImageText:
+    open_clip = require("open_clip", "clip", "open_clip_torch")
+    arch, tag = _split_open_clip(location)
+    if config is None:
+        cfg = open_clip.get_model_config(arch)
+        if cfg is None:
+            close = difflib.get_close_matches(arch, open_clip.list_models(), n=4)
+            raise FtlensError(f"unknown open_clip model {arch!r}" + (f"; did you mean {', '.join(close)}?" if close
+                                                                      else "; see open_clip.list_models()"))
+        try:
+            model = open_clip.create_model(arch, pretrained=tag)
+        except Exception as exc:  # download failures come in many types
+            if tag is not None:
+                raise OfflineError(f"could not fetch open_clip weights {arch}:{tag} ({type(exc).__name__}: {exc}); "
+                                   "with no network use weights already in the open_clip cache") from exc
+            raise
+    else:
+        cfg = dict(config)
+        model = _open_clip_from_config(open_clip, cfg)
+    model = model.float().eval()
+    if getattr(model, "logit_bias", None) is not None:
+        raise NotImageTextError(f"{arch} is a SigLIP-style model (sigmoid loss, logit_bias); FLYP and zero-shot "
+                                "heads here follow CLIP's softmax")
+    if not hasattr(model, "encode_text"):
+        raise NotImageTextError(f"open_clip model {arch} has no text tower")
+    mean = tuple(getattr(model.visual, "image_mean", None) or _OPENAI_MEAN)
+    std = tuple(getattr(model.visual, "image_std", None) or _OPENAI_STD)
+    size = getattr(model.visual, "image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    full = {**cfg, "ftlens_arch": arch}
+    embed_dim = int(cfg.get("embed_dim", 0)) or int(model.text_projection.shape[-1])
+    image = OpenClipImageTower(model, embed_dim, num_classes)
+    return ImageText(image, OpenClipTextTower(model), full, mean, std, (3, int(h), int(w)), f"open_clip:{location}")
+
+
+def _open_clip_from_config(open_clip, cfg: dict[str, Any]) -> nn.Module:
+    cfg = {k: v for k, v in cfg.items() if k != "ftlens_arch"}
+    if "multimodal_cfg" in cfg:
+        raise NotImageTextError("CoCa models are not supported (captioning decoder)")
+    custom = cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {})
+    cls = open_clip.CustomTextCLIP if custom else open_clip.CLIP
+    return cls(**cfg)
+
+
+def load_tokenizer(spec_or_origin: str, config: dict[str, Any] | None = None) -> Tokenizer:
+    """The model's own tokenizer: ``AutoTokenizer`` of the HF directory, ``open_clip.get_tokenizer``."""
+    origin = spec_or_origin[len(PREFIX):] if is_clip_spec(spec_or_origin) else spec_or_origin
+    kind, _, location = origin.partition(":")
+    if kind == "hf":
+        transformers = require("transformers", "hf", "transformers")
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(location)
+        except (OSError, ValueError) as exc:
+            raise FtlensError(
+                f"no tokenizer for {location} ({type(exc).__name__}); save the model's tokenizer next to it "
+                "(tokenizer.save_pretrained(DIR)) so that AutoTokenizer.from_pretrained(DIR) finds it"
+            ) from exc
+        max_length = int((config or {}).get("text_config", {}).get("max_position_embeddings", 77))
+        return Tokenizer("hf", tok, max_length)
+    open_clip = require("open_clip", "clip", "open_clip_torch")
+    arch, _ = _split_open_clip(location)
+    context = (config or {}).get("text_cfg", {}).get("context_length")
+    tok = open_clip.get_tokenizer(arch, context_length=context) if context else open_clip.get_tokenizer(arch)
+    return Tokenizer("open_clip", tok, int(context or 77))
+
+
+def image_text_of(wrapper) -> ImageText:
+    """Both towers for a loaded :class:`ModelWrapper` of a ``clip:`` model.
+
+    The image tower is ``wrapper.module`` itself (its current weights). The text tower comes
+    from the checkpoint's ``task_head.text.*`` tensors when it carries them (a FLYP run); else
+    it is the one loaded with the image tower (a ``clip:`` spec), or the origin's (reloaded).
+    """
+    from ftlens.models import TASK_HEAD_PREFIX
+
+    check_image_text(wrapper)
+    prefix = TASK_HEAD_PREFIX + TEXT_KEY
+    text_state = {k[len(prefix):]: v for k, v in wrapper.extra_state.items() if k.startswith(prefix)}
+    config = wrapper.source.kwargs.get("config")
+    born_with = wrapper.module.__dict__.get(_TEXT_ATTR)
+    if born_with is not None and not text_state:  # loaded from its origin: the text tower that came with it
+        pair = ImageText(wrapper.module, born_with, config, wrapper.mean, wrapper.std, wrapper.input_size,
+                         wrapper.source.spec[len(PREFIX):])
+        return pair
+    pair = load_image_text(wrapper.source.spec, config=config if text_state else None)
+    if text_state:
+        pair.text.load_state_dict(text_state, strict=True)
+    pair.image = wrapper.module
+    pair.mean, pair.std, pair.input_size = wrapper.mean, wrapper.std, wrapper.input_size
+    return pair
+
+
+def check_image_text(wrapper) -> None:
+    """:class:`NotImageTextError` unless ``wrapper`` is the image tower of a ``clip:`` model."""
+    if not isinstance(wrapper.module, ClipImageClassifier) or not is_clip_spec(wrapper.source.spec):
+        raise NotImageTextError(
+            f"{wrapper.name} is not an image-text model; zero-shot heads and FLYP need a CLIP model loaded as "
+            "clip:hf:DIR or clip:open_clip:ARCH[:TAG] (or a checkpoint of one)"
+        )
+
+
+_TEXT_ATTR = "_ftlens_text_tower"
+
+#: Key prefix of the text tower's tensors among a checkpoint's ``task_head.*`` extras.
+TEXT_KEY = "text."
+
+
+def build_for_models(name: str, *, config: dict[str, Any] | None = None, num_classes: int = 0,
+                     **kwargs: Any) -> tuple[ClipImageClassifier, dict[str, Any]]:
+    """The image tower of ``clip:NAME`` for :func:`ftlens.models.load_model`, and the kwargs that
+    rebuild it (``config``, ``num_classes``). Preprocessing goes in ``module.pretrained_cfg``."""
+    if kwargs:
+        raise FtlensError(f"clip: models take no extra arguments, got {sorted(kwargs)}")
+    pair = load_image_text(PREFIX + name, config=config, num_classes=num_classes)
+    module = pair.image
+    if config is None:  # weights from the origin: keep its text tower (a plain attribute, not a submodule)
+        module.__dict__[_TEXT_ATTR] = pair.text
+    module.pretrained_cfg = {"mean": pair.mean, "std": pair.std, "input_size": pair.input_size}
+    return module, {"config": pair.config, "num_classes": int(num_classes)}
+
+
+# --------------------------------------------------------------------------- zero-shot head
+
+
+def class_prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """``[t(c) for c in classes for t in templates]`` (class-major); ``_`` in names becomes a space."""
+    out = []
+    for c in classes:
+        name = str(c).replace("_", " ")
+        for t in templates:
+            if "{}" not in t and "{c}" not in t:
+                raise FtlensError(f"prompt template {t!r} has no place for the class name; write it as 'a photo of a {{}}.'")
+            out.append(t.replace("{c}", "{}").format(name))
+    return out
+
+
+def class_embeddings(text: TextTower, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     num_templates: int) -> torch.Tensor:
+    """Unit class embeddings ``(k, d)`` from class-major prompt tokens ``(k*T, L)``:
+    ``normalize(mean over templates of normalize(text(prompt)))``. Differentiable."""
+    emb = F.normalize(text(input_ids, attention_mask).float(), dim=-1)
+    emb = emb.view(-1, int(num_templates), emb.shape[-1]).mean(1)
+    return F.normalize(emb, dim=-1)
+
+
+def zero_shot_weights(pair: ImageText, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+                      tokenizer: Tokenizer | None = None) -> torch.Tensor:
+    """Zero-shot head weights ``(k, d)`` float32: ``scale * unit class embeddings``."""
+    if not classes:
+        raise FtlensError("a zero-shot head needs the class names of the dataset")
+    tokenizer = tokenizer or load_tokenizer(pair.origin, pair.config)
+    ids, mask = tokenizer(class_prompts(classes, templates))
+    device = next(pair.text.parameters()).device
+    was_training = pair.text.training
+    pair.text.eval()
+    with torch.no_grad():
+        emb = class_embeddings(pair.text, ids.to(device), None if mask is None else mask.to(device), len(templates))
+        out = (pair.text.scale().float() * emb).cpu()
+    pair.text.train(was_training)
+    return out
+
+
+def install_head(module: nn.Module, weights: torch.Tensor) -> None:
+    """Copy zero-shot weights ``(k, d)`` into the classifier ``Linear(d, k)``; bias 0."""
+    head = module.get_classifier() if hasattr(module, "get_classifier") else None
+    if not isinstance(head, nn.Linear) or tuple(head.weight.shape) != tuple(weights.shape):
+        shape = tuple(head.weight.shape) if isinstance(head, nn.Linear) else None
+        raise FtlensError(f"zero-shot weights {tuple(weights.shape)} do not fit the head {shape}; reset the "
+                          f"classifier to {weights.shape[0]} classes first")
+    with torch.no_grad():
+        head.weight.copy_(weights.to(head.weight))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+def zero_shot_head(wrapper, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> None:
+    """Give a ``clip:`` model a zero-shot classification head for ``classes`` (in place).
+
+    ``wrapper`` (a :class:`ModelWrapper`) then classifies with ``logits = w @ normalize(image
+    embedding)``; its recorded architecture gets ``num_classes = len(classes)``.
+    """
+    import dataclasses
+
+    pair = image_text_of(wrapper)
+    weights = zero_shot_weights(pair, classes, templates)
+    module = wrapper.module
+    if module.num_classes != len(classes):
+        module.reset_classifier(len(classes))
+        module.head.to(wrapper.device)
+        wrapper._modules = dict(module.named_modules())  # the wrapper's view of the new head
+        wrapper._order = None
+        wrapper.source = dataclasses.replace(wrapper.source,
+                                             kwargs={**wrapper.source.kwargs, "num_classes": len(classes)})
+    install_head(module, weights)
+    wrapper.refresh_fingerprint()
+
+
+def describe(spec: str) -> str:
+    """A short display name for a ``clip:`` spec."""
+    origin = spec[len(PREFIX):]
+    kind, _, location = origin.partition(":")
+    return f"clip-{kind}:{Path(location).name or location}" if os.sep in location else f"clip-{kind}:{location}"
