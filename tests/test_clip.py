@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ftlens import clip
-from ftlens.errors import FtlensError, MissingDependencyError
+from ftlens.errors import FtlensError, MissingDependencyError, RandomWeightsWarning
 from ftlens.finetune import ConfigError, FinetuneConfig, finetune
 from ftlens.finetune.flyp import contrastive_loss
 from ftlens.invariance import compare
@@ -302,9 +302,10 @@ def test_ft_from_the_zero_shot_head_and_wise_ft(hf_dir, colours, tmp_path):
 
 
 def test_flyp_on_open_clip_runs(open_clip_spec, colours, tmp_path):
-    run = finetune(model=open_clip_spec, data=colours, strategy="flyp", epochs=1, optimizer="adamw", lr=1e-3,
-                   batch_size=16, train_size=16, test_size=8, augment=False, device="cpu", out=str(tmp_path / "oc"),
-                   progress=False)
+    with pytest.warns(RandomWeightsWarning):  # no :TAG, so open_clip's weights are a random init
+        run = finetune(model=open_clip_spec, data=colours, strategy="flyp", epochs=1, optimizer="adamw", lr=1e-3,
+                       batch_size=16, train_size=16, test_size=8, augment=False, device="cpu",
+                       out=str(tmp_path / "oc"), progress=False)
     assert np.isfinite(run.metrics["train_loss"].iloc[-1])
     last = load_model(f"{run.run_dir}@last")
     assert any(k.startswith("task_head.text.clip.") for k in last.extra_state)
@@ -313,6 +314,7 @@ def test_flyp_on_open_clip_runs(open_clip_spec, colours, tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.filterwarnings("ignore::ftlens.errors.RandomWeightsWarning")
 def test_not_an_image_text_model_is_a_clear_error(colours, tmp_path):
     with pytest.raises(clip.NotImageTextError, match="not an image-text model"):
         finetune(model="ftlens:vit-micro", data=colours, strategy="flyp", epochs=1, device="cpu",
@@ -347,6 +349,7 @@ def test_missing_dependency_names_the_extra(monkeypatch):
     assert issubclass(MissingDependencyError, FtlensError)
 
 
+@pytest.mark.filterwarnings("ignore::ftlens.errors.RandomWeightsWarning")
 def test_cli_flyp_and_its_errors(hf_dir, colours, tmp_path):
     from typer.testing import CliRunner
 

@@ -238,6 +238,12 @@ def is_clip_spec(spec: str) -> bool:
     return str(spec).startswith(PREFIX)
 
 
+def loads_weights(spec: str) -> bool:
+    """Whether ``spec`` loads trained weights (HF: always; open_clip: with a ``:TAG``)."""
+    kind, _, location = spec[len(PREFIX):].partition(":")
+    return kind == "hf" or (kind == "open_clip" and _split_open_clip(location)[1] is not None)
+
+
 def load_image_text(spec: str, *, config: dict[str, Any] | None = None, num_classes: int = 0) -> ImageText:
     """Build both towers of ``spec`` (``clip:hf:...`` / ``clip:open_clip:...``).
 
@@ -414,7 +420,8 @@ def build_for_models(name: str, *, config: dict[str, Any] | None = None, num_cla
     """The image tower of ``clip:NAME`` for :func:`ftlens.models.load_model`, and the kwargs that
     rebuild it (``config``, ``num_classes``). Preprocessing goes in ``module.pretrained_cfg``."""
     if kwargs:
-        raise FtlensError(f"clip: models take no extra arguments, got {sorted(kwargs)}")
+        raise FtlensError(f"clip: models take no extra arguments (they run at the image size of their config), "
+                          f"got {sorted(kwargs)}")
     pair = load_image_text(PREFIX + name, config=config, num_classes=num_classes)
     module = pair.image
     if config is None:  # weights from the origin: keep its text tower (a plain attribute, not a submodule)

@@ -677,9 +677,14 @@ def _build(spec: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Mo
 
 
 def _ships_weights(spec: str) -> bool:
-    """Whether an ``ftlens:`` spec names real weights that ship in a package."""
+    """Whether an ``ftlens:`` spec names real weights that ship in a package (or a ``clip:`` spec
+    loads weights: a Hugging Face directory, an open_clip tag)."""
     from ftlens.weights import WEIGHTS
 
+    if spec.startswith("clip:"):
+        from ftlens.clip import loads_weights
+
+        return loads_weights(spec)
     return spec.startswith("ftlens:") and spec.split(":", 1)[1] in WEIGHTS
 
 
