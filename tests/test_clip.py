@@ -301,6 +301,20 @@ def test_ft_from_the_zero_shot_head_and_wise_ft(hf_dir, colours, tmp_path):
     assert float(wise.metrics["test_acc"].iloc[1]) == float(ft.metrics["test_acc"].iloc[-1])
 
 
+def test_lp_and_hp_ft_on_a_clip_model(hf_dir, colours, tmp_path):
+    common = dict(model=f"clip:hf:{hf_dir}", data=colours, augment=False, device="cpu", progress=False, batch_size=16)
+    lp = finetune(strategy="lp", out=str(tmp_path / "lp"), **common)  # logistic regression on the unit embeddings
+    assert float(lp.metrics["test_acc"].iloc[-1]) >= 0.9
+    w0, w1 = (load_model(f"{lp.run_dir}@{e}").module.state_dict() for e in (0, "last"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0 if not k.startswith("head."))
+    hp = finetune(strategy="hp-ft", head_init="zero-shot", hp_epochs=1, epochs=1, optimizer="adamw", lr=1e-4,
+                  prompts=TEMPLATES, out=str(tmp_path / "hp"), **common)
+    assert list(hp.metrics["phase"]) == ["init", "hp", "ft"]
+    reference = load_model(f"clip:hf:{hf_dir}")
+    clip.zero_shot_head(reference, ["cat", "dog"], TEMPLATES)
+    assert load_model(f"{hp.run_dir}@0").fingerprint == reference.fingerprint
+
+
 def test_flyp_on_open_clip_runs(open_clip_spec, colours, tmp_path):
     with pytest.warns(RandomWeightsWarning):  # no :TAG, so open_clip's weights are a random init
         run = finetune(model=open_clip_spec, data=colours, strategy="flyp", epochs=1, optimizer="adamw", lr=1e-3,
