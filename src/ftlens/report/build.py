@@ -35,11 +35,29 @@ def _layer_index(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A config.yaml as a dict ({} when absent); ConfigError when it is not a readable mapping."""
+    from ftlens.errors import ConfigError
+
+    if not path.exists():
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())}); restore it (it is the "
+                          "experiment's configuration) or remove it to build the report without it") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path} holds a {type(cfg).__name__}, not a mapping of options; restore it or remove it")
+    return cfg
+
+
 # --------------------------------------------------------------------------- sections
 
 
 def _overview(out: Path) -> Section:
-    cfg = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else {}
+    cfg = read_config(out / "config.yaml")
     timings = _read_json(out / "timings.json") or {}
     from ftlens.io import versions
 
@@ -51,8 +69,8 @@ def _overview(out: Path) -> Section:
             f"Model <code>{esc(cfg.get('model'))}</code>"
             + (f", pretrained on <code>{esc(cfg['pretrain'].get('data'))}</code>" if cfg.get("pretrain") else "")
             + f", finetuned on <code>{esc(cfg.get('data'))}</code> in {len(cfg.get('runs', []))} ways. "
-            f"STIR uses {a.get('images')} images per seed, {a.get('seeds')} seeds, {a.get('steps')} inversion "
-            f"steps of size {a.get('step_size')}; CKA estimator: "
+            f"STIR uses {esc(a.get('images'))} images per seed, {esc(a.get('seeds'))} seeds, {esc(a.get('steps'))} "
+            f"inversion steps of size {esc(a.get('step_size'))}; CKA estimator: "
             f"<b>{'debiased' if a.get('debiased') else 'biased'} linear CKA</b>. Layers are numbered from 1 "
             "(layer 1 = <code>blocks.0</code>)."
         )
@@ -113,7 +131,7 @@ def _accuracies(out: Path) -> Section | None:
         m = pd.read_csv(run / "metrics.csv")
         if m.empty:
             continue
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+        cfg = read_config(run / "config.yaml")
         last = m.iloc[-1]
         row: dict[str, Any] = {"strategy": cfg.get("strategy", ""), "task": cfg.get("task", ""),
                                "data": cfg.get("data", ""), "epochs": int(last.get("epoch", len(m)))}
@@ -154,7 +172,7 @@ def _accuracies(out: Path) -> Section | None:
 
 def _experiment_data(out: Path) -> str | None:
     path = out / "config.yaml"
-    return yaml.safe_load(path.read_text()).get("data") if path.exists() else None
+    return read_config(path).get("data")
 
 
 def _comparison_blocks(name: str, cmp) -> list:
@@ -321,7 +339,7 @@ def build_report(directory: str | os.PathLike) -> Path:
         cmp = load_comparison(out)
         sections = [Section("Comparison", "", _comparison_blocks(out.name, cmp))]
         return html.write(out / "report.html", f"ftlens: {out.name}", "One pretrained/finetuned comparison.", sections)
-    cfg = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else {}
+    cfg = read_config(out / "config.yaml")
     builders = (_overview, _findings, _accuracies, _comparisons, _dynamics, _correlation, _distortion)
     sections = []
     for build in builders:
