@@ -5,6 +5,7 @@ names, findings) appears as text, never as a tag."""
 from __future__ import annotations
 
 import json
+
 import pandas as pd
 import pytest
 import torch
