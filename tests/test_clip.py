@@ -275,6 +275,22 @@ def test_flyp_resume_equals_uninterrupted(flyp_run, hf_dir, colours, tmp_path):
         assert torch.equal(a.extra_state[k], v), k
 
 
+def test_wise_ft_of_a_flyp_run_interpolates_both_towers(flyp_run, colours, tmp_path):
+    wise = finetune(strategy="wise-ft", wise_to=f"{flyp_run.run_dir}@last", wise_alphas="0,0.5,1", data=colours,
+                    device="cpu", out=str(tmp_path / "w"), progress=False)
+    assert wise.config.prompts == TEMPLATES  # the FLYP run's prompts
+    m, src = wise.metrics, flyp_run.metrics
+    assert float(m["test_acc"].iloc[0]) == float(src["test_acc"].iloc[0])
+    assert float(m["test_loss"].iloc[2]) == pytest.approx(float(src["test_loss"].iloc[-1]), abs=1e-6)
+    # the middle head is the zero-shot head of the interpolated text tower, not the mean of the two heads
+    mid = load_model(f"{wise.run_dir}@1")
+    head = mid.module.head.weight.clone()
+    clip.zero_shot_head(mid, ["cat", "dog"], TEMPLATES)
+    torch.testing.assert_close(mid.module.head.weight, head, rtol=1e-5, atol=1e-6)
+    ends = [load_model(f"{flyp_run.run_dir}@{e}").module.head.weight for e in (0, "last")]
+    assert not torch.allclose(head, 0.5 * (ends[0] + ends[1]), atol=1e-4)
+
+
 def test_compare_on_a_flyp_run(flyp_run):
     pool = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     kw = dict(seeds=1, n_images=8, steps=4, cache=None, progress=False)

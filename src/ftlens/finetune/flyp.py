@@ -14,7 +14,12 @@ per class it is exactly CLIP's symmetric loss. The logit scale ``exp(logit_scale
 (capped at 100, as in CLIP).
 
 Checkpoints: the image tower with its zero-shot head (what ``compare``/``load_model`` read), and
-the text tower as ``task_head.text.*`` tensors.
+the text tower as ``task_head.text.*`` tensors. WiSE-FT of a FLYP run interpolates both towers
+and recomputes the head from the interpolated text tower (with the run's prompts).
+
+``train_acc`` of a FLYP epoch is the accuracy among each batch's classes; ``test_acc`` is the
+zero-shot accuracy over all classes. With several processes the loss is computed per process
+(its share of the batch), without gathering embeddings across processes.
 """
 
 from __future__ import annotations

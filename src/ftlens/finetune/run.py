@@ -769,6 +769,9 @@ def _run_wise(cfg: FinetuneConfig, runtime: Runtime, *, resume: bool, overwrite:
     wrapper = load_model(to_path)
     if cfg.model is None:
         cfg = cfg.replace(model=wrapper.source.spec)
+    flyp = meta1.get("ftlens_strategy") == "flyp"
+    if flyp and (to_path.parent.parent / "config.yaml").is_file():  # the FLYP run's own prompts
+        cfg = cfg.replace(prompts=FinetuneConfig.from_yaml(to_path.parent.parent / "config.yaml").prompts)
     d = RunDir(cfg.out)
     if runtime.is_main:
         d.prepare(cfg, resume=True, overwrite=overwrite)
@@ -786,11 +789,17 @@ def _run_wise(cfg: FinetuneConfig, runtime: Runtime, *, resume: bool, overwrite:
     for src in corrupted.values():
         src.to(runtime.device)
     decoder = make_decoder(wrapper) if task == "reconstruction" else None
-    model = TaskModel(wrapper, task, decoder).to(runtime.device)
+    if flyp:  # both towers are interpolated; the head is the zero-shot head of the interpolated text tower
+        from ftlens.finetune.flyp import FlypTaskModel
+
+        model = FlypTaskModel(wrapper, test.classes, cfg.prompts).to(runtime.device)
+    else:
+        model = TaskModel(wrapper, task, decoder).to(runtime.device)
     rows: list[dict[str, Any]] = []
     for i, alpha in enumerate(cfg.wise_alphas):
         weights = interpolate_state_dicts(theta_0, theta_1, alpha)
         model.load_weights(weights, f"interpolation alpha={alpha}")
+        model.before_evaluate()
         row: dict[str, Any] = {"epoch": i, "phase": "wise", "alpha": float(alpha)}
         test_m = evaluate(model, test_src, task, runtime, cfg.eval_batch_size)
         if task == "classification":
