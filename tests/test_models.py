@@ -140,8 +140,13 @@ def test_generic_module_with_named_layers_and_reuse_error():
     assert reps["fc"].shape == (3, 5)
     with pytest.raises(LayerError, match="more than once"):
         w.representations(x, ["act"])
-    with pytest.raises(ValueError, match="input_size"):
-        load_model(net, layers=["conv"])
+    # without input_size the size comes from the first images (issue 14: no longer refused)
+    lazy = load_model(net, layers=["conv"])
+    assert lazy.input_size is None
+    torch.testing.assert_close(lazy.representations(x)["conv"], ref)
+    assert lazy.input_size == (3, 8, 8) and lazy.mean == (0.0,) * 3 and lazy.std == (1.0,) * 3
+    with pytest.raises(ImageError, match="shape"):
+        lazy.representations(torch.rand(2, 3, 10, 10))
 
 
 def test_checkpoint_roundtrip_and_run_spec(tmp_path):

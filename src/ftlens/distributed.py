@@ -179,6 +179,7 @@ class ModelRef:
     source: Any
     extra_state: dict[str, torch.Tensor] = field(default_factory=dict)
     fingerprint: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # token mode, family, notes (ModelWrapper.options)
 
     @classmethod
     def from_wrapper(cls, model) -> ModelRef:
@@ -190,11 +191,12 @@ class ModelRef:
         return cls(module=module, spec=model.spec, name=model.name, mean=tuple(model.mean), std=tuple(model.std),
                    input_size=tuple(model.input_size), layers=list(model.layers), source=model.source,
                    extra_state={k: v.detach().cpu() for k, v in model.extra_state.items()},
-                   fingerprint=model.fingerprint)
+                   fingerprint=model.fingerprint, options=model.options())
 
     def load(self, device: str | torch.device | None = None):
         wrapper = ModelWrapper(self.module, spec=self.spec, mean=self.mean, std=self.std, input_size=self.input_size,
-                               layers=self.layers, source=self.source, extra_state=self.extra_state, name=self.name)
+                               layers=self.layers, source=self.source, extra_state=self.extra_state, name=self.name,
+                               **self.options)
         if self.fingerprint and wrapper.fingerprint != self.fingerprint:
             raise RuntimeError(f"model {self.name} changed on its way to another process (fingerprint "
                                f"{wrapper.fingerprint[:12]} != {self.fingerprint[:12]})")

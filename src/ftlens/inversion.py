@@ -461,7 +461,8 @@ def _compiled_forward(model: ModelWrapper, layer: str, backend: str) -> Callable
     """``x -> representation of layer`` through the compiled block stack, or None if not a ViT block."""
     m = _BLOCK_LAYER.match(layer)
     blocks = getattr(model.module, "blocks", None)
-    if not (model.is_vit and m and isinstance(blocks, torch.nn.Sequential) and int(m.group(1)) < len(blocks)):
+    if not (model.is_vit and m and isinstance(blocks, torch.nn.Sequential) and int(m.group(1)) < len(blocks)
+            and getattr(model, "tokens", "all") == "all"):
         if model.name not in _WARNED_NO_COMPILE:
             _WARNED_NO_COMPILE.add(model.name)
             warnings.warn(f"compile: layer {layer!r} of {model.name} is not a block of a timm ViT; "

@@ -58,7 +58,7 @@ def compare_plan(
     pt = as_model(pretrained, PRETRAINED)
     ft = as_model(finetuned, FINETUNED)
     models = {PRETRAINED: pt, FINETUNED: ft}
-    check_input_sizes(models)
+    check_input_sizes(models, images)
     layer_list = resolve_shared_layers(models, layers)
     settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast)
     plan = plan_inversions(models, images, layers={PRETRAINED: layer_list, FINETUNED: layer_list}, seeds=seeds,
@@ -249,7 +249,7 @@ def stir(
     ref = as_model(reference, "reference")
     ref_label = reference_name or ref.name
     tmodels = _label_models(target)
-    check_input_sizes({ref_label: ref, **tmodels})
+    check_input_sizes({ref_label: ref, **tmodels}, images)
     tlayers = {}
     for label, m in tmodels.items():
         try:

@@ -21,16 +21,17 @@ _BLOCK = re.compile(r"(?:.*\.)?blocks\.(\d+)")
 
 
 def as_model(model: ModelLike | torch.nn.Module, what: str) -> ModelWrapper:
-    """``model`` as a :class:`~ftlens.models.ModelWrapper` (a spec is loaded; a bare module is refused)."""
+    """``model`` as a :class:`~ftlens.models.ModelWrapper` (a spec or a module object is loaded)."""
     if isinstance(model, ModelWrapper):
         return model
-    if isinstance(model, torch.nn.Module):
-        raise TypeError(f"{what}: wrap the nn.Module first: ftlens.load_model(module, layers=[...], input_size=(C, H, W))")
-    return load_model(model)
+    return load_model(model)  # a spec, or a module object (its family describes it)
 
 
-def check_input_sizes(models: Mapping[str, ModelWrapper]) -> None:
-    """ImageError unless every model expects the same input size (C, H, W)."""
+def check_input_sizes(models: Mapping[str, ModelWrapper], images: torch.Tensor | None = None) -> None:
+    """ImageError unless every model expects the same input size (C, H, W). A model loaded
+    without an input size (a plain module) takes it from ``images``."""
+    for m in models.values():
+        m.adopt_input_size(images)
     sizes = {label: m.input_size for label, m in models.items()}
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"{label} {m.name}: {sizes[label]}" for label, m in models.items())

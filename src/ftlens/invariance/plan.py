@@ -105,7 +105,7 @@ def plan_inversions(
     refs = dict(references)
     if not refs:
         raise ValueError("plan_inversions needs at least one reference model")
-    check_input_sizes(refs)
+    check_input_sizes(refs, images)
     first = next(iter(refs.values()))
     n_images = check_pool(images, first, n_images)
     seeds_ = seed_list(seeds)

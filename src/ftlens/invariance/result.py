@@ -154,8 +154,7 @@ def load_comparison(directory: str | os.PathLike) -> Comparison:
 
 
 def model_info(m: ModelWrapper) -> dict[str, Any]:
-    return {"name": m.name, "spec": m.spec, "fingerprint": m.fingerprint, "input_size": list(m.input_size),
-            "mean": list(m.mean), "std": list(m.std)}
+    return {**m.describe(), "fingerprint": m.fingerprint, "mean": list(m.mean), "std": list(m.std)}
 
 
 def inversion_table(plan: Plan, invs: Mapping[str, Inversion]) -> pd.DataFrame:
