@@ -9,7 +9,14 @@ from typing import Any
 
 from torch import nn
 
-from ftlens.models.families.base import PRE_LOGITS, Built, Defaults, Family, Source, fixed_size_error
+from ftlens.models.families.base import (
+    PRE_LOGITS,
+    Built,
+    Defaults,
+    Family,
+    Source,
+    fixed_size_error,
+)
 
 
 class ClipFamily(Family):
