@@ -1,17 +1,22 @@
 """ftlens: what happens inside a pretrained vision model when it is finetuned.
 
-The public API is re-exported here lazily (importing :mod:`ftlens` stays cheap):
+The public API (importing :mod:`ftlens` stays cheap: each name loads its module on first use;
+``dir(ftlens)``, tab completion and type checkers see all of them):
 
-- models:      :func:`load_model`, :class:`ModelWrapper`
-- similarity:  :func:`linear_cka`, :func:`rbf_cka`, :func:`cka_matrix`, ...
-- invariance:  :func:`invert`, :func:`stir`, :func:`compare`, :func:`load_comparison`
-- finetuning:  :func:`finetune`
+- models:      :func:`load_model`, :class:`ModelWrapper`, :func:`save_checkpoint`
+- similarity:  :func:`linear_cka`, :func:`rbf_cka`, :func:`cka_matrix`, :class:`MinibatchCKA`,
+  :func:`subspace_similarity`, :func:`procrustes_distance`, and the one-liner
+  ``ftlens.CKA(model_a, model_b).compare(loader).plot()`` (:class:`CKA`, :func:`load_cka`)
+- invariance:  :func:`invert`, :func:`stir`, :func:`compare`, :class:`Comparison`, :func:`load_comparison`
+- finetuning:  :func:`finetune`; over epochs: :func:`dynamics`
+- experiments: :func:`run_experiment`, :class:`ExperimentLayout`, :func:`build_report`
+- figures:     :mod:`ftlens.plot`; images from a tensor, Dataset or DataLoader: :func:`as_images`
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -25,6 +30,9 @@ _EXPORTS = {
     "MinibatchCKA": "ftlens.similarity",
     "subspace_similarity": "ftlens.similarity",
     "procrustes_distance": "ftlens.similarity",
+    "CKA": "ftlens.cka",
+    "CKAResult": "ftlens.cka",
+    "load_cka": "ftlens.cka",
     "invert": "ftlens.inversion",
     "Inversion": "ftlens.inversion",
     "stir": "ftlens.invariance",
@@ -32,13 +40,76 @@ _EXPORTS = {
     "Comparison": "ftlens.invariance",
     "load_comparison": "ftlens.invariance",
     "finetune": "ftlens.finetune",
+    "dynamics": "ftlens.analysis.dynamics",
+    "run_experiment": "ftlens.experiment",
+    "ExperimentLayout": "ftlens.layout",
+    "build_report": "ftlens.report.build",
+    "as_images": "ftlens.images",
 }
+_SUBMODULES = ("plot",)
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "load_model",
+    "ModelWrapper",
+    "save_checkpoint",
+    "linear_cka",
+    "rbf_cka",
+    "cka_matrix",
+    "MinibatchCKA",
+    "subspace_similarity",
+    "procrustes_distance",
+    "CKA",
+    "CKAResult",
+    "load_cka",
+    "invert",
+    "Inversion",
+    "stir",
+    "compare",
+    "Comparison",
+    "load_comparison",
+    "finetune",
+    "dynamics",
+    "run_experiment",
+    "ExperimentLayout",
+    "build_report",
+    "as_images",
+    "plot",
+]
+assert set(__all__) == {"__version__", *_EXPORTS, *_SUBMODULES}
+
+if TYPE_CHECKING:  # what the lazy exports resolve to, for type checkers and IDEs
+    from ftlens import plot
+    from ftlens.analysis.dynamics import dynamics
+    from ftlens.cka import CKA, CKAResult, load_cka
+    from ftlens.experiment import run_experiment
+    from ftlens.finetune import finetune
+    from ftlens.images import as_images
+    from ftlens.invariance import Comparison, compare, load_comparison, stir
+    from ftlens.inversion import Inversion, invert
+    from ftlens.layout import ExperimentLayout
+    from ftlens.models import ModelWrapper, load_model, save_checkpoint
+    from ftlens.report.build import build_report
+    from ftlens.similarity import (
+        MinibatchCKA,
+        cka_matrix,
+        linear_cka,
+        procrustes_distance,
+        rbf_cka,
+        subspace_similarity,
+    )
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"ftlens.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ftlens' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -8,23 +8,16 @@ output directory and is skipped (or resumed) when they are already there, so a k
 experiment picks up where it stopped: finetuning resumes from its last complete epoch and
 inversions come from the content-keyed cache.
 
-Layout of ``OUT``::
-
-    config.yaml              the resolved configuration
-    runs/<name>/             finetuning runs (checkpoints, metrics.csv)
-    compare/<name>/          Comparison.save() of each run's last epoch vs the pretrained model
-    dynamics/<name>/         dynamics.csv (per epoch x layer) of selected runs
-    correlation/<name>.csv   the hypothesis grid against corrupted accuracy
-    distortion.csv           feature distortion per run, split, layer and measure
-    findings.json            the paper's findings that this run can test, computed
-    report.html              everything above on one page
+The layout of ``OUT`` is :class:`ftlens.layout.ExperimentLayout`. The findings need runs in
+certain roles (pretrained start, scratch control, reconstruction task, LP-FT): a config's
+``roles:`` mapping names them, otherwise they are recognised by strategy and task
+(:func:`ftlens.layout.resolve_roles`).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -34,7 +27,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ftlens import io
+from ftlens import io, progress
+from ftlens.errors import ConfigError
+from ftlens.layout import ROLES, ExperimentLayout, resolve_roles
 from ftlens.settings import PAPER
 
 STAGES = ("pretrain", "finetune", "compare", "dynamics", "correlation", "distortion", "findings", "report")
@@ -75,6 +70,7 @@ class ExperimentConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     data_dir: str | None = None
     device: str = "cpu"
+    roles: dict[str, str] = field(default_factory=dict)  # role -> run name (ftlens.layout.ROLES)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
@@ -94,6 +90,13 @@ class ExperimentConfig:
         names = [r.get("name") for r in d["runs"]]
         if any(n is None for n in names) or len(set(names)) != len(names):
             raise ValueError(f"every run needs a unique name, got {names}")
+        roles = d.get("roles") or {}
+        bad_roles = sorted(set(roles) - set(ROLES))
+        if bad_roles:
+            raise ConfigError(f"unknown run roles {bad_roles}; roles: {sorted(ROLES)}")
+        missing = sorted(str(v) for v in roles.values() if v not in names)
+        if missing:
+            raise ConfigError(f"roles name runs {missing} that are not in runs ({names}); fix roles: in the config")
         return cls(analysis=AnalysisConfig(**analysis), **d)
 
     @classmethod
@@ -102,6 +105,10 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resolved_roles(self) -> dict[str, str | None]:
+        """``{role: run name or None}``: the config's ``roles`` completed by strategy and task."""
+        return resolve_roles(self)
 
 
 def builtin_config(name: str) -> ExperimentConfig:
@@ -137,12 +144,13 @@ class Experiment:
     def __init__(self, config: ExperimentConfig, out: str | os.PathLike, *, cache: Any = "default") -> None:
         self.config = config
         self.out = Path(out)
+        self.layout = ExperimentLayout(self.out)
         self.cache = cache
         self.timings: dict[str, float] = {}
 
     # paths
     def run_dir(self, name: str) -> Path:
-        return self.out / "runs" / name
+        return self.layout.run(name)
 
     @property
     def pretrained_spec(self) -> str:
@@ -182,24 +190,23 @@ class Experiment:
         main = context().is_main
         self.out.mkdir(parents=True, exist_ok=True)
         if main:
-            io.write_text(self.out / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            io.write_text(self.layout.config, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         for stage in STAGES:
             if stage not in stages or (not main and stage not in _ALL_RANKS):
                 continue
             start = time.perf_counter()
             if main:
-                print(f"[ftlens] {self.config.name}: {stage} ...", file=sys.stderr, flush=True)
+                progress.stage(f"{self.config.name}: {stage} ...")
             getattr(self, f"stage_{stage}")()
             self.timings[stage] = time.perf_counter() - start
             if main:
-                print(f"[ftlens] {self.config.name}: {stage} done in {self.timings[stage]:.0f} s",
-                      file=sys.stderr, flush=True)
+                progress.stage(f"{self.config.name}: {stage} done in {self.timings[stage]:.0f} s")
             if main:
-                io.write_json(self.out / "timings.json", {**self._old_timings(), **self.timings})
-        return self.out / "report.html"
+                io.write_json(self.layout.timings, {**self._old_timings(), **self.timings})
+        return self.layout.report
 
     def _old_timings(self) -> dict[str, float]:
-        path = self.out / "timings.json"
+        path = self.layout.timings
         return io.read_json(path) if path.exists() else {}
 
     def stage_pretrain(self) -> None:
@@ -259,7 +266,7 @@ class Experiment:
         pt = self.load_pretrained()
         images, _ = self._image_pool(self.config.analysis.images, self.config.analysis.seeds)
         for name in self.compare_names():
-            target = self.out / "compare" / name
+            target = self.layout.compare(name)
             if (target / "comparison.json").exists():
                 continue
             ft = load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
@@ -276,20 +283,20 @@ class Experiment:
         images, _ = self._image_pool(self.config.analysis.images, self.config.analysis.seeds)
         for name in self.config.analysis.dynamics:
             dynamics(self.run_dir(name), pt, images, epochs=self.config.analysis.dynamics_epochs,
-                     out=self.out / "dynamics" / name, **self._compare_kwargs())
+                     out=self.layout.dynamics(name), **self._compare_kwargs())
 
     def stage_correlation(self) -> None:
         from ftlens.analysis.correlation import correlation_table
         from ftlens.analysis.dynamics import corrupted_accuracy, run_metrics
 
         for name in self.config.analysis.dynamics:
-            dyn_path = self.out / "dynamics" / name / "dynamics.csv"
+            dyn_path = self.layout.dynamics(name) / "dynamics.csv"
             metrics = run_metrics(self.run_dir(name))
             if not dyn_path.exists() or "corrupted_acc_mean" not in metrics.columns:
                 continue
             dyn = pd.read_csv(dyn_path)
             grid = correlation_table(dyn, corrupted_accuracy(metrics))
-            io.write_table(self.out / "correlation" / f"{name}.csv", grid)
+            io.write_table(self.layout.correlation(name), grid)
 
     def stage_distortion(self) -> None:
         from ftlens.analysis.distortion import feature_distortion
@@ -307,7 +314,7 @@ class Experiment:
                                     device=None if self.config.device == "cpu" else self.config.device)
             df.insert(0, "run", name)
             frames.append(df)
-        io.write_table(self.out / "distortion.csv", pd.concat(frames, ignore_index=True).set_index("run"))
+        io.write_table(self.layout.distortion, pd.concat(frames, ignore_index=True).set_index("run"))
 
     def _distortion_splits(self, pt) -> dict[str, Any]:
         from ftlens.data.base import float_to_uint8, uint8_to_float
@@ -329,7 +336,7 @@ class Experiment:
     def stage_findings(self) -> None:
         from ftlens.findings import compute_findings
 
-        io.write_json(self.out / "findings.json", compute_findings(self.out, self.config))
+        io.write_json(self.layout.findings, compute_findings(self.out, self.config))
 
     def stage_report(self) -> None:
         from ftlens.report.build import build_report

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ftlens.layout import ExperimentLayout, resolve_roles
+
 
 def _early(index: pd.Index) -> list:
     """The first half of the layers (at least one)."""
@@ -23,7 +25,9 @@ def _early(index: pd.Index) -> list:
 def _load(out: Path, name: str):
     from ftlens.invariance import load_comparison
 
-    path = out / "compare" / name
+    if name is None:
+        return None
+    path = ExperimentLayout(out).compare(name)
     if not (path / "comparison.json").exists():
         return None
     return load_comparison(path)
@@ -39,9 +43,19 @@ def _per_layer(cmp) -> pd.DataFrame:
 
 
 def compute_findings(out: str | os.PathLike, config: Any = None) -> list[dict[str, Any]]:
-    """Decide every testable finding from the results under ``out``."""
+    """Decide every testable finding from the results under ``out``.
+
+    The runs in each role (pretrained start, scratch control, reconstruction task, LP-FT) come
+    from ``config`` (or ``out/config.yaml``): :func:`ftlens.layout.resolve_roles`.
+    """
     out = Path(out)
-    ft, scratch, rec = _load(out, "ft"), _load(out, "scratch"), _load(out, "reconstruction")
+    layout = ExperimentLayout(out)
+    if config is None:
+        config = layout.read_config() or None
+    roles = resolve_roles(config)
+    ft_name, scratch_name = roles["pretrained_start"], roles["scratch_control"]
+    rec_name, lpft_name = roles["reconstruction_task"], roles["lp_ft"]
+    ft, scratch, rec = _load(out, ft_name), _load(out, scratch_name), _load(out, rec_name)
     findings: list[dict[str, Any]] = []
 
     # 1. pretrained start vs scratch: lower learning and forgetting in early layers
@@ -67,7 +81,9 @@ def compute_findings(out: str | os.PathLike, config: Any = None) -> list[dict[st
             bool(held), nums))
     else:
         findings.append(_finding("early-layers-reused", "Pretrained start vs scratch (early layers)",
-                                 "Merlin et al. 2023, §4.1", "needs runs 'ft' and 'scratch'", None, {}))
+                                 "Merlin et al. 2023, §4.1",
+                                 "needs a run from the pretrained start and a scratch control "
+                                 "(config roles pretrained_start, scratch_control)", None, {}))
 
     # 2. CKA misses what STIR sees in early layers
     if ft is not None:
@@ -82,13 +98,14 @@ def compute_findings(out: str | os.PathLike, config: Any = None) -> list[dict[st
             "In early layers CKA divergence stays near 0 while forgetting of invariances does not: "
             "representations look alike yet invariances changed.",
             "Merlin et al. 2023, §4.1, Fig. 3",
-            "mean early-layer cka divergence < mean early-layer forgetting (run 'ft')",
+            f"mean early-layer cka divergence < mean early-layer forgetting (run '{ft_name}')",
             bool(held), nums))
 
     # 3. compression below the flow diagonal
-    for name, cmp in (("ft", ft), ("reconstruction", rec)):
+    for role, cmp in (("ft", ft), ("reconstruction", rec)):
         if cmp is None:
             continue
+        name = ft_name if role == "ft" else rec_name
         flow = cmp.flow.to_numpy(dtype=float)
         lower = flow[np.tril_indices_from(flow, k=-1)]
         upper = flow[np.triu_indices_from(flow, k=1)]
@@ -96,7 +113,7 @@ def compute_findings(out: str | os.PathLike, config: Any = None) -> list[dict[st
                 "fraction_below_positive": float(np.mean(lower > 0))}
         held = nums["mean_below_diagonal"] > 0 and nums["mean_below_diagonal"] > nums["mean_above_diagonal"]
         findings.append(_finding(
-            f"compression-{name}",
+            f"compression-{role}",
             f"Finetuning ({name}) compresses pretrained invariances toward shallower layers: the flow "
             "matrix is positive below its diagonal.",
             "Merlin et al. 2023, §4.3, Fig. 4",
@@ -112,31 +129,31 @@ def compute_findings(out: str | os.PathLike, config: Any = None) -> list[dict[st
             "reconstruction-learns-more",
             "Learning of new invariances is higher when finetuning for reconstruction than for classification.",
             "Merlin et al. 2023, §4.2, Fig. 2",
-            "mean learning over layers: run 'reconstruction' > run 'ft'",
+            f"mean learning over layers: run '{rec_name}' > run '{ft_name}'",
             nums["learning_reconstruction"] > nums["learning_classification"], nums))
 
     # 5-6. feature distortion (Kumar et al.)
-    dist_path = out / "distortion.csv"
+    dist_path = layout.distortion
     if dist_path.exists():
         d = pd.read_csv(dist_path)
         pl = d[(d["layer"] == "pre_logits") & (d["measure"] == "mean_squared_difference")]
         val = {(r.run, r.split): float(r.value) for r in pl.itertuples()}
-        if ("ft", "ID") in val and ("lp-ft", "ID") in val:
-            nums = {f"{run}_{split}": v for (run, split), v in val.items() if run in ("ft", "lp-ft")}
-            held = all(val[("lp-ft", s)] < val[("ft", s)] for s in ("ID", "OOD") if ("ft", s) in val)
+        if (ft_name, "ID") in val and (lpft_name, "ID") in val:
+            nums = {f"{run}_{split}": v for (run, split), v in val.items() if run in (ft_name, lpft_name)}
+            held = all(val[(lpft_name, s)] < val[(ft_name, s)] for s in ("ID", "OOD") if (ft_name, s) in val)
             findings.append(_finding(
                 "lpft-distorts-less",
                 "LP-FT distorts the pretrained features less than FT, on ID and OOD data.",
-                "Kumar et al. 2022 (seed 004)",
+                "Kumar et al. 2022",
                 "mean squared difference of pre-logit features to the pretrained model: LP-FT < FT on ID and OOD",
                 bool(held), nums))
-        if ("ft", "ID") in val and ("ft", "OOD") in val:
-            nums = {"ft_ID": val[("ft", "ID")], "ft_OOD": val[("ft", "OOD")]}
+        if (ft_name, "ID") in val and (ft_name, "OOD") in val:
+            nums = {"ft_ID": val[(ft_name, "ID")], "ft_OOD": val[(ft_name, "OOD")]}
             findings.append(_finding(
                 "ft-distorts-id-more",
                 "FT changes features of in-distribution data more than those of OOD (corrupted) data.",
-                "Kumar et al. 2022 (seed 004)",
-                "pre-logit mean squared difference, run 'ft': ID > OOD",
+                "Kumar et al. 2022",
+                f"pre-logit mean squared difference, run '{ft_name}': ID > OOD",
                 nums["ft_ID"] > nums["ft_OOD"], nums))
 
     # 7. energy left for finetuning vs feature change (seed 003)
@@ -144,7 +161,8 @@ def compute_findings(out: str | os.PathLike, config: Any = None) -> list[dict[st
         findings.extend(_energy_findings(out, pd.read_csv(dist_path)))
 
     # 8. forgetting variability vs robustness
-    for path in sorted((out / "correlation").glob("*.csv")) if (out / "correlation").exists() else []:
+    for name in layout.correlation_names():
+        path = layout.correlation(name)
         grid = pd.read_csv(path)
         head = grid[grid.get("is_headline", pd.Series(False, index=grid.index)).astype(bool)]
         if head.empty:
@@ -168,7 +186,7 @@ def energy_sweep(out: Path, distortion: pd.DataFrame) -> pd.DataFrame | None:
 
     runs = []
     for name in distortion["run"].unique():
-        mpath = out / "runs" / name / "metrics.csv"
+        mpath = ExperimentLayout(out).run(name) / "metrics.csv"
         if not mpath.exists():
             continue
         m = pd.read_csv(mpath)
@@ -205,7 +223,7 @@ def _energy_findings(out: Path, distortion: pd.DataFrame) -> list[dict[str, Any]
         held = None if any(pd.isna(h) for h in helds) else bool(all(helds))
         nums = {f"{r.measure}_spearman_rho": float(r.spearman_rho) for r in present}
         nums["runs"] = int(present[0].n_runs)
-        result.append(_finding(fid, claim, "Ren et al. 2023 (seed 003)",
+        result.append(_finding(fid, claim, "Ren et al. 2023",
                                "pre-logit features, ID data, runs with a logged energy (train loss at the start of FT): "
                                + ("Spearman rho > 0 for each measure" if fid.endswith("grow") else
                                   "the maximum lies strictly inside the energy range for each measure"),

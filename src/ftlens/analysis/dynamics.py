@@ -69,7 +69,9 @@ def dynamics(
     frames = [done] if len(done) else []
     have = set(done["epoch"].unique()) if len(done) else set()
     from ftlens.progress import track
+    from ftlens.tracking import Tracker, run_tracker
 
+    tracker = run_tracker(run_dir) if Path(run_dir, "config.yaml").exists() else Tracker(run_dir)
     for epoch in track([e for e in wanted if e not in have], description=f"dynamics {Path(run_dir).name}"):
         ft = load_model(str(ckpts[epoch]), layers=layers or pt.layers, image_size=pt.input_size[1:])
         cmp = compare(pt, ft, images, layers=layers, **compare_kwargs)
@@ -81,8 +83,11 @@ def dynamics(
                                  n_images=compare_kwargs.get("n_images", PAPER.images))
         frame["subspace_similarity"] = frame["layer"].map(sub)
         frames.append(frame)
+        tracker.log({f"{metric}/layer_{k + 1}": v for metric in ("learning", "forgetting", "cka_divergence")
+                     for k, v in enumerate(frame[metric])}, epoch, prefix="dynamics/")
         if table_path is not None:
             io.write_table(table_path, pd.concat(frames, ignore_index=True).set_index("epoch"))
+    tracker.close()
     if not frames:  # a non-zero rank under a launcher
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True).sort_values(["epoch"], kind="stable").reset_index(drop=True)

@@ -54,6 +54,10 @@ def dynamics_cmd(
     out = out or run_dir / "dynamics"
     table = dynamics(run_dir, pt, x, epochs=parse_list(epochs, int), layers=parse_list(layers), out=out,
                      seeds=seeds, n_images=min(images, len(x)), steps=steps, step_size=step_size, debiased=debiased)
+    io.write_json(Path(out) / "dynamics.json", {
+        "kind": "ftlens.dynamics", "run": str(Path(run_dir).resolve()), "pretrained": pretrained, "data": data,
+        "images": images, "seeds": seeds, "steps": steps, "step_size": step_size,
+        "estimator": "debiased" if debiased else "biased", "versions": io.versions()})
     summary = table.groupby("epoch")[["learning", "forgetting", "cka_divergence"]].mean()
     console.print("[bold]mean over layers, per epoch[/bold]")
     console.print(summary.round(4).to_string())

@@ -12,8 +12,18 @@ from rich.console import Console
 
 from ftlens.errors import FtlensError
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+
+def make_console(stderr: bool = False) -> Console:
+    """A rich console; when the stream is not a terminal (logs, pipes) it is wide enough that
+    tables are never cut or wrapped at 80 columns."""
+    c = Console(stderr=stderr)
+    if not c.is_terminal:
+        c = Console(stderr=stderr, width=max(c.width, 1000))
+    return c
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

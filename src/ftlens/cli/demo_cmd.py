@@ -73,10 +73,14 @@ def run_cmd(
 @app.command("report")
 @fail_on_ftlens_error
 def report_cmd(
-    directory: Path = typer.Argument(..., exists=True, file_okay=False, help="An experiment or compare output directory."),
+    directories: list[Path] = typer.Argument(..., help="Result folders: an experiment (`ftlens run`/`demo`), the --out "
+                                             "of `compare`, `cka`, `dynamics` or `finetune`, or a folder of several. "
+                                             "Several experiments are shown side by side."),
+    out: Path = typer.Option(None, "--out", help="The page to write (default DIR/report.html; for several folders, "
+                             "report.html in their common parent)."),
 ) -> None:
-    """Write DIR/report.html: one self-contained page with every table and figure."""
+    """Write one self-contained HTML page with every table and figure found in DIRECTORIES."""
     from ftlens.report.build import build_report
 
-    path = build_report(directory)
+    path = build_report(directories[0] if len(directories) == 1 else directories, out=out)
     console.print(f"report: [bold]{path.resolve()}[/bold]")

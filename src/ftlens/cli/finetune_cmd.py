@@ -70,6 +70,8 @@ def finetune_cmd(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a killed run in --out from its last complete epoch.", rich_help_panel=_RUN),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out first.", rich_help_panel=_RUN),
     stop_after: int | None = typer.Option(None, "--stop-after", help="Stop after this epoch (resumable later).", rich_help_panel=_RUN),
+    tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard", help="Write TensorBoard curves to OUT/tensorboard (needs tensorboard: pip install 'ftlens[tracking]').", rich_help_panel=_RUN),
+    wandb: str | None = typer.Option(None, "--wandb", help="Log each epoch to this Weights & Biases project (needs wandb).", rich_help_panel=_RUN),
 ) -> None:
     """Finetune a model (classification or reconstruction) with a chosen strategy; one checkpoint per epoch.
 
@@ -102,8 +104,9 @@ def _is_main_process() -> bool:
 
 def print_summary(result) -> None:
     """A rich table of the run's metrics (at most 12 epochs shown) and where things are."""
-    from rich.console import Console
     from rich.table import Table
+
+    from ftlens.cli.common import make_console
 
     df = result.metrics
     cols = [c for c in ("epoch", "phase", "alpha", "lr", "train_loss", "train_acc", "penalty", "test_loss", "test_acc",
@@ -120,7 +123,7 @@ def print_summary(result) -> None:
             continue
         r = df.iloc[i]
         table.add_row(*[_fmt(c, r[c]) for c in cols])
-    console = Console()
+    console = make_console()
     console.print(table)
     lines = [f"run directory: {result.run_dir}  (epochs are specs: {result.run_dir}@0 ... @last)"]
     if result.energy:

@@ -78,6 +78,10 @@ def cka_cmd(
     console.print(matrix.round(3).to_string())
     if out is not None:
         io.write_table(Path(out) / "cka.csv", matrix)
+        io.write_json(Path(out) / "cka.json", {
+            "kind": "ftlens.cka", "model_a": a.name, "model_b": b.name, "spec_a": model_a, "spec_b": model_b,
+            "data": data, "images": int(x.shape[0]), "seed": seed, "estimator": estimator,
+            "similarity": f"linear CKA ({estimator} HSIC), float64", "versions": io.versions()})
         fig = cka_heatmap(matrix, title=f"linear CKA ({estimator}): {a.name} vs {b.name}",
                           xlabel=f"layer of {b.name}", ylabel=f"layer of {a.name}")
         save_figure(fig, Path(out) / "cka.png")

@@ -106,7 +106,8 @@ class FinetuneConfig:
     Execution:
         device (``auto``/``cpu``/``cuda``), num_workers (DataLoader workers for datasets that
         are not held in memory; None: up to 8, by the CPU count), eval_batch_size, out (the run
-        directory).
+        directory), tensorboard (event files in ``RUN_DIR/tensorboard``), wandb (a Weights &
+        Biases project; see :mod:`ftlens.tracking`).
     """
 
     # model and data
@@ -162,6 +163,8 @@ class FinetuneConfig:
     num_workers: int | None = None
     eval_batch_size: int = 512
     out: str | None = None
+    tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard (ftlens.tracking)
+    wandb: str | None = None  # a Weights & Biases project to log to (needs wandb)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -547,6 +547,9 @@ class _Run:
         else:
             self._epoch_zero()
             start = 0
+        tracker = self._tracker()
+        if last is None:
+            tracker.log(self.rows[-1], 0)
         self.reference = None
         if cfg.strategy == "l2-sp":  # theta_0: the backbone of epoch 0 (the starting point), also after a resume
             weights0, _ = read_checkpoint(d.checkpoint(0))
@@ -578,9 +581,11 @@ class _Run:
                 row = self._epoch(epoch, phase, state if epoch == start + 1 else None, on_step)
                 self.seconds[str(epoch)] = time.perf_counter() - tic
                 self._save(epoch)
+                tracker.log(row, epoch)
                 if bar is not None:
                     bar.advance(epoch_task)
                     bar.update(epoch_task, info=_short(row))
+        tracker.close()
         df = metrics_frame(self.rows, self.energy)
         rt.barrier()
         model = load_model(f"{d.path}@last")
@@ -600,6 +605,16 @@ class _Run:
         probe = io.read_json(d.probe) if d.probe.is_file() else None
         return RunResult(run_dir=d.path, metrics=df, model=load_model(f"{d.path}@last"), config=self.cfg,
                          energy=energy, linear_probe=probe, completed=True)
+
+    def _tracker(self):
+        """TensorBoard / W&B logging of each epoch's metrics (rank 0 only; a no-op when not asked for)."""
+        from ftlens.tracking import Tracker
+
+        cfg = self.cfg
+        if not self.runtime.is_main:
+            return Tracker(self.dir.path)
+        return Tracker(self.dir.path, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb,
+                       name=Path(cfg.out).name if cfg.out else None, config=cfg.to_dict())
 
     # ---------------------------------------------------------------- epochs
     def _epoch_zero(self) -> None:

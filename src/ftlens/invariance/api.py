@@ -20,6 +20,7 @@ import torch
 
 from ftlens import distributed, io
 from ftlens.errors import LayerError
+from ftlens.images import as_images
 from ftlens.invariance.inputs import (
     ModelLike,
     as_model,
@@ -69,7 +70,7 @@ def compare_plan(
 def compare(
     pretrained: ModelLike,
     finetuned: ModelLike,
-    images: torch.Tensor,
+    images: torch.Tensor | Any,
     layers: Sequence[str] | str | None = None,
     seeds: int | Sequence[int] = PAPER.seeds,
     n_images: int | None = PAPER.images,
@@ -95,7 +96,8 @@ def compare(
 
     Args:
         pretrained, finetuned: models (wrappers or specs for :func:`ftlens.load_model`).
-        images: the image pool (n, C, H, W) in [0, 1]; each seed draws ``n_images`` of it
+        images: the image pool (n, C, H, W) in [0, 1] (a tensor, a Dataset or a DataLoader:
+            :func:`ftlens.images.as_images`); each seed draws ``n_images`` of it
             (``None``: the whole pool) and its own start noise
             (:mod:`ftlens.invariance.pool`: disjoint samples when the pool allows).
         layers: layer names / globs present in both models (default: the pretrained model's).
@@ -126,6 +128,7 @@ def compare(
         wrong shape, fewer than ``n_images``, or models with different input sizes.
     """
     t_start = time.perf_counter()
+    images = as_images(images)
     if first_term not in FIRST_TERMS:
         raise ValueError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
     executor = executor or distributed.executor(processes=processes, threads=threads, cache=cache)

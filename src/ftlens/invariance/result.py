@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ftlens import io
+from ftlens.display import ComparisonDisplay
 from ftlens.invariance.metrics import derive_metrics
 from ftlens.invariance.plan import Plan
 from ftlens.invariance.score import FINETUNED, PRETRAINED
@@ -26,7 +27,7 @@ __all__ = ["Comparison", "inversion_table", "load_comparison", "model_info"]
 
 
 @dataclass
-class Comparison:
+class Comparison(ComparisonDisplay):
     """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` against ``pretrained``.
 
     Attributes:

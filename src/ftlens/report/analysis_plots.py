@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ftlens.analysis import correlation as corr  # noqa: E402
 from ftlens.analysis.distortion import MEASURES  # noqa: E402
 from ftlens.errors import FtlensError  # noqa: E402
+from ftlens.report.figures import styled  # noqa: E402
 
 FAMILY_COLORS = {"stir": "C0", "cka_divergence": "C1", "subspace_similarity": "C2"}
 FAMILY_LABELS = {
@@ -54,6 +55,7 @@ def _unit_of(hyp: corr.Hypothesis) -> str:
 # ----------------------------------------------------------------------------- correlation
 
 
+@styled
 def plot_correlation_scatter(
     table: pd.DataFrame,
     accuracy: Any,
@@ -89,11 +91,12 @@ def plot_correlation_scatter(
     ax.set_xlabel(f"{hyp.label} ({_unit_of(hyp)})")
     ax.set_ylabel(accuracy_label)
     ax.set_title(title or f"Robustness vs {hyp.name}", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
 
+@styled
 def plot_top_hypotheses(
     results: pd.DataFrame,
     k: int = 10,
@@ -128,14 +131,14 @@ def plot_top_hypotheses(
         )
     is_head = top["is_headline"] if "is_headline" in top.columns else pd.Series(False, index=top.index)
     labels = [f"{h}  [headline]" if hd else h for h, hd in zip(top["hypothesis"], is_head, strict=True)]
-    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_yticks(ys, labels)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlim(-1, 1)
     ax.set_xlabel("Pearson r with mean corrupted accuracy (unitless)")
-    ax.set_ylabel("hypothesis: aggregate(metric) over layers (1-based)", fontsize=8)
+    ax.set_ylabel("hypothesis: aggregate(metric) over layers (1-based)")
     handles = [Patch(color=FAMILY_COLORS[f], label=FAMILY_LABELS[f]) for f in FAMILY_COLORS if f in set(top["family"])]
     handles.append(Patch(facecolor="white", edgecolor="grey", hatch="//", label="not significant (Bonferroni)"))
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     n_top = min(k, int(results["r"].notna().sum())) if len(results) else 0
     extra = " + headline" if len(top) > n_top else ""
     ax.set_title(title or f"Top {n_top}{extra} of {len(results)} hypotheses by |r|", fontsize=10)
@@ -143,6 +146,7 @@ def plot_top_hypotheses(
     return fig
 
 
+@styled
 def plot_prefix_correlation(
     prefix: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
@@ -168,7 +172,7 @@ def plot_prefix_correlation(
     ax.set_ylabel("Pearson r with corrupted accuracy (unitless)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if plotted:
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
         ax.text(0.5, 0.5, "too few epochs for a prefix correlation", ha="center", transform=ax.transAxes)
     ax.set_title(title or "Correlation up to epoch n (cf. paper Fig. 14)", fontsize=10)
@@ -190,6 +194,7 @@ def _as_model_frame(distortion: pd.DataFrame | Mapping[str, pd.DataFrame], model
     return pd.concat(frames, ignore_index=True)
 
 
+@styled
 def plot_distortion(
     distortion: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
@@ -219,12 +224,13 @@ def plot_distortion(
     ax.set_xticks(x, models)
     ax.set_xlabel("model / finetuning strategy")
     ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
-    ax.legend(title="images", fontsize=8)
+    ax.legend(title="images", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title(title or f"Feature distortion from the pretrained model at {layer}", fontsize=10)
     fig.tight_layout()
     return fig
 
 
+@styled
 def plot_energy_vs_distortion(
     ev: pd.DataFrame,
     *,
@@ -232,7 +238,7 @@ def plot_energy_vs_distortion(
     layer: str = "pre_logits",
     title: str | None = None,
 ) -> Figure:
-    """Each distortion measure against the energy at the start of FT (HP-FT sweep; seed 003).
+    """Each distortion measure against the energy at the start of FT (HP-FT sweep; Ren et al. 2023).
 
     ``ev``: :func:`ftlens.analysis.distortion.energy_vs_distortion`. One panel per measure, one
     line per split, runs sorted by energy (train loss at the start of FT).
@@ -242,16 +248,20 @@ def plot_energy_vs_distortion(
     measures = [m for m in measures if m in set(ev["measure"])]
     if not measures:
         raise FtlensError(f"none of the measures is in the table; present: {sorted(set(ev['measure']))}")
-    fig, axes = plt.subplots(1, len(measures), figsize=(3.3 * len(measures), 3.4), squeeze=False)
+    ncols = min(3, len(measures))
+    nrows = -(-len(measures) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols, 3.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(measures):]:
+        ax.set_visible(False)
     sub = ev[ev["layer"] == layer]
-    for ax, measure in zip(axes[0], measures, strict=True):
+    for ax, measure in zip(axes.flat, measures, strict=False):
         for split, g in sub[sub["measure"] == measure].groupby("split", sort=False):
             g = g.groupby("run").agg(energy=("energy", "first"), value=("value", "mean")).sort_values("energy")
             ax.plot(g["energy"], g["value"], "o-", ms=4, label=f"{split} data")
-        ax.set_xlabel("energy: train loss at start of FT (nats)")
-        ax.set_ylabel(MEASURE_LABELS.get(measure, measure), fontsize=8)
+        ax.set_xlabel("train loss at start of FT (nats)")
+        ax.set_ylabel(MEASURE_LABELS.get(measure, measure))
         ax.set_title(measure.replace("_", " "), fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend()
     fig.suptitle(title or f"Distortion at {layer} vs energy at the start of FT (HP-FT sweep)", fontsize=10)
     fig.tight_layout()
     return fig

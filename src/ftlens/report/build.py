@@ -1,96 +1,557 @@
-"""Turn an experiment directory (see :mod:`ftlens.experiment`) into ``report.html``.
+"""Turn results into ``report.html``: an experiment, a single command's output, a folder of
+several, or several experiments side by side (:mod:`ftlens.report.inputs` finds them).
 
-Works on whatever the directory holds: a full experiment, or a single ``ftlens compare``
-output (``comparison.json``). Every figure has axis labels, units, a legend and a caption
-saying what to read from it; every table says which CKA estimator produced it.
+Order of the page: findings, then the figures (runs overlaid on shared axes, one figure per
+metric), then per-run details, and what was run (configuration, versions, timings) last.
+Every caption states what the figure shows on these numbers; every table says which CKA
+estimator produced it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
+from ftlens.layout import MARKERS
 from ftlens.report import html
-from ftlens.report.figures import figure_png, layer_label
+from ftlens.report.figures import figure_png, fmt_num, layer_label, layer_title
 from ftlens.report.html import Figure, Section, Table, Text, esc
+from ftlens.report.inputs import NothingToReportError, Source, discover
+
+__all__ = ["NothingToReportError", "build_report"]
+
+METRIC_TEXT = {
+    "learning": ("Learning of invariances", "learning = STIR(ft|ft) - STIR(pt|ft)"),
+    "forgetting": ("Forgetting of invariances", "forgetting = STIR(pt|pt) - STIR(ft|pt)"),
+    "cka_divergence": ("CKA divergence", "cka divergence = 1 - CKA(ft, pt)"),
+}
 
 
 def _fig(fig, caption: str, title: str = "") -> Figure:
     return Figure(figure_png(fig), caption, title)
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+def _read_json(path: Path | None) -> Any:
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
 
 
 def _layer_index(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
-    df.index = [f"{layer_label(str(i))} ({i})" if str(i).startswith("blocks.") else str(i) for i in df.index]
+    df.index = [layer_title(str(i), k + 1) for k, i in enumerate(df.index)]
     df.index.name = "layer"
     return df
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """A config.yaml as a dict ({} when absent); ConfigError when it is not a readable mapping."""
-    from ftlens.errors import ConfigError
+    from ftlens.layout import read_yaml_config
 
-    if not path.exists():
-        return {}
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())}); restore it (it is the "
-                          "experiment's configuration) or remove it to build the report without it") from None
-    if cfg is None:
-        return {}
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path} holds a {type(cfg).__name__}, not a mapping of options; restore it or remove it")
-    return cfg
+    return read_yaml_config(path)
 
 
-# --------------------------------------------------------------------------- sections
+class _Labels:
+    """Run labels: the run name alone for one source, ``source/run`` for several."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self.many = len(sources) > 1
+
+    def __call__(self, src: Source, name: str) -> str:
+        return f"{src.name}/{name}" if self.many else name
 
 
-def _overview(out: Path) -> Section:
-    cfg = read_config(out / "config.yaml")
-    timings = _read_json(out / "timings.json") or {}
-    from ftlens.io import versions
+# --------------------------------------------------------------------------- findings
 
-    env = versions()
-    s = Section("What was run")
-    a = cfg.get("analysis", {}) if cfg else {}
-    if cfg:
-        s.lead = (
-            f"Model <code>{esc(cfg.get('model'))}</code>"
-            + (f", pretrained on <code>{esc(cfg['pretrain'].get('data'))}</code>" if cfg.get("pretrain") else "")
-            + f", finetuned on <code>{esc(cfg.get('data'))}</code> in {len(cfg.get('runs', []))} ways. "
-            f"STIR uses {esc(a.get('images'))} images per seed, {esc(a.get('seeds'))} seeds, {esc(a.get('steps'))} "
-            f"inversion steps of size {esc(a.get('step_size'))}; CKA estimator: "
-            f"<b>{'debiased' if a.get('debiased') else 'biased'} linear CKA</b>. Layers are numbered from 1 "
-            "(layer 1 = <code>blocks.0</code>)."
-        )
-    rows = {**{f"version: {k}": v for k, v in env.items()}, **{f"time: {k}": f"{v:.1f} s" for k, v in timings.items()}}
-    if timings:
-        rows["time: total"] = f"{sum(timings.values()):.1f} s"
-    s.blocks.append(Table(pd.DataFrame({"value": rows}).rename_axis("item"), "Versions of the software and wall time of each stage.", "Environment and timings"))
-    models = _models_table(out)
-    if models is not None:
-        s.blocks.append(Table(models, "Every model that was compared: the spec it was loaded from and the sha256 of its "
-                              "weights (first 16 hex digits), so a result can be traced to exact weights.", "Models"))
-    if cfg:
-        s.blocks.append(Text(f"<details><summary>Full configuration</summary><pre>{esc(yaml.safe_dump(cfg, sort_keys=False))}</pre></details>"))
+
+def _findings(sources: Sequence[Source], label: _Labels) -> Section | None:
+    per_source = {s.name: _read_json(s.findings) for s in sources if s.findings is not None}
+    per_source = {k: v for k, v in per_source.items() if v}
+    if not per_source:
+        return None
+    s = Section("Findings of the papers, tested on this run" if len(per_source) == 1 else
+                "Findings of the papers, tested on each experiment",
+                "Each verdict is computed from the numbers by the stated rule; nothing is written in advance. "
+                "Small models and data can legitimately disagree with the papers.")
+    if len(per_source) == 1:
+        findings = next(iter(per_source.values()))
+        rows = []
+        for f in findings:
+            cls, verdict = _verdict(f["held"])
+            rows.append(f"<tr><td>{esc(f['claim'])}<br/><span class='caption'>{esc(f['source'])}</span></td>"
+                        f"<td class='{cls}'>{verdict}</td><td>{esc(f['rule'])}</td><td>{esc(_numbers(f))}</td></tr>")
+        s.blocks.append(Text("<table><thead><tr><th>claim</th><th>verdict</th><th>rule</th><th>numbers</th></tr>"
+                             f"</thead><tbody>{''.join(rows)}</tbody></table>"))
+        return s
+    claims: dict[str, str] = {}
+    for findings in per_source.values():
+        for f in findings:
+            claims.setdefault(f["id"], f["claim"])
+    head = "".join(f"<th>{esc(name)}</th>" for name in per_source)
+    rows = []
+    for fid, claim in claims.items():
+        cells = []
+        for findings in per_source.values():
+            f = next((x for x in findings if x["id"] == fid), None)
+            if f is None:
+                cells.append("<td class='na'>–</td>")
+                continue
+            cls, verdict = _verdict(f["held"])
+            cells.append(f"<td class='{cls}' title='{esc(_numbers(f))}'>{verdict}</td>")
+        rows.append(f"<tr><td>{esc(claim)}</td>{''.join(cells)}</tr>")
+    s.blocks.append(Text(f"<table><thead><tr><th>claim</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"))
     return s
 
 
-def _models_table(out: Path) -> pd.DataFrame | None:
+def _verdict(held: Any) -> tuple[str, str]:
+    if held is True:
+        return "held", "held"
+    if held is False:
+        return "nothold", "did not hold"
+    return "na", "not testable"
+
+
+def _numbers(f: dict) -> str:
+    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in f["numbers"].items())
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def _load_comparisons(sources: Sequence[Source], label: _Labels) -> dict[str, tuple[Source, Any]]:
+    from ftlens.invariance import load_comparison
+
+    out = {}
+    for src in sources:
+        for name, folder in src.compare.items():
+            out[label(src, name)] = (src, load_comparison(folder))
+    return out
+
+
+def _group_key(src: Source, cmp: Any) -> tuple:
+    cfg = cmp.config
+    data = (cfg.get("data") or {}).get("name") or src.config.get("data") or ""
+    return (cfg.get("pretrained", {}).get("name", ""), len(cmp.layers), data)
+
+
+def _describe_metric(tables: dict[str, pd.DataFrame], metric: str) -> str:
+    """What the overlaid figure shows, from its numbers."""
+    means = {k: float(t[metric].mean()) for k, t in tables.items() if metric in t.columns}
+    if not means:
+        return ""
+    name = METRIC_TEXT[metric][0].lower() if metric in METRIC_TEXT else metric
+    if len(means) == 1:
+        (label, t), = ((k, tables[k]) for k in means)
+        v = t[metric].to_numpy(dtype=float)
+        top = int(np.nanargmax(v))
+        return (f"{label}: {name} averages {fmt_num(means[label])} over {len(v)} layers, from {fmt_num(v[0])} at "
+                f"layer 1 to {fmt_num(v[-1])} at layer {len(v)}; largest at layer {top + 1} ({fmt_num(v[top])}).")
+    hi = max(means, key=means.get)
+    lo = min(means, key=means.get)
+    peak_run, peak_layer, peak = "", 0, -np.inf
+    for k, t in tables.items():
+        if metric in t.columns:
+            v = t[metric].to_numpy(dtype=float)
+            if np.isfinite(v).any() and np.nanmax(v) > peak:
+                peak, peak_run, peak_layer = float(np.nanmax(v)), k, int(np.nanargmax(v)) + 1
+    return (f"Mean {name} over layers is highest for {hi} ({fmt_num(means[hi])}) and lowest for {lo} "
+            f"({fmt_num(means[lo])}); the largest single value is {fmt_num(peak)} ({peak_run}, layer {peak_layer}).")
+
+
+def _flow_caption(label: str, cmp: Any) -> str:
+    flow = cmp.flow.to_numpy(dtype=float)
+    below = flow[np.tril_indices_from(flow, k=-1)]
+    above = flow[np.triu_indices_from(flow, k=1)]
+    if not below.size:
+        return f"{label}: InvarianceFlow (one layer: nothing off the diagonal)."
+    where = "below" if np.nanmean(below) > np.nanmean(above) else "above"
+    meaning = "compression toward shallower layers" if where == "below" else "expansion toward deeper layers"
+    return (f"{label}: InvarianceFlow (eq. 5), rows = pretrained layer i, columns = finetuned layer j. Mean below the "
+            f"diagonal {fmt_num(np.nanmean(below))}, above {fmt_num(np.nanmean(above))}: on this run the flow points "
+            f"{where} the diagonal ({meaning}).")
+
+
+def _comparisons(sources: Sequence[Source], label: _Labels) -> Section | None:
+    from ftlens.report import invariance_plots as ip
+    from ftlens.report.figures import overlay_per_layer
+
+    loaded = _load_comparisons(sources, label)
+    if not loaded:
+        return None
+    s = Section("Invariances per layer: learning, forgetting, flow",
+                "Every finetuned model against its pretrained one, runs overlaid on shared axes: one figure per metric, "
+                "one line per run (scratch: the same architecture trained from random weights, compared with the "
+                "pretrained model as in the paper). " + _inversion_quality({k: c for k, (_, c) in loaded.items()}))
+    groups: dict[tuple, dict[str, Any]] = {}
+    for lab, (src, cmp) in loaded.items():
+        groups.setdefault(_group_key(src, cmp), {})[lab] = cmp
+    for (model, _, data), cmps in groups.items():
+        tables = {k: c.per_layer for k, c in cmps.items()}
+        est = "/".join(sorted({c.estimator for c in cmps.values()}))
+        where = f" ({model}{', ' + data if data else ''})" if len(groups) > 1 else ""
+        for metric, (title, ylabel) in METRIC_TEXT.items():
+            fig = overlay_per_layer(tables, metric, ylabel=ylabel, title=f"{title}{where}; linear CKA, {est} HSIC")
+            s.blocks.append(_fig(fig, _describe_metric(tables, metric)))
+        finite = [np.abs(c.flow.to_numpy(dtype=float)) for c in cmps.values()]
+        vmax = max((float(np.nanmax(f)) for f in finite if np.isfinite(f).any()), default=1.0) or 1.0
+        for lab, cmp in cmps.items():
+            s.blocks.append(_fig(ip.plot_flow(cmp, title=f"InvarianceFlow: {lab}", vmax=vmax),
+                                 _flow_caption(lab, cmp) + (" Same colour scale for every run." if len(cmps) > 1 else "")))
+    for lab, (_, cmp) in loaded.items():
+        cols = [c for c in cmp.per_layer.columns if not c.startswith("residual") and c != "layer_number"]
+        s.blocks.append(Table(_layer_index(cmp.per_layer[cols]), f"{lab}: per-layer metrics (linear CKA, {cmp.estimator} "
+                              "HSIC); *_std is over seeds; stir_pt_pt / stir_ft_ft are the measured first terms "
+                              "(inversion quality; 1 = perfect).", f"{lab}: per layer"))
+        res = [c for c in cmp.per_layer.columns if c.startswith("residual")]
+        if res:
+            s.blocks.append(Table(_layer_index(cmp.per_layer[res]), f"{lab}: mean final relative inversion residual "
+                                  "||r(x') - r(x)|| / ||r(x)|| per layer and reference model (0 = converged).",
+                                  f"{lab}: inversion residuals"))
+    return s
+
+
+def _inversion_quality(comparisons: dict) -> str:
+    """One sentence on how well the inversions converged (residuals and self-STIR), from the numbers."""
+    first = next(iter(comparisons.values()))
+    pl = first.per_layer
+    parts = []
+    if "residual_pt" in pl.columns:
+        parts.append(f"final relative residual of the pretrained-side inversions: {fmt_num(pl['residual_pt'].iloc[0], 2)} "
+                     f"at layer 1 to {fmt_num(pl['residual_pt'].iloc[-1], 2)} at layer {len(pl)}")
+    selfs = [c.per_layer[col] for c in comparisons.values() for col in ("stir_pt_pt", "stir_ft_ft")
+             if col in c.per_layer.columns]
+    if selfs:
+        lo = min(float(v.min()) for v in selfs)
+        hi = max(float(v.max()) for v in selfs)
+        parts.append(f"STIR of a layer with itself (1 = perfect inversion) between {fmt_num(lo)} and {fmt_num(hi)}")
+    if not parts:
+        return ""
+    return ("Inversion quality: " + "; ".join(parts) + ". Learning and forgetting use these measured self-STIR "
+            "terms, so inversion error largely cancels; the residual tables give every layer.")
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def _accuracies(sources: Sequence[Source], label: _Labels) -> Section | None:
     rows = {}
-    for path in sorted((out / "compare").glob("*/comparison.json")) if (out / "compare").exists() else []:
-        cfg = _read_json(path) or {}
+    downstream = set()
+    for src in sources:
+        if src.config.get("data"):
+            downstream.add(src.config["data"])
+        for name, run in src.runs.items():
+            m = pd.read_csv(run / MARKERS["run"])
+            if m.empty:
+                continue
+            cfg = read_config(run / "config.yaml")
+            last = m.iloc[-1]
+            row: dict[str, Any] = {"strategy": cfg.get("strategy", ""), "task": cfg.get("task", ""),
+                                   "data": cfg.get("data", ""), "epochs": int(last.get("epoch", len(m)))}
+            for col in ("test_acc", "corrupted_acc_mean", "test_l1", "test_psnr", "train_acc", "train_loss"):
+                if col in m.columns and pd.notna(last.get(col)):
+                    row[col] = float(last[col])
+            for col in ("energy_train_acc", "energy_train_loss"):
+                if col in m.columns and m[col].notna().any():
+                    row[col] = float(m[col].dropna().iloc[0])
+            rows[label(src, name)] = row
+    if not rows:
+        return None
+    df = pd.DataFrame(rows).T.rename_axis("run")
+    s = Section("Accuracy of every run, in and out of distribution",
+                "Every finetuning run at its last epoch. <code>test_acc</code> is clean test accuracy (ID); "
+                "<code>corrupted_acc_mean</code> is the mean over corruptions and severities (OOD); "
+                "<code>energy_*</code> is the training accuracy/loss when full finetuning starts (HP-FT, LP-FT).")
+    try:
+        import matplotlib.pyplot as plt
+
+        from ftlens.report.figures import styled
+
+        chosen = df[df["data"].isin(downstream)] if downstream else df
+        acc = chosen[[c for c in ("test_acc", "corrupted_acc_mean") if c in df.columns]].dropna(how="all").astype(float)
+        if not acc.empty:
+            fig = styled(_accuracy_bars)(acc)
+            s.blocks.append(_fig(fig, _accuracy_caption(acc)))
+            plt.close("all")
+    except Exception:  # a figure must never lose the table
+        pass
+    s.blocks.append(Table(df, "Last-epoch metrics per run (accuracy as a fraction; L1 in pixel units of [0, 1]; "
+                          "PSNR in dB).", "Runs"))
+    return s
+
+
+def _accuracy_bars(acc: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(acc) + 3.0), 3.8))
+    acc.plot.bar(ax=ax, color=["#2f6db5", "#d1495b"][: acc.shape[1]], rot=30)
+    ax.set_ylabel("accuracy (fraction correct)")
+    ax.set_xlabel("run")
+    ax.set_ylim(0, 1)
+    ax.legend(["clean test (ID)", "corrupted (OOD), mean"][: acc.shape[1]], loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title("ID vs OOD accuracy per run")
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy_caption(acc: pd.DataFrame) -> str:
+    parts = []
+    if "test_acc" in acc.columns and acc["test_acc"].notna().any():
+        best = acc["test_acc"].idxmax()
+        parts.append(f"Highest clean accuracy: {best} ({fmt_num(acc.loc[best, 'test_acc'])})")
+    if {"test_acc", "corrupted_acc_mean"} <= set(acc.columns):
+        gap = (acc["test_acc"] - acc["corrupted_acc_mean"]).dropna()
+        if not gap.empty:
+            parts.append(f"smallest drop under corruption: {gap.idxmin()} ({fmt_num(gap.min())}); largest: "
+                         f"{gap.idxmax()} ({fmt_num(gap.max())})")
+    return "; ".join(parts) + "." if parts else "Accuracy per run."
+
+
+# --------------------------------------------------------------------------- dynamics
+
+
+def _dynamics(sources: Sequence[Source], label: _Labels) -> Section | None:
+    from ftlens.analysis.dynamics import run_metrics, severity_accuracy
+    from ftlens.report import dynamics_plots as dp
+
+    items = [(label(src, name), src, name, folder) for src in sources for name, folder in src.dynamics.items()]
+    if not items:
+        return None
+    s = Section("Dynamics over finetuning epochs",
+                "Each epoch's checkpoint against the pretrained model (pretrained-side inversions computed once and "
+                "reused), next to clean and corrupted accuracy.")
+    means = {}
+    for lab, src, name, folder in items:
+        dyn = pd.read_csv(folder / MARKERS["dynamics"])
+        means[lab] = dyn.groupby("epoch")[["learning", "forgetting", "cka_divergence"]].mean()
+        s.blocks.append(_fig(dp.metric_over_epochs(dyn), _dynamics_caption(lab, dyn)))
+        run = src.run_of(name)
+        metrics = run_metrics(run) if run is not None else pd.DataFrame()
+        if not metrics.empty:
+            s.blocks.append(_fig(dp.accuracy_over_epochs(metrics, severity_accuracy(metrics)),
+                                 _accuracy_epochs_caption(lab, metrics)))
+        s.blocks.append(Table(means[lab], f"{lab}: mean over layers per epoch.", f"{lab}: per epoch"))
+    if len(means) > 1:  # several runs: overlaid first, one figure per metric
+        from ftlens.report.figures import overlay_epochs
+
+        overlays = []
+        for metric, (title, ylabel) in METRIC_TEXT.items():
+            last = {k: float(v[metric].iloc[-1]) for k, v in means.items()}
+            hi = max(last, key=last.get)
+            overlays.append(_fig(overlay_epochs(means, metric, ylabel=ylabel, title=f"{title}, mean over layers"),
+                                 f"{title} averaged over layers, one line per run; at the last epoch highest for {hi} "
+                                 f"({fmt_num(last[hi])})."))
+        s.blocks = overlays + s.blocks
+    return s
+
+
+def _dynamics_caption(label: str, dyn: pd.DataFrame) -> str:
+    last = dyn[dyn["epoch"] == dyn["epoch"].max()]
+    if last.empty or "forgetting" not in last.columns:
+        return f"{label}: per-layer metrics over epochs (colour = depth)."
+    order = list(dict.fromkeys(dyn["layer"]))
+    f = last.set_index("layer")["forgetting"].reindex(order)
+    top = f.idxmax()
+    low = f.idxmin()
+    return (f"{label}: learning, forgetting and cka divergence per layer over epochs (colour = depth). At the last "
+            f"epoch ({int(dyn['epoch'].max())}) forgetting is largest at layer {layer_label(str(top))} "
+            f"({fmt_num(f[top])}) and smallest at layer {layer_label(str(low))} ({fmt_num(f[low])}).")
+
+
+def _accuracy_epochs_caption(label: str, metrics: pd.DataFrame) -> str:
+    m = metrics.drop_duplicates("epoch", keep="last").sort_values("epoch")
+    parts = [f"{label}: clean accuracy and accuracy per corruption severity over epochs"]
+    if "test_acc" in m.columns and m["test_acc"].notna().any():
+        parts.append(f"clean accuracy goes from {fmt_num(m['test_acc'].iloc[0])} (epoch {int(m['epoch'].iloc[0])}) to "
+                     f"{fmt_num(m['test_acc'].iloc[-1])} (epoch {int(m['epoch'].iloc[-1])})")
+    if "corrupted_acc_mean" in m.columns and m["corrupted_acc_mean"].notna().any():
+        parts.append(f"mean corrupted accuracy from {fmt_num(m['corrupted_acc_mean'].iloc[0])} to "
+                     f"{fmt_num(m['corrupted_acc_mean'].iloc[-1])}")
+    return "; ".join(parts) + "."
+
+
+# --------------------------------------------------------------------------- correlation
+
+
+def _correlation(sources: Sequence[Source], label: _Labels) -> Section | None:
+    from ftlens.analysis import correlation as corr
+    from ftlens.analysis.dynamics import corrupted_accuracy, run_metrics
+    from ftlens.report import analysis_plots as ap
+
+    items = [(label(src, name), src, name, path) for src in sources for name, path in src.correlation.items()]
+    if not items:
+        return None
+    s = Section("Forgetting and robustness: the hypothesis grid",
+                "Pearson correlation over epochs between each aggregate of the per-layer metrics and the mean corrupted "
+                "accuracy; Bonferroni-corrected within each family. The paper's headline hypothesis (std of forgetting "
+                "over layers 2..L) is always shown.")
+    for lab, src, name, path in items:
+        grid = pd.read_csv(path)
+        cols = [c for c in ("hypothesis", "family", "r", "p", "p_bonferroni", "significant", "n_epochs") if c in grid.columns]
+        head = grid[grid["is_headline"].astype(bool)] if "is_headline" in grid.columns else grid.iloc[:0]
+        best = corr.best_hypotheses(grid, k=10)
+        dyn_folder = src.dynamics.get(name)
+        run = src.run_of(name)
+        if dyn_folder is not None and run is not None:
+            dyn = pd.read_csv(dyn_folder / MARKERS["dynamics"])
+            acc = corrupted_accuracy(run_metrics(run))
+            s.blocks.append(_fig(ap.plot_correlation_scatter(dyn, acc), _headline_caption(lab, head)))
+            try:
+                prefix = corr.prefix_correlation(dyn, acc)
+                s.blocks.append(_fig(ap.plot_prefix_correlation(prefix), f"{lab}: the headline r computed on epochs "
+                                     "0..n (paper Fig. 14); where it settles early, forgetting could guide early stopping."))
+            except Exception as exc:  # too few epochs
+                s.blocks.append(Text(f"<p class='caption'>prefix correlation not available: {esc(exc)}</p>"))
+        s.blocks.append(_fig(ap.plot_top_hypotheses(grid, k=10), f"{lab}: r of the strongest hypotheses per family "
+                             "(STIR metrics vs the cka-divergence and subspace baselines); hatched = not significant."))
+        s.blocks.append(Table(best[cols].set_index("hypothesis"), f"{lab}: the 10 hypotheses with the largest |r| "
+                              f"({len(grid)} tested).", f"{lab}: best hypotheses"))
+        if not head.empty:
+            s.blocks.append(Table(head[cols].set_index("hypothesis"), "The paper's headline hypothesis on this run "
+                                  "(the paper reports r = 0.78 on CIFAR-10-C).", f"{lab}: headline"))
+    return s
+
+
+def _headline_caption(label: str, head: pd.DataFrame) -> str:
+    if head.empty:
+        return f"{label}: one point per epoch."
+    row = head.iloc[0]
+    r, p = float(row["r"]), float(row["p"])
+    if not np.isfinite(r):
+        return f"{label}: one point per epoch; r is undefined on this run."
+    sign = "rises" if r > 0 else "falls"
+    sig = "significant" if p < 0.05 else "not significant"
+    return (f"{label}: one point per epoch. Corrupted accuracy {sign} with the std of forgetting over layers 2..L: "
+            f"r = {fmt_num(r)}, p = {p:.2g} ({sig} at 0.05) over {int(row.get('n_epochs', 0))} epochs.")
+
+
+# --------------------------------------------------------------------------- distortion
+
+
+def _distortion(sources: Sequence[Source], label: _Labels) -> Section | None:
+    from ftlens.findings import energy_sweep
+    from ftlens.report import analysis_plots as ap
+
+    items = [(src, pd.read_csv(src.distortion)) for src in sources if src.distortion is not None]
+    if not items:
+        return None
+    s = Section("Feature distortion (Kumar et al.)",
+                "Pre-logit and per-layer features of each finetuned model against the pretrained ones, on clean (ID) "
+                "and corrupted (OOD) test images.")
+    for src, d in items:
+        d = d.assign(run=[label(src, r) for r in d["run"]])
+        pl = d[d["layer"] == "pre_logits"].pivot_table(index="run", columns=["split", "measure"], values="value")
+        s.blocks.append(_fig(ap.plot_distortion(d, measure="mean_squared_difference", model_column="run"),
+                             _distortion_caption(pl, "mean_squared_difference", "mean squared difference")))
+        s.blocks.append(_fig(ap.plot_distortion(d, measure="cosine_distance", model_column="run"),
+                             _distortion_caption(pl, "cosine_distance", "mean cosine distance")))
+        pl.columns = [f"{split}: {measure}" for split, measure in pl.columns]
+        s.blocks.append(Table(pl, "Pre-logit distortion per run (feature units; cosine distance unitless).",
+                              "Distortion" + (f": {src.name}" if label.many else "")))
+        energy = energy_sweep(src.root, pd.read_csv(src.distortion)) if src.experiment else None
+        if energy is not None and not energy.empty:
+            s.blocks.append(_fig(ap.plot_energy_vs_distortion(energy), "HP-FT sweep: each point is one run, placed by "
+                                 "its training loss when full finetuning started (the energy left for finetuning); "
+                                 "one line per image split (Ren et al. 2023)."))
+    return s
+
+
+def _distortion_caption(pl: pd.DataFrame, measure: str, words: str) -> str:
+    try:
+        id_col = pl[("ID", measure)]
+    except KeyError:
+        return f"Pre-logit {words} to the pretrained features, ID vs OOD."
+    hi, lo = id_col.idxmax(), id_col.idxmin()
+    return (f"Pre-logit {words} to the pretrained features on ID images: largest for {hi} ({fmt_num(id_col[hi], 4)}), "
+            f"smallest for {lo} ({fmt_num(id_col[lo], 4)}).")
+
+
+# --------------------------------------------------------------------------- cka
+
+
+def _cka(sources: Sequence[Source], label: _Labels) -> Section | None:
+    from ftlens.report.figures import cka_heatmap
+
+    items = [(label(src, name), folder) for src in sources for name, folder in src.cka.items()]
+    if not items:
+        return None
+    s = Section("CKA between layers", "Linear CKA between every layer of one model and every layer of another on the "
+                "same images (1 = identical up to rotation and scale).")
+    for lab, folder in items:
+        matrix = pd.read_csv(folder / "cka.csv", index_col=0)
+        meta = _read_json(folder / "cka.json") or {}
+        a, b = meta.get("model_a", "model A"), meta.get("model_b", "model B")
+        est = meta.get("estimator", "biased")
+        fig = cka_heatmap(matrix, title=f"linear CKA ({est}): {lab}", xlabel=f"layer of {b}", ylabel=f"layer of {a}")
+        values = matrix.to_numpy(dtype=float)
+        caption = f"{lab}: CKA from {fmt_num(np.nanmin(values))} to {fmt_num(np.nanmax(values))}"
+        if values.shape[0] == values.shape[1]:
+            caption += f"; mean on the diagonal (same layer) {fmt_num(np.nanmean(np.diag(values)))}"
+        if meta.get("images"):
+            caption += f"; {meta['images']} images of {meta.get('data', '?')}"
+        s.blocks.append(_fig(fig, caption + "."))
+        s.blocks.append(Table(matrix.rename(index=layer_label, columns=layer_label).rename_axis(f"{a} \\ {b}"),
+                              f"{lab}: CKA values (rows: layers of {a}; columns: layers of {b}; 1-based).",
+                              f"{lab}: CKA"))
+    return s
+
+
+# --------------------------------------------------------------------------- what was run (last)
+
+
+def _summary(src: Source) -> str:
+    cfg = src.config
+    if not cfg:
+        kinds = [f"{len(v)} {k}" for k, v in (("comparison(s)", src.compare), ("CKA matrix(es)", src.cka),
+                                              ("dynamics table(s)", src.dynamics), ("finetuning run(s)", src.runs)) if v]
+        return f"<code>{esc(src.root)}</code>: {', '.join(kinds)}."
+    a = cfg.get("analysis", {}) or {}
+    return (
+        f"<code>{esc(src.name)}</code>: model <code>{esc(cfg.get('model'))}</code>"
+        + (f", pretrained on <code>{esc(cfg['pretrain'].get('data'))}</code>" if cfg.get("pretrain") else "")
+        + f", finetuned on <code>{esc(cfg.get('data'))}</code> in {len(cfg.get('runs', []))} ways. "
+        f"STIR uses {esc(a.get('images'))} images per seed, {esc(a.get('seeds'))} seeds, {esc(a.get('steps'))} "
+        f"inversion steps of size {esc(a.get('step_size'))}; CKA estimator: "
+        f"<b>{'debiased' if a.get('debiased') else 'biased'} linear CKA</b>."
+    )
+
+
+def _environment(sources: Sequence[Source], label: _Labels) -> Section:
+    from ftlens.io import versions
+
+    s = Section("What was run: models, configuration, environment",
+                "Layers are numbered from 1 (layer 1 = <code>blocks.0</code>).")
+    for src in sources:
+        timings = _read_json(src.timings) or {}
+        models = _models_table(src)
+        suffix = f": {src.name}" if label.many else ""
+        if models is not None:
+            s.blocks.append(Table(models, "Every model that was compared: the spec it was loaded from and the sha256 of "
+                                  "its weights (first 16 hex digits), so a result can be traced to exact weights.",
+                                  "Models" + suffix))
+        if timings:
+            rows = {k: f"{v:.1f} s" for k, v in timings.items()}
+            rows["total"] = f"{sum(timings.values()):.1f} s"
+            s.blocks.append(Table(pd.DataFrame({"wall time": rows}).rename_axis("stage"), "Wall time of each stage.",
+                                  "Timings" + suffix))
+        if src.config:
+            s.blocks.append(Text(f"<details><summary>Full configuration{esc(suffix)}</summary>"
+                                 f"<pre>{esc(yaml.safe_dump(src.config, sort_keys=False))}</pre></details>"))
+    env = versions()
+    s.blocks.append(Table(pd.DataFrame({"version": env}).rename_axis("software"), "Versions of the software that built "
+                          "this page (each result file records its own).", "Environment"))
+    return s
+
+
+def _models_table(src: Source) -> pd.DataFrame | None:
+    rows = {}
+    for folder in src.compare.values():
+        cfg = _read_json(folder / MARKERS["compare"]) or {}
         for role in ("pretrained", "finetuned"):
             m = cfg.get(role) or {}
             if m.get("name") and m["name"] not in rows:
@@ -102,254 +563,43 @@ def _models_table(out: Path) -> pd.DataFrame | None:
     return pd.DataFrame(rows).T.rename_axis("model")
 
 
-def _findings(out: Path) -> Section | None:
-    findings = _read_json(out / "findings.json")
-    if not findings:
-        return None
-    s = Section("Findings of the papers, tested on this run",
-                "Each verdict is computed from this run's numbers by the stated rule; nothing is written in advance. "
-                "Small models and data can legitimately disagree with the paper.")
-    rows = []
-    for f in findings:
-        held = f["held"]
-        verdict = "held" if held is True else ("did not hold" if held is False else "not testable")
-        cls = "held" if held is True else ("nothold" if held is False else "na")
-        nums = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in f["numbers"].items())
-        rows.append(f"<tr><td>{esc(f['claim'])}<br/><span class='caption'>{esc(f['source'])}</span></td>"
-                    f"<td class='{cls}'>{verdict}</td><td>{esc(f['rule'])}</td><td>{esc(nums)}</td></tr>")
-    s.blocks.append(Text("<table><thead><tr><th>claim</th><th>verdict</th><th>rule</th><th>numbers</th></tr></thead>"
-                         f"<tbody>{''.join(rows)}</tbody></table>"))
-    return s
+# --------------------------------------------------------------------------- the page
+
+BUILDERS = (_findings, _comparisons, _accuracies, _dynamics, _correlation, _distortion, _cka)
 
 
-def _accuracies(out: Path) -> Section | None:
-    runs = sorted(p for p in (out / "runs").glob("*") if (p / "metrics.csv").exists()) if (out / "runs").exists() else []
-    if not runs:
-        return None
-    rows = {}
-    for run in runs:
-        m = pd.read_csv(run / "metrics.csv")
-        if m.empty:
-            continue
-        cfg = read_config(run / "config.yaml")
-        last = m.iloc[-1]
-        row: dict[str, Any] = {"strategy": cfg.get("strategy", ""), "task": cfg.get("task", ""),
-                               "data": cfg.get("data", ""), "epochs": int(last.get("epoch", len(m)))}
-        for col in ("test_acc", "corrupted_acc_mean", "test_l1", "test_psnr", "train_acc", "train_loss"):
-            if col in m.columns and pd.notna(last.get(col)):
-                row[col] = float(last[col])
-        for col in ("energy_train_acc", "energy_train_loss"):
-            if col in m.columns and m[col].notna().any():
-                row[col] = float(m[col].dropna().iloc[0])
-        rows[run.name] = row
-    df = pd.DataFrame(rows).T.rename_axis("run")
-    s = Section("Accuracy of every run, in and out of distribution",
-                "LP, FT, LP-FT, HP-FT and scratch side by side at their last epoch. <code>test_acc</code> is clean "
-                "test accuracy (ID); <code>corrupted_acc_mean</code> is the mean over corruptions and severities (OOD); "
-                "<code>energy_*</code> is the training accuracy/loss when full finetuning starts (HP-FT, LP-FT).")
-    s.blocks.append(Table(df, "Last-epoch metrics per run (accuracy as a fraction; L1 in pixel units of [0, 1]; PSNR in dB).",
-                          "Runs"))
-    try:
-        import matplotlib.pyplot as plt
+def build_report(
+    directory: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike | None = None
+) -> Path:
+    """Write one self-contained HTML page from whatever results ``directory`` holds.
 
-        downstream = df[df["data"] == cfg_data] if (cfg_data := _experiment_data(out)) else df
-        acc = downstream[[c for c in ("test_acc", "corrupted_acc_mean") if c in df.columns]].dropna(how="all").astype(float)
-        if not acc.empty:
-            fig, ax = plt.subplots(figsize=(6.4, 3.6))
-            acc.plot.bar(ax=ax, color=["#2f6db5", "#d1495b"][: acc.shape[1]])
-            ax.set_ylabel("accuracy (fraction correct)")
-            ax.set_xlabel("run")
-            ax.set_ylim(0, 1)
-            ax.legend(["clean test (ID)", "corrupted (OOD), mean"][: acc.shape[1]], fontsize=8)
-            ax.set_title("ID vs OOD accuracy per finetuning strategy", fontsize=10)
-            fig.tight_layout()
-            s.blocks.append(_fig(fig, "Read: the gap between the blue (clean) and red (corrupted) bars is each strategy's "
-                                      "robustness loss; compare LP-FT with FT for the ID/OOD trade-off."))
-    except Exception:  # a figure must never lose the table
-        pass
-    return s
+    Args:
+        directory: an experiment folder, the ``--out`` folder of ``ftlens compare``/``cka``/
+            ``dynamics``/``finetune``, a folder of several, or a list of experiment folders
+            (shown side by side; runs with the same model and data share each figure).
+        out: the page (default ``DIRECTORY/report.html``; for several folders, ``report.html``
+            in their common parent).
 
-
-def _experiment_data(out: Path) -> str | None:
-    path = out / "config.yaml"
-    return read_config(path).get("data")
-
-
-def _comparison_blocks(name: str, cmp) -> list:
-    from ftlens.report import invariance_plots as ip
-
-    blocks: list = []
-    est = cmp.estimator if hasattr(cmp, "estimator") else "biased linear CKA"
-    blocks.append(_fig(ip.plot_per_layer(cmp), f"{name}: learning and forgetting of invariances (STIR) and cka divergence per "
-                       "layer, mean ± std over seeds. Read: where forgetting is high but cka divergence low, representations "
-                       "look alike to CKA while their invariances changed."))
-    blocks.append(_fig(ip.plot_flow(cmp), f"{name}: InvarianceFlow (eq. 5), rows = pretrained layer i, columns = finetuned "
-                       "layer j. Read: red below the diagonal = invariances of deeper pretrained layers now found in "
-                       "shallower finetuned layers (compression); above = expansion."))
-    if getattr(cmp, "flow_relative", None) is not None:
-        blocks.append(_fig(ip.plot_flow(cmp, relative=True), f"{name}: flow relative to the diagonal "
-                           "(STIR(ft[j] | pt[i]) - STIR(ft[i] | pt[i])), the paper's textual definition."))
-    cols = [c for c in cmp.per_layer.columns if not c.startswith("residual") and c != "layer_number"]
-    blocks.append(Table(_layer_index(cmp.per_layer[cols]), f"{name}: per-layer metrics ({est}); *_std is over seeds; "
-                        "stir_pt_pt / stir_ft_ft are the measured first terms (inversion quality; 1 = perfect).",
-                        f"{name}: per layer"))
-    res = [c for c in cmp.per_layer.columns if c.startswith("residual")]
-    if res:
-        blocks.append(Table(_layer_index(cmp.per_layer[res]), f"{name}: mean final relative inversion residual "
-                            "||r(x') - r(x)|| / ||r(x)|| per layer and reference model (0 = converged).",
-                            f"{name}: inversion residuals"))
-    return blocks
-
-
-def _comparisons(out: Path) -> Section | None:
-    from ftlens.invariance import load_comparison
-
-    dirs = sorted(p.parent for p in (out / "compare").glob("*/comparison.json")) if (out / "compare").exists() else []
-    if not dirs:
-        return None
-    comparisons = {d.name: load_comparison(d) for d in dirs}
-    s = Section("Invariances per layer: learning, forgetting, flow",
-                "Every finetuned model against the pretrained one (scratch: the same architecture trained from random "
-                "initialisation, compared with the pretrained model as in the paper). " + _inversion_quality(comparisons))
-    for name, cmp in comparisons.items():
-        s.blocks.extend(_comparison_blocks(name, cmp))
-    return s
-
-
-def _inversion_quality(comparisons: dict) -> str:
-    """One sentence on how well the inversions converged (residuals and self-STIR), from the numbers."""
-    first = next(iter(comparisons.values()))
-    pl = first.per_layer
-    parts = []
-    if "residual_pt" in pl.columns:
-        parts.append(f"final relative residual of the pretrained-side inversions: {pl['residual_pt'].iloc[0]:.2f} at "
-                     f"layer 1 to {pl['residual_pt'].iloc[-1]:.2f} at layer {len(pl)}")
-    selfs = [c.per_layer[col] for c in comparisons.values() for col in ("stir_pt_pt", "stir_ft_ft")
-             if col in c.per_layer.columns]
-    if selfs:
-        lo = min(float(v.min()) for v in selfs)
-        hi = max(float(v.max()) for v in selfs)
-        parts.append(f"STIR of a layer with itself (1 = perfect inversion) between {lo:.3f} and {hi:.3f}")
-    if not parts:
-        return ""
-    return ("Inversion quality: " + "; ".join(parts) + ". Learning and forgetting use these measured self-STIR "
-            "terms, so inversion error largely cancels; the residual tables below give every layer.")
-
-
-def _dynamics(out: Path) -> Section | None:
-    from ftlens.analysis.dynamics import run_metrics, severity_accuracy
-    from ftlens.report import dynamics_plots as dp
-
-    tables = sorted((out / "dynamics").glob("*/dynamics.csv")) if (out / "dynamics").exists() else []
-    if not tables:
-        return None
-    s = Section("Dynamics over finetuning epochs",
-                "Each epoch's checkpoint against the pretrained model (pretrained-side inversions computed once and "
-                "reused), next to clean and corrupted accuracy.")
-    for path in tables:
-        name = path.parent.name
-        dyn = pd.read_csv(path)
-        s.blocks.append(_fig(dp.metric_over_epochs(dyn), f"{name}: learning, forgetting and cka divergence per layer over "
-                             "epochs (colour = depth). Read: early layers (dark) should move least."))
-        metrics = run_metrics(out / "runs" / name)
-        if not metrics.empty:
-            s.blocks.append(_fig(dp.accuracy_over_epochs(metrics, severity_accuracy(metrics)),
-                                 f"{name}: clean accuracy and accuracy per corruption severity over epochs."))
-        mean = dyn.groupby("epoch")[["learning", "forgetting", "cka_divergence"]].mean()
-        s.blocks.append(Table(mean, f"{name}: mean over layers per epoch.", f"{name}: per epoch"))
-    return s
-
-
-def _correlation(out: Path) -> Section | None:
-    from ftlens.analysis import correlation as corr
-    from ftlens.analysis.dynamics import corrupted_accuracy, run_metrics
-    from ftlens.report import analysis_plots as ap
-
-    grids = sorted((out / "correlation").glob("*.csv")) if (out / "correlation").exists() else []
-    if not grids:
-        return None
-    s = Section("Forgetting and robustness: the hypothesis grid",
-                "Pearson correlation over epochs between each aggregate of the per-layer metrics and the mean corrupted "
-                "accuracy; Bonferroni-corrected within each family. The paper's headline hypothesis (std of forgetting "
-                "over layers 2..L) is always shown.")
-    for path in grids:
-        name = path.stem
-        grid = pd.read_csv(path)
-        dyn = pd.read_csv(out / "dynamics" / name / "dynamics.csv")
-        acc = corrupted_accuracy(run_metrics(out / "runs" / name))
-        best = corr.best_hypotheses(grid, k=10)
-        cols = [c for c in ("hypothesis", "family", "r", "p", "p_bonferroni", "significant", "n_epochs") if c in best.columns]
-        s.blocks.append(Table(best[cols].set_index("hypothesis"), f"{name}: the 10 hypotheses with the largest |r| "
-                              f"({len(grid)} tested).", f"{name}: best hypotheses"))
-        head = grid[grid["is_headline"].astype(bool)] if "is_headline" in grid.columns else grid.iloc[:0]
-        if not head.empty:
-            s.blocks.append(Table(head[cols].set_index("hypothesis"), "The paper's headline hypothesis on this run "
-                                  "(paper: r = 0.78 on CIFAR-10-C).", f"{name}: headline"))
-        s.blocks.append(_fig(ap.plot_correlation_scatter(dyn, acc), f"{name}: one point per epoch. Read: a rising cloud "
-                             "means epochs with a larger spread of forgetting are more robust."))
-        s.blocks.append(_fig(ap.plot_top_hypotheses(grid, k=10), f"{name}: r of the strongest hypotheses per family "
-                             "(STIR metrics vs the cka-divergence and subspace baselines)."))
-        try:
-            prefix = corr.prefix_correlation(dyn, acc)
-            s.blocks.append(_fig(ap.plot_prefix_correlation(prefix), f"{name}: the headline r computed on epochs 0..n "
-                                 "(paper Fig. 14). Read: a strong early r makes forgetting usable for early stopping."))
-        except Exception as exc:  # too few epochs
-            s.blocks.append(Text(f"<p class='caption'>prefix correlation not available: {esc(exc)}</p>"))
-    return s
-
-
-def _distortion(out: Path) -> Section | None:
-    from ftlens.report import analysis_plots as ap
-
-    path = out / "distortion.csv"
-    if not path.exists():
-        return None
-    d = pd.read_csv(path)
-    s = Section("Feature distortion (Kumar et al.)",
-                "Pre-logit and per-layer features of each finetuned model against the pretrained ones, on clean (ID) "
-                "and corrupted (OOD) test images.")
-    s.blocks.append(_fig(ap.plot_distortion(d, measure="mean_squared_difference", model_column="run"),
-                         "Mean squared difference of pre-logit features to the pretrained model, ID vs OOD. Read: LP "
-                         "leaves features untouched; LP-FT should distort less than FT."))
-    s.blocks.append(_fig(ap.plot_distortion(d, measure="cosine_distance", model_column="run"),
-                         "Mean cosine distance of pre-logit features to the pretrained model, ID vs OOD."))
-    pl = d[d["layer"] == "pre_logits"].pivot_table(index="run", columns=["split", "measure"], values="value")
-    pl.columns = [f"{split}: {measure}" for split, measure in pl.columns]
-    s.blocks.append(Table(pl, "Pre-logit distortion per run (feature units; cosine distance unitless).", "Distortion"))
-    energy = _energy_table(out, d)
-    if energy is not None and not energy.empty:
-        s.blocks.append(_fig(ap.plot_energy_vs_distortion(energy), "HP-FT sweep: distortion against the energy left for "
-                             "finetuning (train loss at the start of FT). Seed 003: distances grow with energy, dot product "
-                             "and norm first rise then fall."))
-    return s
-
-
-def _energy_table(out: Path, distortion: pd.DataFrame) -> pd.DataFrame | None:
-    from ftlens.findings import energy_sweep
-
-    return energy_sweep(out, distortion)
-
-
-def build_report(directory: str | os.PathLike) -> Path:
-    """Write ``DIRECTORY/report.html`` from whatever results the directory holds."""
-    out = Path(directory)
-    if (out / "comparison.json").exists():  # a single `ftlens compare` output
-        from ftlens.invariance import load_comparison
-
-        cmp = load_comparison(out)
-        sections = [Section("Comparison", "", _comparison_blocks(out.name, cmp))]
-        return html.write(out / "report.html", f"ftlens: {out.name}", "One pretrained/finetuned comparison.", sections)
-    cfg = read_config(out / "config.yaml")
-    builders = (_overview, _findings, _accuracies, _comparisons, _dynamics, _correlation, _distortion)
+    Raises:
+        NothingToReportError: no known result under ``directory`` (the message says what was looked for).
+    """
+    paths = [directory] if isinstance(directory, (str, os.PathLike)) else list(directory)
+    sources = discover(paths)
+    label = _Labels(sources)
+    if out is None:
+        base = Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath([Path(p).resolve() for p in paths]))
+        out = base / "report.html"
     sections = []
-    for build in builders:
+    for build in (*BUILDERS, _environment):
         try:
-            section = build(out)
+            section = build(sources, label)
         except Exception as exc:  # one broken part must not lose the rest of the page
             section = Section(f"{build.__name__.strip('_')} (failed)", f"This section could not be built: {esc(exc)}")
         if section is not None:
             sections.append(section)
-    title = cfg.get("title") or f"ftlens report: {out.name}"
-    subtitle = ("What finetuning changed inside the model, layer by layer: invariances learned, forgotten and moved "
-                "(STIR), representation divergence (CKA), dynamics, robustness and feature distortion.")
-    return html.write(out / "report.html", title, subtitle, sections)
+    titles = [s.config.get("title") for s in sources if s.config.get("title")]
+    title = titles[0] if len(sources) == 1 and titles else f"ftlens report: {', '.join(s.name for s in sources)}"
+    lead = ("What finetuning changed inside the model, layer by layer: invariances learned, forgotten and moved "
+            "(STIR), representation divergence (CKA), dynamics, robustness and feature distortion. "
+            + " ".join(_summary(s) for s in sources))
+    return html.write(out, title, lead, sections)

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from ftlens.report.figures import layer_label
+from ftlens.report.figures import layer_label, styled
 
 METRICS = {
     "learning": "learning (STIR, unitless)",
@@ -15,11 +15,12 @@ METRICS = {
 }
 
 
+@styled
 def metric_over_epochs(dyn: pd.DataFrame, *, estimator: str = "biased CKA"):
     """One panel per metric: a line per layer over epochs (colour = depth)."""
     layers = list(dict.fromkeys(dyn["layer"]))
     cmap = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
+    fig, axes = plt.subplots(1, 3, figsize=(10.4, 3.8), sharex=True)
     for ax, (metric, label) in zip(axes, METRICS.items(), strict=False):
         for k, layer in enumerate(layers):
             d = dyn[dyn["layer"] == layer].sort_values("epoch")
@@ -33,12 +34,14 @@ def metric_over_epochs(dyn: pd.DataFrame, *, estimator: str = "biased CKA"):
         ax.set_ylabel(label)
         ax.axhline(0, color="0.6", lw=0.7)
         ax.set_title(metric.replace("_", " "))
-    axes[-1].legend(fontsize=7, ncol=2, loc="best", title="layer (1 = first block)", title_fontsize=7)
+    ncol = 1 if len(layers) <= 14 else 2
+    axes[-1].legend(ncol=ncol, title="layer", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle(f"Dynamics against the pretrained model ({estimator}; band = ±1 std over seeds)", fontsize=10)
     fig.tight_layout()
     return fig
 
 
+@styled
 def accuracy_over_epochs(metrics: pd.DataFrame, severities: pd.DataFrame | None = None):
     """ID test accuracy and corrupted accuracy per severity over epochs (paper Fig. 5c, 13)."""
     m = metrics.drop_duplicates("epoch", keep="last").sort_values("epoch")
@@ -56,12 +59,13 @@ def accuracy_over_epochs(metrics: pd.DataFrame, severities: pd.DataFrame | None 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (fraction correct)")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title("Accuracy over finetuning epochs", fontsize=10)
     fig.tight_layout()
     return fig
 
 
+@styled
 def residual_per_layer(per_layer: dict[str, pd.DataFrame]):
     """Mean final inversion residual per layer, one line per comparison (lower = better inversion)."""
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
@@ -72,6 +76,6 @@ def residual_per_layer(per_layer: dict[str, pd.DataFrame]):
     ax.set_xlabel("layer (1 = first block)")
     ax.set_ylabel("relative L2 residual ||r(x') - r(x)|| / ||r(x)||")
     ax.set_title("Inversion quality per layer", fontsize=10)
-    ax.legend(fontsize=6)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig

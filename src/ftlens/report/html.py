@@ -23,13 +23,12 @@ padding:0 1.2em;color:#1d2330;line-height:1.45}
 h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:2px solid #e3e6ee;padding-bottom:.2em;margin-top:2em}
 h3{margin-bottom:.3em}
 .lead{color:#4a5266;font-size:1.05em}
-figure{display:inline-block;margin:.6em 1em 1em 0;vertical-align:top;max-width:560px}
-figure.wide{display:block;max-width:100%}
-.scroll{overflow-x:auto}
-figure img{max-width:100%;border:1px solid #e3e6ee;border-radius:4px}
-figcaption{font-size:.88em;color:#4a5266;margin-top:.3em}
-table{border-collapse:collapse;font-size:.86em;margin:.4em 0 1em 0}
-th,td{border:1px solid #dfe3ec;padding:.25em .55em;text-align:right}
+figure{display:inline-block;margin:.6em 1em 1em 0;vertical-align:top;max-width:100%}
+figure img{max-width:100%;height:auto;border:1px solid #e3e6ee;border-radius:4px}
+figcaption{font-size:.9em;color:#4a5266;margin-top:.3em}
+table{border-collapse:collapse;font-size:.86em;margin:.4em 0 1em 0;max-width:100%}
+th,td{border:1px solid #dfe3ec;padding:.25em .55em;text-align:right;overflow-wrap:anywhere}
+th{font-weight:600}
 th{background:#f3f5f9}td:first-child,th:first-child{text-align:left}
 .caption{font-size:.88em;color:#4a5266;margin:.2em 0}
 .held{color:#12733a;font-weight:600}.nothold{color:#b3261e;font-weight:600}.na{color:#7a8194}
@@ -51,7 +50,8 @@ class Table:
     frame: pd.DataFrame
     caption: str
     title: str = ""
-    float_format: str = "{:.3f}"
+    digits: int = 3
+    max_columns: int = 9  # wider tables are split into several (no column hidden behind a scroll bar)
 
 
 @dataclass
@@ -74,26 +74,36 @@ def esc(text: object) -> str:
     return html.escape(str(text))
 
 
+def _header(name: object) -> str:
+    """A column header that may break after underscores (wide tables wrap instead of scrolling)."""
+    return esc(name).replace("_", "_<wbr>")
+
+
 def _table_html(table: Table) -> str:
+    from ftlens.report.figures import fmt_num
+
     df = table.frame
 
     def fmt(v):
         if hasattr(v, "item") and not isinstance(v, (str, bytes)):
             v = v.item()  # numpy scalars
         if isinstance(v, float):
-            return table.float_format.format(v) if pd.notna(v) else "–"
+            return fmt_num(v, table.digits)
         return esc(v)
 
-    head = "".join(f"<th>{esc(c)}</th>" for c in [df.index.name or ""] + list(df.columns))
-    rows = []
-    for idx, row in df.astype(object).iterrows():  # object: integers stay integers
-        cells = "".join(f"<td>{fmt(v)}</td>" for v in row.tolist())
-        rows.append(f"<tr><td>{esc(idx)}</td>{cells}</tr>")
+    columns = list(df.columns)
+    step = max(1, table.max_columns)
+    chunks = [columns[i : i + step] for i in range(0, len(columns), step)] or [[]]
+    parts = []
+    for chunk in chunks:
+        head = "".join(f"<th>{_header(c)}</th>" for c in [df.index.name or ""] + chunk)
+        rows = []
+        for idx, row in df[chunk].astype(object).iterrows():  # object: integers stay integers
+            cells = "".join(f"<td>{fmt(v)}</td>" for v in row.tolist())
+            rows.append(f"<tr><td>{esc(idx)}</td>{cells}</tr>")
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     title = f"<h3>{esc(table.title)}</h3>" if table.title else ""
-    return (
-        f"{title}<p class='caption'>{esc(table.caption)}</p>"
-        f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-    )
+    return f"{title}<p class='caption'>{esc(table.caption)}</p>" + "".join(parts)
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -104,12 +114,20 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 
 def _figure_html(fig: Figure) -> str:
+    from ftlens.report.figures import EMBED_DPI
+
     data = base64.b64encode(fig.png).decode("ascii")
     alt = esc(fig.title or fig.caption)
     width, height = _png_size(fig.png)
-    cls = " class='wide'" if height and width / height > 1.8 else ""
+    size = ""
+    if width and height:  # 96 CSS px per inch of figure: text keeps its point size on the page
+        css_w = round(width * 96 / EMBED_DPI)
+        size = f" width='{css_w}' height='{round(height * 96 / EMBED_DPI)}'"
+        style = f" style='width:{css_w}px'"
+    else:
+        style = ""
     return (
-        f"<figure{cls}><img alt='{alt}' src='data:image/png;base64,{data}'/>"
+        f"<figure{style}><img alt='{alt}'{size} src='data:image/png;base64,{data}'/>"
         f"<figcaption>{esc(fig.caption)}</figcaption></figure>"
     )
 

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
-from ftlens.report.figures import layer_label, save_figure  # noqa: E402
+from ftlens.report.figures import fmt_num, layer_label, save_figure, styled  # noqa: E402
 
 __all__ = [
     "METRICS",
@@ -54,6 +54,7 @@ def _numbers(layers: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return np.arange(1, len(layers) + 1), [layer_label(layer) for layer in layers]
 
 
+@styled
 def metric_panels(
     comparisons: Any | Mapping[str, Any],
     metrics: Sequence[str] = ("learning", "forgetting", "cka_divergence"),
@@ -97,10 +98,10 @@ def metric_panels(
         name, ylabel = METRICS.get(metric, (metric, metric))
         ax.set_title(name)
         ax.set_xlabel("layer")
-        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_ylabel(ylabel)
         ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="best")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     estimator = "/".join(sorted(estimators))
     note = f"linear CKA, {estimator} HSIC; mean \u00b1 std over seeds"
     if "one" in first_terms:
@@ -115,12 +116,14 @@ def metrics_figure(comparison: Any, *, title: str | None = None):
     return metric_panels(comparison, title=title)
 
 
+@styled
 def flow_heatmap(
     comparison: Any,
     *,
     relative: bool = False,
     title: str | None = None,
     annotate: bool | None = None,
+    vmax: float | None = None,
 ):
     """Heat map of the InvarianceFlow matrix (paper Fig. 4 style).
 
@@ -133,6 +136,8 @@ def flow_heatmap(
     Args:
         comparison: a Comparison, or a flow DataFrame (rows pretrained, columns finetuned).
         annotate: write the values in the cells (default: when there are at most 12 layers).
+        vmax: the colour limit (default: the largest |value|); give several runs the same one
+            to compare them.
     """
     if isinstance(comparison, pd.DataFrame):
         matrix, estimator = comparison, comparison.attrs.get("estimator", "biased")
@@ -141,9 +146,10 @@ def flow_heatmap(
         estimator = _estimator(comparison, matrix)
     values = matrix.to_numpy(dtype=float)
     n = values.shape[0]
-    finite = np.abs(values[np.isfinite(values)])
-    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    if vmax is None:
+        finite = np.abs(values[np.isfinite(values)])
+        vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    fig, ax = plt.subplots(figsize=(max(5.6, 0.5 * n + 1.8), max(4.8, 0.5 * n + 1.0)))
     im = ax.imshow(values, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax), origin="upper")
     ax.set_xticks(range(matrix.shape[1]), [layer_label(c) for c in matrix.columns])
     ax.set_yticks(range(n), [layer_label(r) for r in matrix.index])
@@ -156,7 +162,7 @@ def flow_heatmap(
         for i in range(n):
             for j in range(matrix.shape[1]):
                 if np.isfinite(values[i, j]):
-                    ax.text(j, i, f"{values[i, j]:.{decimals}f}", ha="center", va="center", fontsize=6,
+                    ax.text(j, i, fmt_num(values[i, j], decimals), ha="center", va="center", fontsize=9,
                             color="white" if abs(values[i, j]) > 0.6 * vmax else "black")
     definition = ("STIR(ft[j]|pt[i]) - STIR(ft[i]|pt[i])" if relative
                   else "STIR(ft[j]|pt[i]) - STIR(ft[i]|pt[j]) (eq. 5)")
