@@ -41,10 +41,11 @@ class ComparisonDisplay:
         raise FtlensError(f"unknown plot kind {kind!r}; kinds: per_layer, flow, flow_relative, cka")
 
     def _repr_html_(self) -> str:
-        from ftlens.report.figures import layer_title
+        from ftlens.layers import layer_numbers, layer_title
 
         table = self.summary()  # type: ignore[attr-defined]
         table = table.drop(columns=[c for c in ("layer_number",) if c in table.columns])
-        table.index = [layer_title(str(name), k + 1) for k, name in enumerate(table.index)]
+        names = [str(n) for n in table.index]
+        table.index = [layer_title(n, k) for n, k in zip(names, layer_numbers(names), strict=True)]
         table.index.name = "layer"
         return frame_html(table, repr(self))

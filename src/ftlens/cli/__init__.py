@@ -43,6 +43,22 @@ from ftlens.cli import (  # noqa: E402,F401
     models_cmds,
 )
 
+#: ``ftlens --help`` lists the commands in the order of a researcher's workflow
+WORKFLOW_ORDER = ("datasets", "layers", "finetune", "cka", "compare", "dynamics", "report", "demo", "run", "validate")
+
+
+def _order_commands() -> None:
+    rank = {name: k for k, name in enumerate(WORKFLOW_ORDER)}
+
+    def key(info) -> tuple[int, str]:
+        name = info.name or (info.callback.__name__ if info.callback else "")
+        return (rank.get(name, len(rank)), name)
+
+    app.registered_commands.sort(key=key)
+
+
+_order_commands()
+
 
 def main() -> None:
     app()

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from ftlens.errors import FtlensError
+from ftlens.settings import PAPER
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -78,3 +79,128 @@ def image_size_kwargs(text: str | None) -> dict[str, Any]:
     from ftlens.finetune.config import parse_image_size
 
     return {"image_size": parse_image_size(text)}
+
+
+# --------------------------------------------------------------------------- shared options
+# One definition per concept, used by every command that has it (same name, type, default, help).
+
+PAPER_IMAGES = PAPER.images  # images per seed in the paper
+
+DEVICE_HELP = "Where to compute: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:1 ..."
+LAYERS_HELP = ("Layers or globs, repeatable and/or comma-separated (--layers blocks.0 --layers 'blocks.1*'); "
+               "default: every block. `ftlens layers MODEL` lists them.")
+IMAGES_HELP = (f"Images per seed (the paper: {PAPER_IMAGES}); default {PAPER_IMAGES}, or the whole test split "
+               "when it is smaller.")
+SEEDS_HELP = "Seeds: each draws its own image sample and inversion start (the paper: 3)."
+STEPS_HELP = "Inversion steps (the paper: 50)."
+STEP_SIZE_HELP = "L2 length of each inversion step (the paper: 0.5)."
+BATCH_HELP = "Images per batch (default: 256 on the CPU, from free memory on CUDA)."
+CACHE_DIR_HELP = "Inversion cache (default $FTLENS_CACHE_DIR or ~/.cache/ftlens)."
+NO_CACHE_HELP = "Neither read nor write the inversion cache."
+DATA_HELP = ("Dataset for the images (`ftlens datasets` lists them); default: the finetuning run's dataset "
+             "when a model is a run, else digits (embedded, offline).")
+DATA_DIR_HELP = "Where datasets live or are downloaded to (default $FTLENS_DATA_DIR)."
+DEBIASED_HELP = "Debiased CKA (unbiased HSIC) instead of the biased default."
+
+
+IMAGE_SIZE_HELP = "Input resolution H or H,W (default: the model's own, or its checkpoint's)."
+
+
+def image_size_option() -> Any:
+    return typer.Option(None, "--image-size", help=IMAGE_SIZE_HELP)
+
+
+def device_option() -> Any:
+    return typer.Option("auto", "--device", help=DEVICE_HELP)
+
+
+def layers_option() -> Any:
+    return typer.Option(None, "--layers", help=LAYERS_HELP)
+
+
+def images_option() -> Any:
+    return typer.Option(None, "--images", min=1, help=IMAGES_HELP)
+
+
+def seeds_option() -> Any:
+    return typer.Option(PAPER.seeds, "--seeds", min=1, help=SEEDS_HELP)
+
+
+def steps_option() -> Any:
+    return typer.Option(PAPER.steps, "--steps", min=0, help=STEPS_HELP)
+
+
+def step_size_option() -> Any:
+    return typer.Option(PAPER.step_size, "--step-size", help=STEP_SIZE_HELP)
+
+
+def batch_size_option() -> Any:
+    return typer.Option(None, "--batch-size", min=1, help=BATCH_HELP)
+
+
+def cache_dir_option() -> Any:
+    return typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP)
+
+
+def no_cache_option() -> Any:
+    return typer.Option(False, "--no-cache", help=NO_CACHE_HELP)
+
+
+def data_option() -> Any:
+    return typer.Option(None, "--data", help=DATA_HELP)
+
+
+def data_dir_option() -> Any:
+    return typer.Option(None, "--data-dir", help=DATA_DIR_HELP)
+
+
+def debiased_option() -> Any:
+    return typer.Option(PAPER.debiased, "--debiased", help=DEBIASED_HELP)
+
+
+def layer_list(values: list[str] | None) -> list[str] | None:
+    """``--layers a,b --layers c`` -> ``[a, b, c]`` (None when not given)."""
+    out: list[str] = []
+    for v in values or []:
+        out.extend(parse_list(v) or [])
+    return out or None
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` -> ``cuda`` when a GPU is there, else ``cpu``; anything else is checked."""
+    import torch
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    from ftlens.finetune.loop import check_device
+
+    check_device(device)
+    return device
+
+
+def default_data(*specs: str) -> str:
+    """The dataset of the first spec that is a finetuning run (``RUN_DIR@EPOCH``), else ``digits``."""
+    from pathlib import Path
+
+    import yaml
+
+    for spec in specs:
+        run = str(spec).rsplit("@", 1)[0] if "@" in str(spec) else None
+        path = Path(run) / "config.yaml" if run else None
+        if path is not None and path.exists():
+            data = (yaml.safe_load(path.read_text()) or {}).get("data")
+            if data:
+                return str(data)
+    return "digits"
+
+
+def images_for(requested: int | None, available: int, data: str) -> int:
+    """Images per seed: ``requested``, or the paper's 500 capped by the split's size (a default never fails)."""
+    from ftlens.errors import ConfigError
+
+    if requested is None:
+        return min(PAPER_IMAGES, available)
+    if requested > available:
+        raise ConfigError(f"dataset {data!r} (test split) has only {available} images; use --images {available} "
+                           "or fewer (or leave --images out)")
+    return requested

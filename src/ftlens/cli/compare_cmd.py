@@ -6,18 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app
-from ftlens.cli.common import console, fail_on_ftlens_error, image_size_kwargs, parse_list
+from ftlens.cli import app, common
+from ftlens.cli.common import console, fail_on_ftlens_error
 from ftlens.errors import ConfigError
 from ftlens.settings import PAPER
-
-
-def _layer_list(values: list[str] | None) -> list[str] | None:
-    """``--layers a,b --layers c`` -> ``[a, b, c]`` (None when not given)."""
-    out: list[str] = []
-    for v in values or []:
-        out.extend(parse_list(v) or [])
-    return out or None
 
 
 def print_summary(comparison, title: str | None = None) -> None:
@@ -25,7 +17,7 @@ def print_summary(comparison, title: str | None = None) -> None:
     from rich import box
     from rich.table import Table
 
-    from ftlens.report.figures import layer_label
+    from ftlens.report.figures import fmt_num, layer_title
 
     summary = comparison.summary()
     cfg = comparison.config
@@ -41,18 +33,18 @@ def print_summary(comparison, title: str | None = None) -> None:
                 "residual\npt/ft"):
         table.add_column(col, justify="right", no_wrap=True)
 
-    def pm(mean: float, std: float) -> str:
-        return f"{mean:.3f}" if std != std else f"{mean:.3f}±{std:.3f}"  # std is NaN with one seed
+    def pm(mean: float, std: float) -> str:  # std is NaN with one seed
+        return fmt_num(mean, 4) if std != std else f"{fmt_num(mean, 4)}±{fmt_num(std, 4)}"
 
     for layer, row in summary.iterrows():
         table.add_row(
-            layer_label(str(layer)),
+            layer_title(str(layer), int(row["layer_number"])),
             pm(row["learning"], row["learning_std"]),
             pm(row["forgetting"], row["forgetting_std"]),
             pm(row["cka_divergence"], row["cka_divergence_std"]),
-            f"{row['stir_pt_pt']:.3f}",
-            f"{row['stir_ft_ft']:.3f}",
-            f"{row['residual_pt']:.2f}/{row['residual_ft']:.2f}",
+            fmt_num(row["stir_pt_pt"]),
+            fmt_num(row["stir_ft_ft"]),
+            f"{fmt_num(row['residual_pt'], 2)}/{fmt_num(row['residual_ft'], 2)}",
         )
     console.print(table)
 
@@ -60,30 +52,28 @@ def print_summary(comparison, title: str | None = None) -> None:
 @app.command("compare")
 @fail_on_ftlens_error
 def compare_cmd(
-    pretrained: str = typer.Option(..., "--pretrained", help="Reference model SPEC (timm:NAME, ftlens:PRESET, "
+    pretrained: str = typer.Option(..., "--pretrained", help="Pretrained model SPEC (timm:NAME, ftlens:PRESET, "
                                    "a checkpoint, RUN_DIR@EPOCH)."),
     finetuned: str = typer.Option(..., "--finetuned", help="Finetuned model SPEC (same forms)."),
-    image_size: str = typer.Option(None, "--image-size", help="Input resolution H or H,W (default: the model's own, or its checkpoint's)."),
-    data: str = typer.Option(..., "--data", help="Dataset for the images (`ftlens datasets` lists them)."),
-    out: Path = typer.Option(..., "--out", help="Output directory for tables, comparison.json and plots."),
-    layers: list[str] = typer.Option(None, "--layers", help="Layers or globs (comma-separated or repeated); "
-                                     "default: every block."),
-    images: int = typer.Option(PAPER.images, "--images", help="Images per seed (the paper: 500)."),
-    steps: int = typer.Option(PAPER.steps, "--steps", help="Inversion steps (the paper: 50)."),
-    step_size: float = typer.Option(PAPER.step_size, "--step-size", help="L2 length of each inversion step."),
+    out: Path = typer.Option(..., "--out", help="Output folder: per_layer.csv, flow.csv, comparison.json, *.png "
+                             "(`ftlens report OUT` reads it)."),
+    data: str = common.data_option(),
+    layers: list[str] = common.layers_option(),
+    images: int = common.images_option(),
+    seeds: int = common.seeds_option(),
+    steps: int = common.steps_option(),
+    step_size: float = common.step_size_option(),
     start: str = typer.Option(PAPER.start, "--start", help="Inversion start: noise, mixed or uniform."),
-    seeds: int = typer.Option(PAPER.seeds, "--seeds", help="Seeds (each: its own image sample and start noise)."),
-    debiased: bool = typer.Option(PAPER.debiased, "--debiased",
-                                  help="Debiased CKA (unbiased HSIC) instead of the biased default."),
-    first_term: str = typer.Option(PAPER.first_term, "--first-term", help="measured (STIR of a layer with "
-                                   "itself) or one (the paper's 1 - STIR)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per batch (default: 256 on the CPU, from free memory on CUDA)."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu)."),
+    debiased: bool = common.debiased_option(),
+    first_term: str = typer.Option(PAPER.first_term, "--first-term", help="measured (STIR of a layer with itself) "
+                                   "or one (the paper's 1 - STIR)."),
+    batch_size: int = common.batch_size_option(),
+    device: str = common.device_option(),
+    image_size: str = common.image_size_option(),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for the inversion forward (CUDA only)."),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="Inversion cache (default $FTLENS_CACHE_DIR or "
-                                   "~/.cache/ftlens)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the inversion cache."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Where datasets live ($FTLENS_DATA_DIR)."),
+    cache_dir: Path = common.cache_dir_option(),
+    no_cache: bool = common.no_cache_option(),
+    data_dir: Path = common.data_dir_option(),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
     processes: int = typer.Option(1, "--processes", min=1, help="Split the inversions over N local processes "
                                   "(gloo; cpu_count/N threads each, or one GPU each with --device cuda); they "
@@ -103,7 +93,7 @@ def compare_cmd(
     Sharded: `--processes N`, or `torchrun --nproc_per_node N -m ftlens compare ...` /
     `accelerate launch --multi_gpu --num_processes N -m ftlens compare ...`; every process
     inverts its share into the cache and rank 0 merges (the same result as one process)."""
-    from ftlens import distributed, inversion
+    from ftlens import distributed, inversion, progress
     from ftlens.data import get_dataset
     from ftlens.invariance import compare
     from ftlens.invariance.pool import image_pool
@@ -120,14 +110,17 @@ def compare_cmd(
         torch.set_num_threads(threads)
     if tf32:
         inversion.set_tf32(True)
-    layer_list = _layer_list(layers)
-    size = image_size_kwargs(image_size)
-    pt = load_model(pretrained, layers=layer_list, device=device or "cpu", **size)
-    ft = load_model(finetuned, layers=layer_list, device=device or "cpu", **size)
+    layer_list = common.layer_list(layers)
+    device = common.resolve_device(device)
+    data = data or common.default_data(finetuned, pretrained)
+    progress.stage(f"loading {pretrained} and {finetuned}")
+    size = common.image_size_kwargs(image_size)
+    pt = load_model(pretrained, layers=layer_list, device=device, **size)
+    ft = load_model(finetuned, layers=layer_list, device=device, **size)
     ds = get_dataset(data, split="test", image_size=tuple(pt.input_size[1:]), data_dir=data_dir)
-    if images > len(ds):
-        raise ConfigError(f"dataset {data!r} (test split) has only {len(ds)} images; use --images {len(ds)} or fewer")
+    images = common.images_for(images, len(ds), data)
     pool = image_pool(ds, images, seeds)  # enough for every seed to draw its own images (capped by the split)
+    progress.stage(f"comparing on {images} images of {data} x {seeds} seed(s), {steps} inversion steps")
     cache = None if no_cache else (cache_dir if cache_dir is not None else True)
     with inversion.runtime(compile=compile_):
         result = compare(
@@ -138,6 +131,7 @@ def compare_cmd(
     if result is None:  # a rank other than 0 under a launcher: rank 0 merges and writes
         return
     result.config["data"] = {**pool.describe(), "name": data}
+    progress.stage(f"writing {out}")
     result.save(out)
     print_summary(result)
     if not no_plots:

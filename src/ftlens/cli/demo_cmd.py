@@ -12,8 +12,13 @@ from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
 from ftlens.errors import ConfigError
 
 
-def _run(config, out: Path, stages: str | None, no_cache: bool) -> None:
+def _run(config, out: Path, stages: str | None, no_cache: bool, device: str | None = None) -> None:
     from ftlens.experiment import STAGES, Experiment
+
+    if device is not None:
+        from ftlens.cli.common import resolve_device
+
+        config.device = resolve_device(device)
 
     chosen = tuple(parse_list(stages) or STAGES)
     bad = sorted(set(chosen) - set(STAGES))
@@ -40,6 +45,7 @@ def demo_cmd(
     quick: bool = typer.Option(False, "--quick", help="A tiny variant (seconds): for smoke tests, not for reading."),
     stages: str = typer.Option(None, "--stages", help="Comma-separated subset of stages to run."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the inversion cache."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's)."),
 ) -> None:
     """The embedded offline demo, end to end: pretrain, finetune, compare, report.
 
@@ -52,7 +58,7 @@ def demo_cmd(
     config = builtin_config("demo")
     if quick:
         config = make_quick(config)
-    _run(config, out, stages, no_cache)
+    _run(config, out, stages, no_cache, device)
 
 
 @app.command("run")
@@ -62,12 +68,14 @@ def run_cmd(
     out: Path = typer.Option(None, "--out", help="Output directory (default runs/<name>)."),
     stages: str = typer.Option(None, "--stages", help="Comma-separated subset of stages to run."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the inversion cache."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1 ... (default: the config's "
+                               "device:)."),
 ) -> None:
     """Run an experiment config end to end (the same code path as the demo)."""
     from ftlens.experiment import ExperimentConfig
 
     cfg = ExperimentConfig.from_yaml(config)
-    _run(cfg, out or Path("runs") / cfg.name, stages, no_cache)
+    _run(cfg, out or Path("runs") / cfg.name, stages, no_cache, device)
 
 
 @app.command("report")

@@ -91,7 +91,7 @@ def plot_correlation_scatter(
     ax.set_xlabel(f"{hyp.label} ({_unit_of(hyp)})")
     ax.set_ylabel(accuracy_label)
     ax.set_title(title or f"Robustness vs {hyp.name}", fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), borderaxespad=0, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -171,6 +171,10 @@ def plot_prefix_correlation(
     ax.set_xlabel("last epoch n included (correlation over epochs 0..n)")
     ax.set_ylabel("Pearson r with corrupted accuracy (unitless)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # one or two epochs: integer ticks need room
+        mid = (lo + hi) / 2
+        ax.set_xlim(mid - 1.5, mid + 1.5)
     if plotted:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:

@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ftlens.layers import layer_numbers
 from ftlens.layout import MARKERS
 from ftlens.report import html
-from ftlens.report.figures import figure_png, fmt_num, layer_label, layer_title
+from ftlens.report.figures import figure_png, fmt_value, layer_label, layer_title
 from ftlens.report.html import Figure, Section, Table, Text, esc
 from ftlens.report.inputs import NothingToReportError, Source, discover
 
@@ -44,7 +45,8 @@ def _read_json(path: Path | None) -> Any:
 
 def _layer_index(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
-    df.index = [layer_title(str(i), k + 1) for k, i in enumerate(df.index)]
+    names = [str(i) for i in df.index]
+    df.index = [layer_title(name, n) for name, n in zip(names, layer_numbers(names), strict=True)]
     df.index.name = "layer"
     return df
 
@@ -85,7 +87,7 @@ def _findings(sources: Sequence[Source], label: _Labels) -> Section | None:
             cls, verdict = _verdict(f["held"])
             rows.append(f"<tr><td>{esc(f['claim'])}<br/><span class='caption'>{esc(f['source'])}</span></td>"
                         f"<td class='{cls}'>{verdict}</td><td>{esc(f['rule'])}</td><td>{esc(_numbers(f))}</td></tr>")
-        s.blocks.append(Text("<table><thead><tr><th>claim</th><th>verdict</th><th>rule</th><th>numbers</th></tr>"
+        s.blocks.append(Text("<table class='text'><thead><tr><th>claim</th><th>verdict</th><th>rule</th><th>numbers</th></tr>"
                              f"</thead><tbody>{''.join(rows)}</tbody></table>"))
         return s
     claims: dict[str, str] = {}
@@ -104,7 +106,7 @@ def _findings(sources: Sequence[Source], label: _Labels) -> Section | None:
             cls, verdict = _verdict(f["held"])
             cells.append(f"<td class='{cls}' title='{esc(_numbers(f))}'>{verdict}</td>")
         rows.append(f"<tr><td>{esc(claim)}</td>{''.join(cells)}</tr>")
-    s.blocks.append(Text(f"<table><thead><tr><th>claim</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"))
+    s.blocks.append(Text(f"<table class='text'><thead><tr><th>claim</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"))
     return s
 
 
@@ -149,8 +151,8 @@ def _describe_metric(tables: dict[str, pd.DataFrame], metric: str) -> str:
         (label, t), = ((k, tables[k]) for k in means)
         v = t[metric].to_numpy(dtype=float)
         top = int(np.nanargmax(v))
-        return (f"{label}: {name} averages {fmt_num(means[label])} over {len(v)} layers, from {fmt_num(v[0])} at "
-                f"layer 1 to {fmt_num(v[-1])} at layer {len(v)}; largest at layer {top + 1} ({fmt_num(v[top])}).")
+        return (f"{label}: {name} averages {fmt_value(means[label])} over {len(v)} layers, from {fmt_value(v[0])} at "
+                f"layer 1 to {fmt_value(v[-1])} at layer {len(v)}; largest at layer {top + 1} ({fmt_value(v[top])}).")
     hi = max(means, key=means.get)
     lo = min(means, key=means.get)
     peak_run, peak_layer, peak = "", 0, -np.inf
@@ -159,8 +161,8 @@ def _describe_metric(tables: dict[str, pd.DataFrame], metric: str) -> str:
             v = t[metric].to_numpy(dtype=float)
             if np.isfinite(v).any() and np.nanmax(v) > peak:
                 peak, peak_run, peak_layer = float(np.nanmax(v)), k, int(np.nanargmax(v)) + 1
-    return (f"Mean {name} over layers is highest for {hi} ({fmt_num(means[hi])}) and lowest for {lo} "
-            f"({fmt_num(means[lo])}); the largest single value is {fmt_num(peak)} ({peak_run}, layer {peak_layer}).")
+    return (f"Mean {name} over layers is highest for {hi} ({fmt_value(means[hi])}) and lowest for {lo} "
+            f"({fmt_value(means[lo])}); the largest single value is {fmt_value(peak)} ({peak_run}, layer {peak_layer}).")
 
 
 def _flow_caption(label: str, cmp: Any) -> str:
@@ -172,7 +174,7 @@ def _flow_caption(label: str, cmp: Any) -> str:
     where = "below" if np.nanmean(below) > np.nanmean(above) else "above"
     meaning = "compression toward shallower layers" if where == "below" else "expansion toward deeper layers"
     return (f"{label}: InvarianceFlow (eq. 5), rows = pretrained layer i, columns = finetuned layer j. Mean below the "
-            f"diagonal {fmt_num(np.nanmean(below))}, above {fmt_num(np.nanmean(above))}: on this run the flow points "
+            f"diagonal {fmt_value(np.nanmean(below))}, above {fmt_value(np.nanmean(above))}: on this run the flow points "
             f"{where} the diagonal ({meaning}).")
 
 
@@ -206,12 +208,12 @@ def _comparisons(sources: Sequence[Source], label: _Labels) -> Section | None:
         cols = [c for c in cmp.per_layer.columns if not c.startswith("residual") and c != "layer_number"]
         s.blocks.append(Table(_layer_index(cmp.per_layer[cols]), f"{lab}: per-layer metrics (linear CKA, {cmp.estimator} "
                               "HSIC); *_std is over seeds; stir_pt_pt / stir_ft_ft are the measured first terms "
-                              "(inversion quality; 1 = perfect).", f"{lab}: per layer"))
+                              "(inversion quality; 1 = perfect).", f"{lab}: per layer", collapsed=True))
         res = [c for c in cmp.per_layer.columns if c.startswith("residual")]
         if res:
             s.blocks.append(Table(_layer_index(cmp.per_layer[res]), f"{lab}: mean final relative inversion residual "
                                   "||r(x') - r(x)|| / ||r(x)|| per layer and reference model (0 = converged).",
-                                  f"{lab}: inversion residuals"))
+                                  f"{lab}: inversion residuals", collapsed=True))
     return s
 
 
@@ -221,14 +223,14 @@ def _inversion_quality(comparisons: dict) -> str:
     pl = first.per_layer
     parts = []
     if "residual_pt" in pl.columns:
-        parts.append(f"final relative residual of the pretrained-side inversions: {fmt_num(pl['residual_pt'].iloc[0], 2)} "
-                     f"at layer 1 to {fmt_num(pl['residual_pt'].iloc[-1], 2)} at layer {len(pl)}")
+        parts.append(f"final relative residual of the pretrained-side inversions: {fmt_value(pl['residual_pt'].iloc[0])} "
+                     f"at layer 1 to {fmt_value(pl['residual_pt'].iloc[-1])} at layer {len(pl)}")
     selfs = [c.per_layer[col] for c in comparisons.values() for col in ("stir_pt_pt", "stir_ft_ft")
              if col in c.per_layer.columns]
     if selfs:
         lo = min(float(v.min()) for v in selfs)
         hi = max(float(v.max()) for v in selfs)
-        parts.append(f"STIR of a layer with itself (1 = perfect inversion) between {fmt_num(lo)} and {fmt_num(hi)}")
+        parts.append(f"STIR of a layer with itself (1 = perfect inversion) between {fmt_value(lo)} and {fmt_value(hi)}")
     if not parts:
         return ""
     return ("Inversion quality: " + "; ".join(parts) + ". Learning and forgetting use these measured self-STIR "
@@ -303,12 +305,12 @@ def _accuracy_caption(acc: pd.DataFrame) -> str:
     parts = []
     if "test_acc" in acc.columns and acc["test_acc"].notna().any():
         best = acc["test_acc"].idxmax()
-        parts.append(f"Highest clean accuracy: {best} ({fmt_num(acc.loc[best, 'test_acc'])})")
+        parts.append(f"Highest clean accuracy: {best} ({fmt_value(acc.loc[best, 'test_acc'])})")
     if {"test_acc", "corrupted_acc_mean"} <= set(acc.columns):
         gap = (acc["test_acc"] - acc["corrupted_acc_mean"]).dropna()
         if not gap.empty:
-            parts.append(f"smallest drop under corruption: {gap.idxmin()} ({fmt_num(gap.min())}); largest: "
-                         f"{gap.idxmax()} ({fmt_num(gap.max())})")
+            parts.append(f"smallest drop under corruption: {gap.idxmin()} ({fmt_value(gap.min())}); largest: "
+                         f"{gap.idxmax()} ({fmt_value(gap.max())})")
     return "; ".join(parts) + "." if parts else "Accuracy per run."
 
 
@@ -345,7 +347,7 @@ def _dynamics(sources: Sequence[Source], label: _Labels) -> Section | None:
             hi = max(last, key=last.get)
             overlays.append(_fig(overlay_epochs(means, metric, ylabel=ylabel, title=f"{title}, mean over layers"),
                                  f"{title} averaged over layers, one line per run; at the last epoch highest for {hi} "
-                                 f"({fmt_num(last[hi])})."))
+                                 f"({fmt_value(last[hi])})."))
         s.blocks = overlays + s.blocks
     return s
 
@@ -360,18 +362,18 @@ def _dynamics_caption(label: str, dyn: pd.DataFrame) -> str:
     low = f.idxmin()
     return (f"{label}: learning, forgetting and cka divergence per layer over epochs (colour = depth). At the last "
             f"epoch ({int(dyn['epoch'].max())}) forgetting is largest at layer {layer_label(str(top))} "
-            f"({fmt_num(f[top])}) and smallest at layer {layer_label(str(low))} ({fmt_num(f[low])}).")
+            f"({fmt_value(f[top])}) and smallest at layer {layer_label(str(low))} ({fmt_value(f[low])}).")
 
 
 def _accuracy_epochs_caption(label: str, metrics: pd.DataFrame) -> str:
     m = metrics.drop_duplicates("epoch", keep="last").sort_values("epoch")
     parts = [f"{label}: clean accuracy and accuracy per corruption severity over epochs"]
     if "test_acc" in m.columns and m["test_acc"].notna().any():
-        parts.append(f"clean accuracy goes from {fmt_num(m['test_acc'].iloc[0])} (epoch {int(m['epoch'].iloc[0])}) to "
-                     f"{fmt_num(m['test_acc'].iloc[-1])} (epoch {int(m['epoch'].iloc[-1])})")
+        parts.append(f"clean accuracy goes from {fmt_value(m['test_acc'].iloc[0])} (epoch {int(m['epoch'].iloc[0])}) to "
+                     f"{fmt_value(m['test_acc'].iloc[-1])} (epoch {int(m['epoch'].iloc[-1])})")
     if "corrupted_acc_mean" in m.columns and m["corrupted_acc_mean"].notna().any():
-        parts.append(f"mean corrupted accuracy from {fmt_num(m['corrupted_acc_mean'].iloc[0])} to "
-                     f"{fmt_num(m['corrupted_acc_mean'].iloc[-1])}")
+        parts.append(f"mean corrupted accuracy from {fmt_value(m['corrupted_acc_mean'].iloc[0])} to "
+                     f"{fmt_value(m['corrupted_acc_mean'].iloc[-1])}")
     return "; ".join(parts) + "."
 
 
@@ -427,7 +429,7 @@ def _headline_caption(label: str, head: pd.DataFrame) -> str:
     sign = "rises" if r > 0 else "falls"
     sig = "significant" if p < 0.05 else "not significant"
     return (f"{label}: one point per epoch. Corrupted accuracy {sign} with the std of forgetting over layers 2..L: "
-            f"r = {fmt_num(r)}, p = {p:.2g} ({sig} at 0.05) over {int(row.get('n_epochs', 0))} epochs.")
+            f"r = {fmt_value(r)}, p = {p:.2g} ({sig} at 0.05) over {int(row.get('n_epochs', 0))} epochs.")
 
 
 # --------------------------------------------------------------------------- distortion
@@ -467,8 +469,8 @@ def _distortion_caption(pl: pd.DataFrame, measure: str, words: str) -> str:
     except KeyError:
         return f"Pre-logit {words} to the pretrained features, ID vs OOD."
     hi, lo = id_col.idxmax(), id_col.idxmin()
-    return (f"Pre-logit {words} to the pretrained features on ID images: largest for {hi} ({fmt_num(id_col[hi], 4)}), "
-            f"smallest for {lo} ({fmt_num(id_col[lo], 4)}).")
+    return (f"Pre-logit {words} to the pretrained features on ID images: largest for {hi} ({fmt_value(id_col[hi])}), "
+            f"smallest for {lo} ({fmt_value(id_col[lo])}).")
 
 
 # --------------------------------------------------------------------------- cka
@@ -489,9 +491,9 @@ def _cka(sources: Sequence[Source], label: _Labels) -> Section | None:
         est = meta.get("estimator", "biased")
         fig = cka_heatmap(matrix, title=f"linear CKA ({est}): {lab}", xlabel=f"layer of {b}", ylabel=f"layer of {a}")
         values = matrix.to_numpy(dtype=float)
-        caption = f"{lab}: CKA from {fmt_num(np.nanmin(values))} to {fmt_num(np.nanmax(values))}"
+        caption = f"{lab}: CKA from {fmt_value(np.nanmin(values))} to {fmt_value(np.nanmax(values))}"
         if values.shape[0] == values.shape[1]:
-            caption += f"; mean on the diagonal (same layer) {fmt_num(np.nanmean(np.diag(values)))}"
+            caption += f"; mean on the diagonal (same layer) {fmt_value(np.nanmean(np.diag(values)))}"
         if meta.get("images"):
             caption += f"; {meta['images']} images of {meta.get('data', '?')}"
         s.blocks.append(_fig(fig, caption + "."))

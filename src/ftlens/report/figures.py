@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ftlens import io  # noqa: E402
+from ftlens.layers import layer_label, layer_title  # noqa: E402,F401  (re-exported)
 
 #: dots per inch of embedded PNGs; the page shows them at 96 CSS px per inch (sharp on 1.5x screens)
 EMBED_DPI = 144
@@ -70,25 +71,6 @@ def figure_png(fig, dpi: int = EMBED_DPI) -> bytes:
     return buf.getvalue()
 
 
-def layer_label(layer: str) -> str:
-    """``blocks.3`` -> ``4``: 1-based for people (``blocks.3`` is layer 4); other names unchanged."""
-    if layer.startswith("blocks.") and layer.count(".") == 1 and layer.split(".")[1].isdigit():
-        return str(int(layer.split(".")[1]) + 1)
-    return layer
-
-
-def layer_title(layer: str, number: int | None = None) -> str:
-    """``"4 (blocks.3)"``: the 1-based number and the name, as tables show a layer.
-
-    ``number`` (1-based position in the model's default layers) is used for names that are
-    not ``blocks.N``; without it such names are shown alone.
-    """
-    label = layer_label(layer)
-    if label != layer:
-        return f"{label} ({layer})"
-    return f"{number} ({layer})" if number is not None else layer
-
-
 def fmt_num(value: Any, digits: int = 3) -> str:
     """A number with ``digits`` decimals, never ``-0.000``; NaN -> ``–``."""
     try:
@@ -101,6 +83,22 @@ def fmt_num(value: Any, digits: int = 3) -> str:
     if text.startswith("-") and float(text) == 0.0:
         text = text[1:]
     return text
+
+
+def fmt_value(value: Any) -> str:
+    """A number for prose: 3 decimals from 0.1 up, else 3 significant digits; never ``-0``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(v):
+        return "–"
+    if abs(v) < 1e-12:  # floating-point noise around an exact zero
+        return "0"
+    if abs(v) >= 0.1:
+        return fmt_num(v, 3)
+    text = f"{v:.3g}"
+    return text[1:] if text.startswith("-") and float(text) == 0.0 else text
 
 
 def _decimals(span: float) -> int:

@@ -27,8 +27,10 @@ figure{display:inline-block;margin:.6em 1em 1em 0;vertical-align:top;max-width:1
 figure img{max-width:100%;height:auto;border:1px solid #e3e6ee;border-radius:4px}
 figcaption{font-size:.9em;color:#4a5266;margin-top:.3em}
 table{border-collapse:collapse;font-size:.86em;margin:.4em 0 1em 0;max-width:100%}
-th,td{border:1px solid #dfe3ec;padding:.25em .55em;text-align:right;overflow-wrap:anywhere}
+th,td{border:1px solid #dfe3ec;padding:.25em .55em;text-align:right}
 th{font-weight:600}
+table.text td,table.text th,td.s{text-align:left}
+details.tables{margin:.4em 0 1em 0}details.tables>summary{cursor:pointer;font-weight:600}
 th{background:#f3f5f9}td:first-child,th:first-child{text-align:left}
 .caption{font-size:.88em;color:#4a5266;margin:.2em 0}
 .held{color:#12733a;font-weight:600}.nothold{color:#b3261e;font-weight:600}.na{color:#7a8194}
@@ -52,6 +54,7 @@ class Table:
     title: str = ""
     digits: int = 3
     max_columns: int = 9  # wider tables are split into several (no column hidden behind a scroll bar)
+    collapsed: bool = False  # shown folded (<details>) under its title
 
 
 @dataclass
@@ -74,6 +77,20 @@ def esc(text: object) -> str:
     return html.escape(str(text))
 
 
+def _column_digits(column: pd.Series, digits: int) -> int:
+    """Decimals for a column: ``digits``, more when its largest |value| is small (two significant digits)."""
+    import math
+
+    values = pd.to_numeric(column, errors="coerce").abs()
+    values = values[values > 0]
+    if values.empty or not values.notna().any():
+        return digits
+    top = float(values.max())
+    if not math.isfinite(top) or top >= 10 ** (1 - digits):
+        return digits
+    return min(8, 1 - math.floor(math.log10(top)))
+
+
 def _header(name: object) -> str:
     """A column header that may break after underscores (wide tables wrap instead of scrolling)."""
     return esc(name).replace("_", "_<wbr>")
@@ -83,25 +100,31 @@ def _table_html(table: Table) -> str:
     from ftlens.report.figures import fmt_num
 
     df = table.frame
+    digits = {c: _column_digits(df[c], table.digits) for c in df.columns}
 
-    def fmt(v):
+    def fmt(v, column):
         if hasattr(v, "item") and not isinstance(v, (str, bytes)):
             v = v.item()  # numpy scalars
         if isinstance(v, float):
-            return fmt_num(v, table.digits)
+            return fmt_num(v, digits[column])
         return esc(v)
 
     columns = list(df.columns)
-    step = max(1, table.max_columns)
+    n_chunks = max(1, -(-len(columns) // max(1, table.max_columns)))
+    step = max(1, -(-len(columns) // n_chunks))  # even chunks: 12 columns -> 6 + 6
     chunks = [columns[i : i + step] for i in range(0, len(columns), step)] or [[]]
     parts = []
     for chunk in chunks:
         head = "".join(f"<th>{_header(c)}</th>" for c in [df.index.name or ""] + chunk)
         rows = []
         for idx, row in df[chunk].astype(object).iterrows():  # object: integers stay integers
-            cells = "".join(f"<td>{fmt(v)}</td>" for v in row.tolist())
+            cells = "".join(f"<td class='s'>{fmt(v, c)}</td>" if isinstance(v, str) else f"<td>{fmt(v, c)}</td>"
+                            for c, v in zip(chunk, row.tolist(), strict=True))
             rows.append(f"<tr><td>{esc(idx)}</td>{cells}</tr>")
         parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    if table.collapsed:
+        return (f"<details class='tables'><summary>{esc(table.title or table.caption)}</summary>"
+                f"<p class='caption'>{esc(table.caption)}</p>{''.join(parts)}</details>")
     title = f"<h3>{esc(table.title)}</h3>" if table.title else ""
     return f"{title}<p class='caption'>{esc(table.caption)}</p>" + "".join(parts)
 
