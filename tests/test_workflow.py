@@ -192,13 +192,13 @@ def test_unknown_preset_exits_2_without_traceback():
 
 
 SHARED = {
-    "compare": ["--device", "--layers", "--images", "--seeds", "--steps", "--step-size", "--batch-size",
+    "compare": ["--device", "--image-size", "--layers", "--images", "--seeds", "--steps", "--step-size", "--batch-size",
                 "--cache-dir", "--no-cache", "--data", "--data-dir", "--debiased", "--out"],
-    "dynamics": ["--device", "--layers", "--images", "--seeds", "--steps", "--step-size", "--batch-size",
+    "dynamics": ["--device", "--image-size", "--layers", "--images", "--seeds", "--steps", "--step-size", "--batch-size",
                  "--cache-dir", "--no-cache", "--data", "--data-dir", "--debiased", "--out", "--epochs"],
-    "cka": ["--device", "--layers", "--images", "--batch-size", "--data", "--data-dir", "--debiased", "--out"],
-    "layers": ["--device", "--all"],
-    "finetune": ["--device", "--batch-size", "--data", "--data-dir", "--out", "--tensorboard", "--wandb"],
+    "cka": ["--device", "--image-size", "--layers", "--images", "--batch-size", "--data", "--data-dir", "--debiased", "--out"],
+    "layers": ["--device", "--image-size", "--all"],
+    "finetune": ["--device", "--image-size", "--batch-size", "--data", "--data-dir", "--out", "--tensorboard", "--wandb"],
     "report": ["--out"],
     "demo": ["--device", "--out", "--no-cache"],
     "run": ["--device", "--out", "--no-cache"],
@@ -221,7 +221,7 @@ def test_shared_options_have_one_help_text_and_default():
     helps: dict[str, set] = {}
     for name in ("compare", "dynamics", "cka"):
         for param in cmd.commands[name].params:
-            if getattr(param, "opts", None) and param.opts[0] in ("--device", "--layers", "--images", "--seeds",
+            if getattr(param, "opts", None) and param.opts[0] in ("--device", "--image-size", "--layers", "--images", "--seeds",
                                                                     "--steps", "--batch-size", "--cache-dir"):
                 helps.setdefault(param.opts[0], set()).add((param.help, str(param.default)))
     assert helps and all(len(v) == 1 for v in helps.values()), helps

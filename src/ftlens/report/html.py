@@ -93,7 +93,7 @@ def _column_digits(column: pd.Series, digits: int) -> int:
 
 def _header(name: object) -> str:
     """A column header that may break after underscores (wide tables wrap instead of scrolling)."""
-    return esc(name).replace("_", "_<wbr>")
+    return esc(name).replace("_", "_<wbr/>")
 
 
 def _table_html(table: Table) -> str:
