@@ -32,7 +32,7 @@ def layers_cmd(
     wrapper = load_model(model, device=common.resolve_device(device), **common.image_size_kwargs(image_size))
     default = list(wrapper.layers)
     if all_modules:
-        ran = set(wrapper._execution_order())  # modules that produce a tensor in a forward pass
+        ran = set(wrapper.trace.order)  # modules that produce a tensor in a forward pass
         names = [n for n in wrapper.available_layers if n in ran or n == "pre_logits"]
         names = wrapper.resolve_layers(names)
     else:
