@@ -226,7 +226,7 @@ def assign(costs: Sequence[float], world_size: int) -> list[list[int]]:
     With equal costs this is the round robin ``items[rank::world_size]``.
     """
     if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
+        raise ConfigError(f"world_size must be >= 1, got {world_size}")
     order = sorted(range(len(costs)), key=lambda i: (-float(costs[i]), i))
     load = [0.0] * world_size
     shares: list[list[int]] = [[] for _ in range(world_size)]

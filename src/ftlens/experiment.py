@@ -74,22 +74,12 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
-        d = copy.deepcopy(d)
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown experiment config keys {unknown}; known: {sorted(known)}")
+        """Build from a mapping, checked whole first (:func:`ftlens.checks.check_experiment`)."""
+        from ftlens.checks import check_experiment
+
+        d = copy.deepcopy(check_experiment(d))
         analysis = d.pop("analysis", {}) or {}
-        a_known = set(AnalysisConfig.__dataclass_fields__)
-        bad = sorted(set(analysis) - a_known)
-        if bad:
-            raise ValueError(f"unknown analysis keys {bad}; known: {sorted(a_known)}")
-        for key in ("name", "model", "data", "runs"):
-            if key not in d:
-                raise ValueError(f"experiment config needs {key!r}")
-        names = [r.get("name") for r in d["runs"]]
-        if any(n is None for n in names) or len(set(names)) != len(names):
-            raise ValueError(f"every run needs a unique name, got {names}")
+        names = [r["name"] for r in d["runs"]]
         roles = d.get("roles") or {}
         bad_roles = sorted(set(roles) - set(ROLES))
         if bad_roles:
@@ -101,7 +91,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> ExperimentConfig:
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+        from ftlens.checks import read_yaml
+
+        return cls.from_dict(read_yaml(path, "experiment config"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +179,7 @@ class Experiment:
         from ftlens.finetune.loop import check_device
 
         check_device(self.config.device)
+        self.check_out()
         main = context().is_main
         self.out.mkdir(parents=True, exist_ok=True)
         if main:
@@ -204,6 +197,29 @@ class Experiment:
             if main:
                 io.write_json(self.layout.timings, {**self._old_timings(), **self.timings})
         return self.layout.report
+
+    def check_out(self) -> None:
+        """Before any work: ``out`` is writable, and either new, empty, or this experiment's own
+        folder (its config.yaml holds the same configuration); OutputError otherwise."""
+        from ftlens.checks import check_writable_dir
+        from ftlens.errors import OutputError
+        from ftlens.report.build import read_config
+
+        check_writable_dir(self.out, "--out")
+        if not self.out.is_dir() or not any(self.out.iterdir()):
+            return
+        saved = self.out / "config.yaml"
+        if not saved.exists():
+            from ftlens.finetune.run import describe_folder
+
+            raise OutputError(f"{self.out} is not empty ({describe_folder(self.out)}) and is not an ftlens experiment "
+                              "(no config.yaml); choose another --out")
+        old = read_config(saved)
+        new = yaml.safe_load(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            raise OutputError(f"{self.out} holds the experiment of another configuration ({', '.join(changed)} "
+                              "differ); choose another --out, or delete that folder to start again")
 
     def _old_timings(self) -> dict[str, float]:
         path = self.layout.timings

@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftlens.errors import NumericalError
+from ftlens.errors import ConfigError, NumericalError
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
 
@@ -126,7 +126,7 @@ def _autocast_dtype(autocast: torch.dtype | str | None) -> torch.dtype | None:
     if name in ("none", "fp32", "float32", "off", ""):
         return None
     if name not in _AUTOCAST_NAMES:
-        raise ValueError(f"autocast must be None, 'bf16' or 'fp16' (or a torch dtype), got {autocast!r}")
+        raise ConfigError(f"autocast must be None, 'bf16' or 'fp16' (or a torch dtype), got {autocast!r}")
     return _AUTOCAST_NAMES[name]
 
 
@@ -241,7 +241,7 @@ def start_images(
     shape = tuple(images.shape[1:])
     if start == "mixed":
         if n < 2:
-            raise ValueError("start='mixed' needs at least 2 images (each starts from another one)")
+            raise ConfigError("start='mixed' needs at least 2 images (each starts from another one)")
         source = _derangement(n, seed)
         return images[source[idx]].detach().to("cpu", torch.float32).clone()
     out = torch.empty((len(idx), *shape), dtype=torch.float32)
@@ -252,7 +252,7 @@ def start_images(
         elif start == "uniform":
             out[k] = torch.rand(shape, generator=g)
         else:
-            raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+            raise ConfigError(f"start must be one of {STARTS}, got {start!r}")
     return out
 
 
@@ -688,10 +688,10 @@ def _invert(
     (layer,) = _one_layer(model, layer)
     model.check_images(images)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     n = images.shape[0]
     if n == 0:
-        raise ValueError("invert needs at least one image")
+        raise ConfigError("invert needs at least one image")
     device = torch.device(device) if device is not None else model.device
     if device != model.device:
         model.to(device)
@@ -703,7 +703,7 @@ def _invert(
     else:
         bs = int(batch_size)
     if bs < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     forward = _forward_fn(model, layer, rt)
     steps = settings.steps
     total = (steps + 1) * n  # image-iterates, for progress

@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ftlens.errors import DegenerateRepresentationWarning, NumericalError
+from ftlens.errors import ConfigError, DegenerateRepresentationWarning, NumericalError
 
 __all__ = [
     "DegenerateRepresentationWarning",
@@ -110,7 +110,7 @@ def _shape(x: Any) -> tuple[int, ...]:
 def _rows(x: Any, name: str) -> int:
     shape = _shape(x)
     if len(shape) == 0:
-        raise ValueError(f"{name} is a scalar; expected a representation of shape (n, features).")
+        raise ConfigError(f"{name} is a scalar; expected a representation of shape (n, features).")
     return int(shape[0])
 
 
@@ -133,13 +133,13 @@ def _as_matrix(x: Any, name: str, device: torch.device | None = None) -> torch.T
     if t.is_complex():
         raise TypeError(f"{name} is complex; similarity needs real-valued representations.")
     if t.ndim == 0:
-        raise ValueError(f"{name} is a scalar; expected a representation of shape (n, features).")
+        raise ConfigError(f"{name} is a scalar; expected a representation of shape (n, features).")
     if t.ndim == 1:
         t = t.unsqueeze(1)
     elif t.ndim > 2:
         t = t.reshape(t.shape[0], -1)
     if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); expected (n, features).")
+        raise ConfigError(f"{name} is empty (shape {tuple(t.shape)}); expected (n, features).")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise NumericalError(
@@ -154,7 +154,7 @@ def _as_matrix(x: Any, name: str, device: torch.device | None = None) -> torch.T
 
 def _check_same_rows(n_a: int, n_b: int, name_a: str = "a", name_b: str = "b") -> None:
     if n_a != n_b:
-        raise ValueError(
+        raise ConfigError(
             f"{name_a} has {n_a} rows and {name_b} has {n_b}: CKA compares representations of "
             "the same inputs, row by row, so both need the same number of samples."
         )
@@ -162,7 +162,7 @@ def _check_same_rows(n_a: int, n_b: int, name_a: str = "a", name_b: str = "b") -
 
 def _check_debiased_n(n: int, what: str = "debiased CKA") -> None:
     if n < 4:
-        raise ValueError(
+        raise ConfigError(
             f"{what} needs at least 4 samples (the unbiased HSIC divides by n(n-3)); got n={n}. "
             "Use more samples or debiased=False."
         )
@@ -170,9 +170,9 @@ def _check_debiased_n(n: int, what: str = "debiased CKA") -> None:
 
 def _check_kernel(kernel: str, sigma: float) -> None:
     if kernel not in _KERNELS:
-        raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}.")
+        raise ConfigError(f"kernel must be one of {_KERNELS}, got {kernel!r}.")
     if kernel == "rbf" and not (isinstance(sigma, (int, float)) and sigma > 0):
-        raise ValueError(f"sigma must be a positive number, got {sigma!r}.")
+        raise ConfigError(f"sigma must be a positive number, got {sigma!r}.")
 
 
 def _centre(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -207,13 +207,13 @@ def _check_gram(k: Any, name: str) -> torch.Tensor:
     else:
         t = torch.from_numpy(np.ascontiguousarray(np.asarray(k, dtype=np.float64)))
     if t.ndim != 2 or t.shape[0] != t.shape[1]:
-        raise ValueError(f"{name} must be a square (n, n) Gram matrix, got shape {tuple(t.shape)}.")
+        raise ConfigError(f"{name} must be a square (n, n) Gram matrix, got shape {tuple(t.shape)}.")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise NumericalError(f"{name} contains NaN/inf; a Gram matrix must be finite.")
     t = t.to(_DTYPE)
     scale = float(t.abs().max()) if t.numel() else 0.0
     if not torch.allclose(t, t.T, rtol=1e-8, atol=1e-10 * max(scale, 1e-300)):
-        raise ValueError(f"{name} is not symmetric; pass a Gram (kernel) matrix K with K = K^T.")
+        raise ConfigError(f"{name} is not symmetric; pass a Gram (kernel) matrix K with K = K^T.")
     return t
 
 
@@ -252,7 +252,7 @@ def _rbf_from_centred(xc: torch.Tensor, sigma: float, name: str) -> torch.Tensor
     d2 = (sq[:, None] + sq[None, :] - 2.0 * g).clamp_min_(0.0)
     d2.fill_diagonal_(0.0)
     if n < 2:
-        raise ValueError(f"{name}: the RBF bandwidth needs at least 2 samples, got {n}.")
+        raise ConfigError(f"{name}: the RBF bandwidth needs at least 2 samples, got {n}.")
     # median over the distinct pairs i < j = median over all off-diagonal entries (each pair
     # appears twice, which keeps the middle values); the diagonal is set below every distance
     dist = d2.sqrt()
@@ -263,7 +263,7 @@ def _rbf_from_centred(xc: torch.Tensor, sigma: float, name: str) -> torch.Tensor
     del dist, flat
     median = float((lo + hi) / 2)
     if median <= 0.0:
-        raise ValueError(
+        raise ConfigError(
             f"{name}: the median pairwise distance is 0 (at least half of the sample pairs are "
             "identical), so the RBF bandwidth sigma * median would be 0. Remove duplicate "
             "samples or use the linear kernel."
@@ -282,7 +282,7 @@ def gram_rbf(x: Any, sigma: float = 0.8) -> torch.Tensor:
     _check_kernel("rbf", sigma)
     xc, constant = _centre(_as_matrix(x, "x"))
     if constant:
-        raise ValueError(
+        raise ConfigError(
             "x is constant: every pairwise distance is 0, the RBF bandwidth is undefined."
         )
     return _rbf_from_centred(xc, sigma, "x")
@@ -366,10 +366,10 @@ def _choose_route(
     n: int, widths_a: Sequence[int], widths_b: Sequence[int], kernel: str, method: str
 ) -> str:
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
+        raise ConfigError(f"method must be one of {_METHODS}, got {method!r}.")
     if kernel != "linear":
         if method == "features":
-            raise ValueError("method='features' exists only for the linear kernel.")
+            raise ConfigError("method='features' exists only for the linear kernel.")
         return "gram"
     if method != "auto":
         return method
@@ -468,7 +468,7 @@ def _as_items(reps: Any, what: str) -> list[tuple[str, Any]]:
             f"{what} must be a dict {{layer name: representation}}, got {type(reps).__name__}."
         )
     if len(reps) == 0:
-        raise ValueError(f"{what} is empty; pass at least one layer.")
+        raise ConfigError(f"{what} is empty; pass at least one layer.")
     return [(f"{what}[{name!r}]", value) for name, value in reps.items()]
 
 
@@ -497,7 +497,7 @@ def _pairwise(
     _check_kernel(kernel, sigma)
     n = _common_rows(items_a + (items_b or []))
     if n < 2:
-        raise ValueError(f"CKA needs at least 2 samples, got n={n}.")
+        raise ConfigError(f"CKA needs at least 2 samples, got n={n}.")
     if debiased:
         _check_debiased_n(n)
     widths_a = [_width(v) for _, v in items_a]
@@ -673,7 +673,7 @@ class MinibatchCKA:
             items_b = None if reps_b is None else [("b", reps_b)]
             names_a, names_b = ["a"], ["b"] if reps_b is not None else ["a"]
         if self._names_a is not None and (names_a != self._names_a or names_b != self._names_b):
-            raise ValueError(
+            raise ConfigError(
                 f"layers changed between minibatches: first {self._names_a} x {self._names_b}, "
                 f"now {names_a} x {names_b}."
             )
@@ -736,17 +736,17 @@ def subspace_similarity(a: Any, b: Any, k: int = 10, *, space: str = "features")
     Computed by a thin SVD of the centred ``(n, d)`` data (fine for d >> n and n >> d).
     """
     if space not in ("features", "samples"):
-        raise ValueError(f"space must be 'features' or 'samples', got {space!r}.")
+        raise ConfigError(f"space must be 'features' or 'samples', got {space!r}.")
     am, bm = _paired(a, b)
     n = am.shape[0]
     if space == "features" and am.shape[1] != bm.shape[1]:
-        raise ValueError(
+        raise ConfigError(
             f"space='features' compares feature directions, so a and b need the same width; got "
             f"{am.shape[1]} and {bm.shape[1]}. Use space='samples' for different widths."
         )
     max_k = min(n - 1, am.shape[1], bm.shape[1])
     if not isinstance(k, (int, np.integer)) or k < 1 or k > max_k:
-        raise ValueError(
+        raise ConfigError(
             f"k must be an integer in [1, min(n-1, d_a, d_b)] = [1, {max_k}], got {k!r}."
         )
     bases = []

@@ -40,6 +40,9 @@ def dynamics_cmd(
     Writes OUT/dynamics.csv (one row per epoch and layer, with subspace similarity), and when the
     run logged corrupted accuracy, OUT/correlation.csv (the paper's hypothesis grid).
     """
+    from ftlens.checks import cli_options
+
+    cli_options(out=out, images=images, seeds=seeds, steps=steps, step_size=step_size, batch_size=batch_size)
     import yaml
 
     from ftlens import io, progress

@@ -119,15 +119,15 @@ def layers_option() -> Any:
 
 
 def images_option() -> Any:
-    return typer.Option(None, "--images", min=1, help=IMAGES_HELP)
+    return typer.Option(None, "--images", help=IMAGES_HELP)
 
 
 def seeds_option() -> Any:
-    return typer.Option(PAPER.seeds, "--seeds", min=1, help=SEEDS_HELP)
+    return typer.Option(PAPER.seeds, "--seeds", help=SEEDS_HELP)
 
 
 def steps_option() -> Any:
-    return typer.Option(PAPER.steps, "--steps", min=0, help=STEPS_HELP)
+    return typer.Option(PAPER.steps, "--steps", help=STEPS_HELP)
 
 
 def step_size_option() -> Any:
@@ -135,7 +135,7 @@ def step_size_option() -> Any:
 
 
 def batch_size_option() -> Any:
-    return typer.Option(None, "--batch-size", min=1, help=BATCH_HELP)
+    return typer.Option(None, "--batch-size", help=BATCH_HELP)
 
 
 def cache_dir_option() -> Any:

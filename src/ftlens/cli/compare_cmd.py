@@ -93,6 +93,10 @@ def compare_cmd(
     Sharded: `--processes N`, or `torchrun --nproc_per_node N -m ftlens compare ...` /
     `accelerate launch --multi_gpu --num_processes N -m ftlens compare ...`; every process
     inverts its share into the cache and rank 0 merges (the same result as one process)."""
+    from ftlens.checks import cli_options
+
+    cli_options(out=out, images=images, seeds=seeds, steps=steps, step_size=step_size, start=start,
+                batch_size=batch_size)
     from ftlens import distributed, inversion, progress
     from ftlens.data import get_dataset
     from ftlens.invariance import compare

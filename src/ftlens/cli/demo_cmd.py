@@ -13,8 +13,10 @@ from ftlens.errors import ConfigError
 
 
 def _run(config, out: Path, stages: str | None, no_cache: bool, device: str | None = None) -> None:
+    from ftlens.checks import check_writable_dir
     from ftlens.experiment import STAGES, Experiment
 
+    check_writable_dir(out, "--out")
     if device is not None:
         from ftlens.cli.common import resolve_device
 

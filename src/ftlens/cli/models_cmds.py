@@ -73,6 +73,9 @@ def cka_cmd(
     data_dir: Path = common.data_dir_option(),
 ) -> None:
     """Linear CKA between every layer of MODEL_A and every layer of MODEL_B on the same images."""
+    from ftlens.checks import cli_options
+
+    cli_options(out=out, images=images, batch_size=batch_size)
     from ftlens import progress
     from ftlens.cka import CKA
     from ftlens.data import get_dataset, sample_images

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ftlens.errors import ConfigError
 from ftlens.finetune.tasks import batch_stats, task_loss
 
 # --------------------------------------------------------------------------- seeds
@@ -241,14 +242,14 @@ def make_optimizer(params: Sequence[nn.Parameter], name: str, *, lr: float, mome
     """SGD (momentum, weight decay: the paper's default), Adam or AdamW over ``params``."""
     params = list(params)
     if not params:
-        raise ValueError("no trainable parameters in this phase")
+        raise ConfigError("no trainable parameters in this phase")
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}")
+    raise ConfigError(f"unknown optimizer {name!r}")
 
 
 @dataclass

@@ -145,6 +145,7 @@ def finetune(
     cfg = FinetuneConfig.coerce(config, **options)
     runtime = Runtime(cfg.device)
     cfg = cfg.replace(out=str(cfg.out or default_out(cfg)))
+    check_output_dir(Path(cfg.out))  # before loading anything
     devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         if cfg.strategy == "wise-ft":

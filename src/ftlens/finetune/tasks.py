@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlens.errors import CheckpointError, FtlensError
+from ftlens.errors import CheckpointError, ConfigError, FtlensError
 from ftlens.models import TASK_HEAD_PREFIX, ModelWrapper
 
 
@@ -61,7 +61,7 @@ class PatchDecoder(nn.Module):
         x = tokens[:, self.num_prefix_tokens :]
         n, t, d = x.shape
         if t != gh * gw:
-            raise ValueError(
+            raise ConfigError(
                 f"the decoder expects {gh}x{gw}={gh * gw} patch tokens after {self.num_prefix_tokens} "
                 f"prefix token(s), got {t}; the input size must match the model's"
             )
@@ -135,7 +135,7 @@ class TaskModel(nn.Module):
         self.backbone = wrapper.module
         self.decoder = decoder
         if task == "reconstruction" and decoder is None:
-            raise ValueError("reconstruction needs a decoder")
+            raise ConfigError("reconstruction needs a decoder")
         self.register_buffer("mean", torch.tensor(wrapper.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(wrapper.std).view(1, -1, 1, 1), persistent=False)
         self.head_prefix = "decoder." if task == "reconstruction" else "backbone." + classifier_prefix(self.backbone)

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ftlens import distributed, io
-from ftlens.errors import LayerError
+from ftlens.errors import ConfigError, LayerError
 from ftlens.images import as_images
 from ftlens.invariance.inputs import (
     ModelLike,
@@ -130,7 +130,7 @@ def compare(
     t_start = time.perf_counter()
     images = as_images(images)
     if first_term not in FIRST_TERMS:
-        raise ValueError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
+        raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
     executor = executor or distributed.executor(processes=processes, threads=threads, cache=cache)
     pt = as_model(pretrained, PRETRAINED)
     ft = as_model(finetuned, FINETUNED)

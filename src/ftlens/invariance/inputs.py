@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ftlens.errors import ImageError, LayerError
+from ftlens.errors import ConfigError, ImageError, LayerError
 from ftlens.models import ModelWrapper, load_model
 
 __all__ = ["ModelLike", "as_model", "check_input_sizes", "check_pool", "layer_numbers", "resolve_shared_layers",
@@ -48,7 +48,7 @@ def check_pool(images: torch.Tensor, model: ModelWrapper, n_images: int | None) 
     if n_images is None:
         n_images = pool
     if not isinstance(n_images, (int, np.integer)) or n_images < 1:
-        raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
+        raise ConfigError(f"n_images must be a positive integer, got {n_images!r}")
     if pool < n_images:
         raise ImageError(
             f"asked for n_images={n_images} per seed but only {pool} images were given; pass a pool "
@@ -63,11 +63,11 @@ def seed_list(seeds: int | Sequence[int]) -> list[int]:
     """A count ``k`` -> ``[0, ..., k-1]``; an explicit list is checked (distinct, >= 0)."""
     if isinstance(seeds, (int, np.integer)):
         if seeds < 1:
-            raise ValueError(f"seeds must be >= 1 (a count) or a list of seeds, got {seeds}")
+            raise ConfigError(f"seeds must be >= 1 (a count) or a list of seeds, got {seeds}")
         return list(range(int(seeds)))
     out = [int(s) for s in seeds]
     if not out or len(set(out)) != len(out) or min(out) < 0:
-        raise ValueError(f"seeds must be distinct integers >= 0, got {list(seeds)}")
+        raise ConfigError(f"seeds must be distinct integers >= 0, got {list(seeds)}")
     return out
 
 

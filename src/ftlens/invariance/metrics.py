@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ftlens.errors import ConfigError
 from ftlens.invariance.score import FINETUNED, PRETRAINED
 
 __all__ = ["FIRST_TERMS", "derive_metrics"]
@@ -66,7 +67,7 @@ def derive_metrics(
         ``{"per_layer", "per_seed", "flow", "flow_std", "flow_relative", "flow_relative_std"}``.
     """
     if first_term not in FIRST_TERMS:
-        raise ValueError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
+        raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
     layers = list(layers)
     seeds = sorted(stir_df["seed"].unique().tolist())
     L = len(layers)

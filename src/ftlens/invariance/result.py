@@ -17,6 +17,7 @@ import pandas as pd
 
 from ftlens import io
 from ftlens.display import ComparisonDisplay
+from ftlens.errors import ConfigError
 from ftlens.invariance.metrics import derive_metrics
 from ftlens.invariance.plan import Plan
 from ftlens.invariance.score import FINETUNED, PRETRAINED
@@ -73,7 +74,7 @@ class Comparison(ComparisonDisplay):
     def stir_matrix(self, target: str = FINETUNED, reference: str = PRETRAINED, stat: str = "mean") -> pd.DataFrame:
         """``STIR(target^[a] | reference^[b])`` over seeds (``stat``: mean or std); rows a, columns b."""
         if target not in (PRETRAINED, FINETUNED) or reference not in (PRETRAINED, FINETUNED):
-            raise ValueError(f"target and reference must be {PRETRAINED!r} or {FINETUNED!r}")
+            raise ConfigError(f"target and reference must be {PRETRAINED!r} or {FINETUNED!r}")
         sub = self.stir[(self.stir["target"] == target) & (self.stir["reference"] == reference)]
         grouped = sub.groupby(["target_layer", "reference_layer"])["stir"]
         values = grouped.mean() if stat == "mean" else grouped.std(ddof=1)
