@@ -215,3 +215,126 @@ def test_checkpoints_and_states_respect_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert {(p.stat().st_mode & 0o777) for p in (ckpt, tmp_path / "s.pt")} == {0o640}
+
+
+# --------------------------------------------------------------------------- moved folders, random bytes
+
+
+def test_moved_run_folder_resumes_bit_identical(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from ftlens.models import checkpoint_path
+
+    def opts(root):
+        return dict(pretrained_from=str(root / "pre.safetensors"), data="digits", data_dir=str(tmp_path / "data"),
+                    batch_size=64, warmup_steps=2, train_size=128, test_size=64, progress=False, strategy="ft",
+                    epochs=2, lr=0.01, out=str(root / "run"))
+
+    torch.manual_seed(5)
+    first = tmp_path / "first"
+    save_checkpoint(load_model(MODEL), first / "pre.safetensors")
+    full = finetune(**{**opts(first), "out": str(first / "full")})
+    finetune(stop_after=1, **opts(first))
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(str(first), str(moved))
+    done = finetune(**opts(moved))  # the recorded paths name the old place; the run resumes
+    assert done.completed and done.last_epoch == 2
+    for epoch in range(3):
+        a = load_file(str(checkpoint_path(moved / "full", epoch)))
+        b = load_file(str(checkpoint_path(done.run_dir, epoch)))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert done.metrics["test_acc"].tolist() == full.metrics["test_acc"].tolist()
+    # another starting point is still another configuration
+    other = moved / "other.safetensors"
+    shutil.copy(moved / "pre.safetensors", other)
+    from ftlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="another configuration"):
+        finetune(**{**opts(moved), "pretrained_from": str(other)})
+
+
+def _random_bytes(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    n = [0, 1, 17, 300, 5000][seed % 5]
+    data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    return data if seed % 2 else b"a: [" + data  # some start like YAML
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_bytes_give_clear_errors_or_recomputation(tiny_run, tmp_path, seed):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ftlens.cli import app
+    from ftlens.errors import FtlensError
+    from ftlens.report.build import build_report
+
+    run_dir, opts = tiny_run
+    junk = _random_bytes(seed)
+    runner = CliRunner()
+
+    def one_line_exit_2(args):
+        result = runner.invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+        assert lines[0].startswith("error: ")
+
+    # a checkpoint: CheckpointError from the API, one line from the CLI
+    run = _copy(run_dir, tmp_path / "ckpt")
+    (run / "checkpoints" / "epoch_001.safetensors").write_bytes(junk)
+    with pytest.raises(CheckpointError):
+        load_model(f"{run}@1")
+    with pytest.raises(CheckpointError):
+        finetune(out=str(run), **opts)  # resuming reads the damaged checkpoint
+    one_line_exit_2(["layers", f"{run}@1"])
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(junk)
+    with pytest.raises(CheckpointError):
+        load_model(str(pt), arch=MODEL)
+    # a training state
+    run = _copy(run_dir, tmp_path / "state")
+    next((run / "state").glob("*.pt")).write_bytes(junk)
+    with pytest.raises(CheckpointError, match="training state"):
+        finetune(out=str(run), **opts)
+    # config.yaml of a run: nothing is overwritten, a clear error
+    run = _copy(run_dir, tmp_path / "config")
+    (run / "config.yaml").write_bytes(junk)
+    with pytest.raises(FtlensError, match="config.yaml"):
+        finetune(out=str(run), **opts)
+    assert (run / "config.yaml").read_bytes() == junk
+    # config.yaml and metrics.csv of an experiment folder under `ftlens report`
+    exp = tmp_path / "exp"
+    shutil.copytree(run_dir, exp / "runs" / "ft")
+    (exp / "runs" / "ft" / "metrics.csv").write_bytes(junk)
+    page = build_report(exp).read_text()  # the broken part is reported on the page, the rest is built
+    assert "Accuracy of every run" not in page or "(failed)" in page
+    (exp / "config.yaml").write_bytes(junk)
+    one_line_exit_2(["report", str(exp)])
+    # metrics.csv of a finished run shared without state/
+    run = _copy(run_dir, tmp_path / "shared")
+    shutil.rmtree(run / "state")
+    (run / "checkpoints" / "epoch_002.safetensors").write_bytes(
+        (run / "checkpoints" / "epoch_001.safetensors").read_bytes())
+    (run / "metrics.csv").write_bytes(junk)
+    with pytest.raises(FtlensError, match="metrics.csv"):
+        finetune(out=str(run), **opts)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_bytes_as_cache_entry_are_recomputed(tmp_path, seed):
+    from ftlens.inversion import cached_inversion
+    from ftlens.store import Cache
+
+    torch.manual_seed(0)
+    model = load_model(MODEL)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    cache = Cache(tmp_path)
+    first = cached_inversion(model, "blocks.0", images, steps=2, cache=cache)
+    cache.path(first.extra["key"]).write_bytes(_random_bytes(seed))
+    with pytest.warns(UserWarning, match="cache entry"):
+        again = cached_inversion(model, "blocks.0", images, steps=2, cache=cache)
+    assert not again.cached and torch.equal(again.images, first.images)

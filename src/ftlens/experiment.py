@@ -201,10 +201,11 @@ class Experiment:
     def check_out(self) -> None:
         """Before any work: ``out`` is writable, and either new, empty, or this experiment's own
         folder (its config.yaml holds the same configuration); OutputError otherwise."""
-        from ftlens.checks import check_writable_dir
+        from ftlens.checks import check_experiment, check_writable_dir
         from ftlens.errors import OutputError
         from ftlens.report.build import read_config
 
+        check_experiment(self.config.to_dict())  # also when the config object was built in Python
         check_writable_dir(self.out, "--out")
         if not self.out.is_dir() or not any(self.out.iterdir()):
             return

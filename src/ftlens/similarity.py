@@ -316,11 +316,13 @@ def hsic(k: Any, l: Any, debiased: bool = False) -> float:  # noqa: E741
     return float((kc * lc).sum() / _hsic_norm(n, debiased))
 
 
-def cka_from_grams(k: Any, l: Any, debiased: bool = False) -> float:  # noqa: E741
+def cka_from_grams(k: Any, l: Any, debiased: bool = False,  # noqa: E741
+                   names: tuple[str, str] = ("the first representation", "the second representation")) -> float:
     """CKA from two (uncentred) Gram matrices (n, n): ``HSIC(K,L)/sqrt(HSIC(K,K) HSIC(L,L))``.
 
     A similarity (1 = same up to the kernel's invariances). Biased or debiased HSIC as in
-    :func:`hsic`. NaN with a :class:`DegenerateRepresentationWarning` if a self term is 0.
+    :func:`hsic`. NaN with a :class:`DegenerateRepresentationWarning` (naming ``names``) if a
+    self term is 0.
     """
     kt, lt = _check_gram(k, "k"), _check_gram(l, "l")
     _check_same_rows(kt.shape[0], lt.shape[0], "k", "l")
@@ -329,7 +331,7 @@ def cka_from_grams(k: Any, l: Any, debiased: bool = False) -> float:  # noqa: E7
     kc, lc = _centre_gram(kt, debiased), _centre_gram(lt, debiased)
     cross = (kc * lc).sum().reshape(1, 1)
     out = _cka_from_hsic(
-        cross, (kc * kc).sum().reshape(1), (lc * lc).sum().reshape(1), ["k"], ["l"]
+        cross, (kc * kc).sum().reshape(1), (lc * lc).sum().reshape(1), [names[0]], [names[1]]
     )
     return float(out[0, 0])
 

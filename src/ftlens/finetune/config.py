@@ -332,8 +332,8 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file {p} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(exc).split())}") from None
     if isinstance(data, dict) and isinstance(data.get("finetune"), dict):
         data = data["finetune"]
     if not isinstance(data, dict):

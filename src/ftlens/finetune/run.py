@@ -256,7 +256,8 @@ class RunDir:
                     "choose another --out, or pass --overwrite (overwrite=True) to replace that run"
                 ) from None
             new = cfg.to_dict()
-            diff = {k: (old.get(k), new.get(k)) for k in new if k not in RESUME_FREE_FIELDS and old.get(k) != new.get(k)}
+            diff = {k: (old.get(k), new.get(k)) for k in new if k not in RESUME_FREE_FIELDS and old.get(k) != new.get(k)
+                    and not (k in PATH_FIELDS and same_place(old.get(k), new.get(k), old.get("out"), new.get("out")))}
             if diff:
                 shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
                 raise ConfigError(
@@ -278,6 +279,31 @@ class RunDir:
                 )
         check_output_dir(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+
+
+#: Options that name files or folders: a run folder moved or copied together with them still resumes.
+PATH_FIELDS = frozenset({"model", "pretrained_from", "wise_from", "wise_to", "corruption_dir", "data"})
+
+
+def same_place(a: Any, b: Any, old_out: Any, new_out: Any) -> bool:
+    """Whether path specs ``a`` (recorded when the run was in ``old_out``) and ``b`` (given now for
+    ``new_out``) name the same thing: the same file, or the same place relative to the run folder
+    (``RUN@EPOCH`` suffixes and ``folder:`` prefixes must agree)."""
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    prefix = "folder:" if a.startswith("folder:") else ""
+    if not b.startswith(prefix):
+        return False
+    a, b = a[len(prefix):], b[len(prefix):]
+    (pa, _, ta), (pb, _, tb) = a.rpartition("@") if "@" in a else (a, "", ""), b.rpartition("@") if "@" in b else (b, "", "")
+    if ta != tb or not pa or not pb:
+        return False
+    if os.path.abspath(pa) == os.path.abspath(pb):
+        return True
+    if not old_out or not new_out:
+        return False
+    return os.path.relpath(os.path.abspath(pa), os.path.abspath(old_out)) == \
+        os.path.relpath(os.path.abspath(pb), os.path.abspath(new_out))
 
 
 def describe_folder(path: Path, limit: int = 5) -> str:

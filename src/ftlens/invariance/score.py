@@ -99,7 +99,10 @@ def score(
             for label, (model, layers) in targets.items():
                 inverted = grams(model, inv.images, list(layers), batch_size)
                 for layer in layers:
-                    value = cka_from_grams(clean[(label, seed)][layer], inverted[layer], debiased=debiased)
+                    value = cka_from_grams(clean[(label, seed)][layer], inverted[layer], debiased=debiased,
+                                           names=(f"layer {layer} of the {label} model",
+                                                  f"layer {layer} of the {label} model on images inverted through "
+                                                  f"layer {item.layer} of the {item.reference} model"))
                     rows.append((label, item.reference, layer, item.layer, seed, value, residual))
     df = pd.DataFrame(rows, columns=STIR_COLUMNS)
     df["estimator"] = estimator
@@ -121,7 +124,8 @@ def cka_table(
             grams_a = clean_grams[(model_a, seed)]
             for la in layers:
                 for lb in layers:
-                    value = cka_from_grams(grams_a[la], pt[lb], debiased=debiased)
+                    value = cka_from_grams(grams_a[la], pt[lb], debiased=debiased,
+                                           names=(f"layer {la} of the {model_a} model", f"layer {lb} of the {PRETRAINED} model"))
                     rows.append((model_a, la, PRETRAINED, lb, seed, value))
     df = pd.DataFrame(rows, columns=CKA_COLUMNS)
     df["estimator"] = "debiased" if debiased else "biased"

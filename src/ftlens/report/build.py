@@ -248,6 +248,10 @@ def _accuracies(sources: Sequence[Source], label: _Labels) -> Section | None:
             downstream.add(src.config["data"])
         for name, run in src.runs.items():
             m = pd.read_csv(run / MARKERS["run"])
+            if "epoch" not in m.columns:
+                from ftlens.errors import ConfigError
+
+                raise ConfigError(f"{run / MARKERS['run']} is not an ftlens metrics table (no epoch column)")
             if m.empty:
                 continue
             cfg = read_config(run / "config.yaml")
