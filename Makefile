@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[dev,real,hf,clip]"
+	$(PIP) install -q -e ".[dev,all]"
 	# 20 labelled ImageNet photos the tests check the real weights on (data only: no dependencies)
 	$(PIP) install -q --no-deps foolbox==3.3.4
 	touch $(STAMP)

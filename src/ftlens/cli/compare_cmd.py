@@ -63,6 +63,7 @@ def compare_cmd(
     seeds: int = common.seeds_option(),
     steps: int = common.steps_option(),
     step_size: float = common.step_size_option(),
+    tokens: str = typer.Option("all", "--tokens", help="Token / feature-map handling: all (flattened, the paper's), cls or mean."),
     start: str = typer.Option(PAPER.start, "--start", help="Inversion start: noise, mixed or uniform."),
     debiased: bool = common.debiased_option(),
     first_term: str = typer.Option(PAPER.first_term, "--first-term", help="measured (STIR of a layer with itself) "
@@ -119,8 +120,8 @@ def compare_cmd(
     data = data or common.default_data(finetuned, pretrained)
     progress.stage(f"loading {pretrained} and {finetuned}")
     size = common.image_size_kwargs(image_size)
-    pt = load_model(pretrained, layers=layer_list, device=device, **size)
-    ft = load_model(finetuned, layers=layer_list, device=device, **size)
+    pt = load_model(pretrained, layers=layer_list, device=device, tokens=tokens, **size)
+    ft = load_model(finetuned, layers=layer_list, device=device, tokens=tokens, **size)
     ds = get_dataset(data, split="test", image_size=tuple(pt.input_size[1:]), data_dir=data_dir)
     images = common.images_for(images, len(ds), data)
     pool = image_pool(ds, images, seeds)  # enough for every seed to draw its own images (capped by the split)

@@ -70,6 +70,7 @@ def cka_cmd(
     batch_size: int = common.batch_size_option(),
     device: str = common.device_option(),
     image_size: str = common.image_size_option(),
+    tokens: str = typer.Option("all", "--tokens", help="Token / feature-map handling: all (flattened, the paper's), cls or mean."),
     data_dir: Path = common.data_dir_option(),
 ) -> None:
     """Linear CKA between every layer of MODEL_A and every layer of MODEL_B on the same images."""
@@ -88,8 +89,9 @@ def cka_cmd(
     from ftlens.models import load_model
 
     size = common.image_size_kwargs(image_size)
-    cka = CKA(load_model(model_a, layers=layer_list, device=device, **size),
-              load_model(model_b, layers=layer_list, device=device, **size), debiased=debiased, device=device)
+    cka = CKA(load_model(model_a, layers=layer_list, device=device, tokens=tokens, **size),
+              load_model(model_b, layers=layer_list, device=device, tokens=tokens, **size), debiased=debiased,
+              device=device)
     a = cka.model_a
     dataset = get_dataset(data, split="test", image_size=a.input_size[1:], data_dir=data_dir, seed=seed)
     n = common.images_for(images, len(dataset), data)

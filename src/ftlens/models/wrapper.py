@@ -18,6 +18,7 @@ import copy
 import difflib
 import fnmatch
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -263,9 +264,11 @@ class ModelWrapper:
                     self._trace = trace_module(self.module, self._normalize(x))
             except Exception as exc:
                 raise ImageSizeError(
-                    f"{self.name} cannot run on input size {size} ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}); choose an image size the architecture "
-                    "takes (e.g. its default, or a multiple of its patch size / total stride)"
+                    f"{self.name} cannot run one forward on a (1, {', '.join(map(str, size))}) image batch, so its "
+                    f"layers cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    "choose an image size the architecture takes (its default, or a multiple of its patch size / "
+                    "total stride), or, for a model that needs other inputs, wrap it in an nn.Module whose "
+                    "forward takes an image batch"
                 ) from exc
         return self._trace
 
@@ -500,6 +503,8 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]
 
 
 def short_name(spec: str) -> str:
+    """``timm:resnet50`` -> ``resnet50``; ``hf:/path/to/dir`` -> ``dir``; a path -> its file name."""
     if ":" in spec and not Path(spec).exists() and spec.split(":", 1)[0].isidentifier():
-        return spec.split(":", 1)[1]
+        spec = spec.split(":", 1)[1]
+        return Path(spec).name if "/" in spec or os.sep in spec else spec
     return Path(spec).name or spec

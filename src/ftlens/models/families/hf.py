@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ _MEAN_STD = {
     "clip_vision_model": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
     "dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-_ENCODER_BLOCK = re.compile(r"^(.*encoder\.layers?)\.(\d+)$")
+#: names of the encoder's block list (transformers 4: ``encoder.layer``; 5: ``layers``; CLIP: ``encoder.layers``)
+_BLOCK_LISTS = ("layer", "layers", "blocks")
 
 
 class HFFamily(Family):
@@ -94,8 +94,9 @@ class HFFamily(Family):
         mean, std = getattr(module, "mean", mean), getattr(module, "std", std)
         size = config.image_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        names = [n for n, _ in module.named_modules()]
-        blocks = [n for n in names if _ENCODER_BLOCK.match(n)]
+        lists = [(n, m) for n, m in module.named_modules()
+                 if isinstance(m, nn.ModuleList) and n.rsplit(".", 1)[-1] in _BLOCK_LISTS and len(m)]
+        blocks = [f"{lists[0][0]}.{i}" for i in range(len(lists[0][1]))] if lists else []
         prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
         return Defaults(mean=tuple(mean), std=tuple(std), input_size=(int(config.num_channels), *size),
                         layers=tuple(blocks) or None, aliases={PRE_LOGITS: "pool"}, prefix_tokens=prefix)

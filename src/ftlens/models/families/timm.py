@@ -41,16 +41,18 @@ class TimmFamily(Family):
             "Alternatives: pretrained=False (random init), a local checkpoint (load_model('weights.safetensors', "
             f"arch='timm:{name}')), or the weights in the Hugging Face cache (they load offline)."
         )
-        if pretrained:
-            hub_online()  # offline: the hub client goes cache-only (no retries)
+        online = hub_online() if pretrained else True  # offline: the hub client goes cache-only (no retries)
         try:
             module = timm.create_model(name, pretrained=pretrained, **kwargs)
         except Exception as exc:  # network errors come in many types (OSError, HTTP errors, ...)
-            if pretrained and is_network_error(exc):
+            if pretrained and (not online or is_network_error(exc)):
+                why = ("the model hub cannot be reached and they are not in the local cache" if not online else
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 raise OfflineError(
-                    f"could not download pretrained weights for timm:{name} ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}). You appear to be offline. {hint}"
+                    f"could not download pretrained weights for timm:{name} ({why}). You appear to be offline. {hint}"
                 ) from exc
+            if isinstance(exc, TypeError):
+                raise ModelError(f"timm:{name} does not take these arguments {sorted(kwargs)} ({exc})") from exc
             raise
         return Built(module, Source(f"timm:{name}", dict(kwargs)), random_init=not pretrained, family=self.prefix)
 
