@@ -401,15 +401,19 @@ def start_model(cfg: FinetuneConfig) -> ModelWrapper:
     if cfg.strategy == "scratch":
         torch.manual_seed(cfg.seed)
         wrapper = rebuild(wrapper)
-    elif wrapper.random_init and cfg.strategy != "wise-ft":
-        warnings.warn(
-            f"{spec} starts from random weights (no pretrained weights were loaded), so this is training "
-            "from scratch, not finetuning; pass a pretrained model (timm:NAME with --pretrained, a "
-            "checkpoint, or --pretrained-from RUN@last)",
-            RandomWeightsWarning,
-            stacklevel=2,
-        )
     return wrapper
+
+
+def warn_if_random(cfg: FinetuneConfig, wrapper: ModelWrapper) -> None:
+    """A :class:`RandomWeightsWarning` when finetuning (not ``scratch``) starts from random weights."""
+    if wrapper.random_init and cfg.strategy not in ("scratch", "wise-ft"):
+        warnings.warn(
+            f"{cfg.pretrained_from or cfg.model} starts from random weights (no pretrained weights were loaded), "
+            "so this is training from scratch, not finetuning; pass a pretrained model (timm:NAME with "
+            "--pretrained, a checkpoint, or --pretrained-from RUN@last)",
+            RandomWeightsWarning,
+            stacklevel=3,
+        )
 
 
 def _subset(n: int, size: int | None, seed: int) -> torch.Tensor | None:
@@ -551,6 +555,7 @@ class _Run:
         if rt.is_main:
             io.write_text(d.config, cfg.to_yaml())
             d.clean_after(last)
+            warn_if_random(cfg, self.wrapper)
         rt.barrier()
         self.rows: list[dict[str, Any]] = []
         self.energy: dict[str, Any] | None = None
