@@ -174,6 +174,26 @@ def test_image_tower_checkpoint_round_trip_without_the_original_dir(hf_dir, tmp_
     assert again.fingerprint == wrapper.fingerprint
 
 
+def test_hf_clip_at_another_image_size_round_trips(hf_dir, tmp_path):
+    from ftlens.models import save_checkpoint
+
+    wrapper = load_model(f"clip:hf:{hf_dir}", image_size=48)
+    assert wrapper.input_size == (3, 48, 48)
+    clip.zero_shot_head(wrapper, CLASSES, TEMPLATES)
+    again = load_model(save_checkpoint(wrapper, tmp_path / "48.safetensors"))
+    assert again.input_size == (3, 48, 48)
+    images = torch.rand(2, 3, 48, 48)
+    torch.testing.assert_close(again.representations(images, again.layers + ["pre_logits"]),
+                               wrapper.representations(images, wrapper.layers + ["pre_logits"]), rtol=0, atol=0)
+    # at the config's own size the resampling is the identity: the same as the model without it
+    native = load_model(f"clip:hf:{hf_dir}")
+    ref = transformers.CLIPModel.from_pretrained(hf_dir).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = ref.visual_projection(ref.vision_model(pixel_values=native._normalize(x)).pooler_output)
+        torch.testing.assert_close(native.module.forward_features(native._normalize(x)), expected, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------- the FLYP loss
 
 

@@ -116,7 +116,8 @@ class ClipImageClassifier(nn.Module):
 
 
 class HFImageTower(ClipImageClassifier):
-    """``CLIPModel.vision_model`` + ``visual_projection``: pooled CLS after ``post_layernorm``, projected."""
+    """``CLIPModel.vision_model`` + ``visual_projection``: pooled CLS after ``post_layernorm``, projected.
+    Runs at any image size that is a multiple of the patch size (``--image-size``)."""
 
     family = "hf"
 
@@ -128,7 +129,9 @@ class HFImageTower(ClipImageClassifier):
         self.visual_projection = model.visual_projection
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.visual_projection(self.vision_model(pixel_values=x).pooler_output)
+        # position embeddings resampled to other image sizes (a no-op at the config's own size)
+        out = self.vision_model(pixel_values=x, interpolate_pos_encoding=True)
+        return self.visual_projection(out.pooler_output)
 
 
 class OpenClipImageTower(ClipImageClassifier):
