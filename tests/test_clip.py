@@ -352,7 +352,7 @@ def test_lp_and_hp_ft_on_a_clip_model(hf_dir, colours, tmp_path):
 
 
 def test_flyp_on_open_clip_runs(open_clip_spec, colours, tmp_path):
-    with pytest.warns(RandomWeightsWarning):  # no :TAG, so open_clip's weights are a random init
+    with pytest.warns(RandomWeightsWarning):  # no /TAG, so open_clip's weights are a random init
         run = finetune(model=open_clip_spec, data=colours, strategy="flyp", epochs=1, optimizer="adamw", lr=1e-3,
                        batch_size=16, train_size=16, test_size=8, augment=False, device="cpu",
                        out=str(tmp_path / "oc"), progress=False)

@@ -6,7 +6,7 @@ Specs (:func:`ftlens.models.load_model`):
 - ``clip:hf:DIR_OR_NAME``: a Hugging Face ``CLIPModel`` (a directory written by
   ``save_pretrained``, offline; or a hub name when online). Tokenizer: ``AutoTokenizer`` of
   the same directory. Needs the ``hf`` extra (transformers).
-- ``clip:open_clip:ARCH`` or ``clip:open_clip:ARCH:TAG``: ``open_clip.create_model(ARCH,
+- ``clip:open_clip:ARCH`` or ``clip:open_clip:ARCH/TAG``: ``open_clip.create_model(ARCH,
   pretrained=TAG)`` (no TAG: random weights). Tokenizer: ``open_clip.get_tokenizer(ARCH)``.
   Needs the ``clip`` extra (open_clip_torch).
 
@@ -242,7 +242,7 @@ def is_clip_spec(spec: str) -> bool:
 
 
 def loads_weights(spec: str) -> bool:
-    """Whether ``spec`` loads trained weights (HF: always; open_clip: with a ``:TAG``)."""
+    """Whether ``spec`` loads trained weights (HF: always; open_clip: with a ``/TAG``)."""
     kind, _, location = spec[len(PREFIX):].partition(":")
     return kind == "hf" or (kind == "open_clip" and _split_open_clip(location)[1] is not None)
 
@@ -256,14 +256,14 @@ def load_image_text(spec: str, *, config: dict[str, Any] | None = None, num_clas
     if not is_clip_spec(spec):
         raise NotImageTextError(
             f"{spec!r} is not an image-text model; zero-shot heads and FLYP need a CLIP model: "
-            "clip:hf:DIR (a saved Hugging Face CLIPModel) or clip:open_clip:ARCH[:TAG]"
+            "clip:hf:DIR (a saved Hugging Face CLIPModel) or clip:open_clip:ARCH[/TAG]"
         )
     kind, _, location = spec[len(PREFIX):].partition(":")
     if kind == "hf" and location:
         return _load_hf(location, config, num_classes)
     if kind == "open_clip" and location:
         return _load_open_clip(location, config, num_classes)
-    raise FtlensError(f"cannot read image-text spec {spec!r}; use clip:hf:DIR or clip:open_clip:ARCH[:TAG]")
+    raise FtlensError(f"cannot read image-text spec {spec!r}; use clip:hf:DIR or clip:open_clip:ARCH[/TAG]")
 
 
 def _load_hf(location: str, config: dict[str, Any] | None, num_classes: int) -> ImageText:
@@ -306,8 +306,8 @@ def _hf_missing(location: str, exc: Exception) -> FtlensError:
 
 
 def _split_open_clip(location: str) -> tuple[str, str | None]:
-    """``ARCH`` or ``ARCH:TAG`` (a built-in or registered open_clip architecture, a weights tag)."""
-    arch, _, tag = location.partition(":")
+    """``ARCH`` or ``ARCH/TAG`` (a built-in or registered open_clip architecture, a weights tag)."""
+    arch, _, tag = location.partition("/")
     return arch, tag or None
 
 
@@ -324,7 +324,7 @@ def _load_open_clip(location: str, config: dict[str, Any] | None, num_classes: i
             model = open_clip.create_model(arch, pretrained=tag)
         except Exception as exc:  # download failures come in many types
             if tag is not None:
-                raise OfflineError(f"could not fetch open_clip weights {arch}:{tag} ({type(exc).__name__}: {exc}); "
+                raise OfflineError(f"could not fetch open_clip weights {arch}/{tag} ({type(exc).__name__}: {exc}); "
                                    "with no network use weights already in the open_clip cache") from exc
             raise
     else:
@@ -408,7 +408,7 @@ def check_image_text(wrapper) -> None:
     if not isinstance(wrapper.module, ClipImageClassifier) or not is_clip_spec(wrapper.source.spec):
         raise NotImageTextError(
             f"{wrapper.name} is not an image-text model; zero-shot heads and FLYP need a CLIP model loaded as "
-            "clip:hf:DIR or clip:open_clip:ARCH[:TAG] (or a checkpoint of one)"
+            "clip:hf:DIR or clip:open_clip:ARCH[/TAG] (or a checkpoint of one)"
         )
 
 
@@ -513,4 +513,6 @@ def describe(spec: str) -> str:
     """A short display name for a ``clip:`` spec."""
     origin = spec[len(PREFIX):]
     kind, _, location = origin.partition(":")
-    return f"clip-{kind}:{Path(location).name or location}" if os.sep in location else f"clip-{kind}:{location}"
+    if kind == "hf" and os.sep in location:  # a directory: its name
+        location = Path(location).name or location
+    return f"clip-{kind}:{location}"

@@ -1,4 +1,4 @@
-"""``clip:hf:DIR_OR_NAME`` / ``clip:open_clip:ARCH[:TAG]``: the image tower of an image-text
+"""``clip:hf:DIR_OR_NAME`` / ``clip:open_clip:ARCH[/TAG]``: the image tower of an image-text
 model as a classifier, with its text tower kept aside for zero-shot heads and FLYP
 (:mod:`ftlens.clip` builds both). Layers: the encoder's blocks; ``pre_logits``: the
 L2-normalised image embedding (``global_pool``)."""
@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from ftlens.errors import ImageSizeError
 from ftlens.models.families.base import (
     PRE_LOGITS,
     Built,
@@ -43,6 +44,15 @@ class ClipFamily(Family):
                         layers=layers or None, aliases={PRE_LOGITS: "global_pool"}, prefix_tokens=1)
 
     def set_image_size(self, module: nn.Module, hw: tuple[int, int]) -> None:
+        """Hugging Face towers take any multiple of the patch size (position embeddings are
+        interpolated in the forward); open_clip towers run at their own size only."""
         native = tuple(module.pretrained_cfg["input_size"][1:])
-        if native != tuple(hw):
-            raise fixed_size_error(module, native, hw)
+        if native == tuple(hw):
+            return
+        if getattr(module, "family", "") == "hf":
+            patch = int(module.vision_model.config.patch_size)
+            if all(int(v) % patch == 0 for v in hw):
+                return
+            raise ImageSizeError(f"image size {tuple(hw)} is not a multiple of the patch size {patch} of this CLIP "
+                                 f"model; use e.g. {patch * max(1, round(hw[0] / patch))}")
+        raise fixed_size_error(module, native, hw)
