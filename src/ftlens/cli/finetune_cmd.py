@@ -24,7 +24,7 @@ _RUN = "Run"
 
 @app.command("finetune")
 def finetune_cmd(
-    model: str | None = typer.Option(None, "--model", help="load_model spec: timm:NAME, ftlens:PRESET, clip:hf:DIR, clip:open_clip:ARCH[/TAG], a checkpoint, RUN@EPOCH.", rich_help_panel=_MODEL),
+    model: str | None = typer.Option(None, "--model", help="load_model spec: timm:NAME, ftlens:PRESET, clip:hf:DIR, clip:open_clip:ARCH/TAG, a checkpoint, RUN@EPOCH.", rich_help_panel=_MODEL),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="timm: models: fetch the hub weights (default on).", rich_help_panel=_MODEL),
     pretrained_from: str | None = typer.Option(None, "--pretrained-from", help="Start from RUN@last, RUN@3 or a checkpoint file (its head is replaced).", rich_help_panel=_MODEL),
     image_size: str | None = typer.Option(None, "--image-size", help="Input resolution H or H,W (default: the model's own, or its checkpoint's).", rich_help_panel=_MODEL),
