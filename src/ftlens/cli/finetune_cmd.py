@@ -65,7 +65,7 @@ def finetune_cmd(
     corruption_dir: str | None = typer.Option(None, "--corruption-dir", help="Directory of official <corruption>.npy files (CIFAR-10-C layout).", rich_help_panel=_ROB),
     config: Path | None = typer.Option(None, "--config", help="YAML file of options (command-line options win).", rich_help_panel=_RUN),
     out: str | None = typer.Option(None, "--out", help="Run directory (default runs/DATA-TASK-STRATEGY-sSEED).", rich_help_panel=_RUN),
-    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda.", rich_help_panel=_RUN),
+    device: str | None = typer.Option(None, "--device", help="Where to train: auto (a CUDA GPU when there is one, else the CPU; the default), cpu, cuda.", rich_help_panel=_RUN),
     num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader workers for datasets read from disk.", rich_help_panel=_RUN),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a killed run in --out from its last complete epoch.", rich_help_panel=_RUN),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run in --out first.", rich_help_panel=_RUN),

@@ -22,7 +22,14 @@ import yaml
 from ftlens.layers import layer_numbers
 from ftlens.layout import MARKERS
 from ftlens.report import html
-from ftlens.report.figures import figure_png, fmt_value, layer_label, layer_title
+from ftlens.report.figures import (
+    decimals_for,
+    figure_png,
+    fmt_num,
+    fmt_value,
+    layer_label,
+    layer_title,
+)
 from ftlens.report.html import Figure, Section, Table, Text, esc
 from ftlens.report.inputs import NothingToReportError, Source, discover
 
@@ -495,15 +502,18 @@ def _cka(sources: Sequence[Source], label: _Labels) -> Section | None:
         est = meta.get("estimator", "biased")
         fig = cka_heatmap(matrix, title=f"linear CKA ({est}): {lab}", xlabel=f"layer of {b}", ylabel=f"layer of {a}")
         values = matrix.to_numpy(dtype=float)
-        caption = f"{lab}: CKA from {fmt_value(np.nanmin(values))} to {fmt_value(np.nanmax(values))}"
+        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+        digits = decimals_for(hi - lo)
+        caption = (f"{lab}: CKA from {fmt_num(lo, digits)} to {fmt_num(hi, digits)} (the colour scale spans this "
+                   "range)")
         if values.shape[0] == values.shape[1]:
-            caption += f"; mean on the diagonal (same layer) {fmt_value(np.nanmean(np.diag(values)))}"
+            caption += f"; mean on the diagonal (same layer) {fmt_num(np.nanmean(np.diag(values)), digits)}"
         if meta.get("images"):
             caption += f"; {meta['images']} images of {meta.get('data', '?')}"
         s.blocks.append(_fig(fig, caption + "."))
         s.blocks.append(Table(matrix.rename(index=layer_label, columns=layer_label).rename_axis(f"{a} \\ {b}"),
                               f"{lab}: CKA values (rows: layers of {a}; columns: layers of {b}; 1-based).",
-                              f"{lab}: CKA"))
+                              f"{lab}: CKA", digits=digits, collapsed=True))
     return s
 
 

@@ -11,7 +11,7 @@ import functools
 import io as _io
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,9 @@ STYLE: dict[str, Any] = {
     "legend.fontsize": MIN_FONT,
     "legend.title_fontsize": MIN_FONT,
     "figure.titlesize": 11,
+    "axes.formatter.limits": (-3, 4),  # 1e-4 scale and below: an offset exponent, not 0.000125 per tick
+    "axes.formatter.use_mathtext": True,
+    "axes.titlepad": 12,
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
@@ -101,7 +104,7 @@ def fmt_value(value: Any) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0.0 else text
 
 
-def _decimals(span: float) -> int:
+def decimals_for(span: float) -> int:
     """Decimals that show differences of ``span / 20``."""
     if not np.isfinite(span) or span <= 0:
         return 2
@@ -132,14 +135,14 @@ def cka_heatmap(matrix: pd.DataFrame, *, title: str, xlabel: str, ylabel: str, a
     if annotate is None:
         annotate = max(n_rows, n_cols) <= 16
     if annotate:
-        digits = _decimals(hi - lo)
+        digits = decimals_for(hi - lo)
         for i in range(n_rows):
             for j in range(n_cols):
                 if np.isfinite(values[i, j]):
                     dark = (values[i, j] - lo) / (hi - lo) < 0.55
                     ax.text(j, i, fmt_num(values[i, j], digits), ha="center", va="center", fontsize=MIN_FONT,
                             color="white" if dark else "black")
-    fig.colorbar(im, ax=ax, label=f"CKA (1 = identical up to rotation and scale); scale {fmt_num(lo)}-{fmt_num(hi)}")
+    fig.colorbar(im, ax=ax, label="linear CKA (1 = identical)")
     fig.tight_layout()
     return fig
 
@@ -150,10 +153,27 @@ def diverging_limits(values: np.ndarray) -> float:
     return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
 
 
+_DASHES = ("-", "--", ":", "-.")
+
+
+def line_styles(labels: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``{label: (colour, line style)}``: one colour per run, one line style per experiment for
+    labels ``experiment/run`` (the same run in two experiments: same colour, different dashes)."""
+    runs = list(dict.fromkeys(label.split("/", 1)[-1] for label in labels))
+    exps = list(dict.fromkeys(label.split("/", 1)[0] if "/" in label else "" for label in labels))
+    out = {}
+    for label in labels:
+        run = label.split("/", 1)[-1]
+        exp = label.split("/", 1)[0] if "/" in label else ""
+        out[label] = (f"C{runs.index(run) % 10}", _DASHES[exps.index(exp) % len(_DASHES)])
+    return out
+
+
 def interval(table: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, str] | None:
     """The band drawn around ``metric``: its confidence interval columns when the table has them
-    (``<metric>_ci_low``/``_ci_high``, or ``_low``/``_high``), else mean +- ``<metric>_std``."""
-    for lo, hi in ((f"{metric}_ci_low", f"{metric}_ci_high"), (f"{metric}_low", f"{metric}_high")):
+    (``<metric>_lo``/``_hi``, as :class:`~ftlens.invariance.Comparison` writes them), else mean +-
+    ``<metric>_std``."""
+    for lo, hi in ((f"{metric}_lo", f"{metric}_hi"), (f"{metric}_ci_low", f"{metric}_ci_high")):
         if lo in table.columns and hi in table.columns:
             return table[lo].to_numpy(dtype=float), table[hi].to_numpy(dtype=float), "confidence interval"
     std = f"{metric}_std"
@@ -186,15 +206,16 @@ def overlay_per_layer(
     fig, ax = plt.subplots(figsize=(8.6, 3.9))
     longest: list[str] = []
     bands = set()
-    for k, (label, table) in enumerate(tables.items()):
+    styles = line_styles(list(tables))
+    for label, table in tables.items():
         if metric not in table.columns:
             continue
         layers = [str(i) for i in table.index]
         longest = layers if len(layers) > len(longest) else longest
         x = np.arange(1, len(layers) + 1)
         y = table[metric].to_numpy(dtype=float)
-        colour = f"C{k % 10}"
-        ax.plot(x, y, marker="o", ms=4, lw=1.8, color=colour, label=label)
+        colour, dash = styles[label]
+        ax.plot(x, y, marker="o", ms=4, lw=1.8, color=colour, ls=dash, label=label)
         band = interval(table, metric)
         if band is not None:
             ax.fill_between(x, band[0], band[1], color=colour, alpha=0.15, linewidth=0)
@@ -221,10 +242,12 @@ def overlay_epochs(tables: Mapping[str, pd.DataFrame], metric: str, *, ylabel: s
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8.6, 3.9))
-    for k, (label, table) in enumerate(tables.items()):
+    styles = line_styles(list(tables))
+    for label, table in tables.items():
         if metric in table.columns:
-            ax.plot(table.index, table[metric].to_numpy(dtype=float), marker="o", ms=4, lw=1.8, color=f"C{k % 10}",
-                    label=label)
+            colour, dash = styles[label]
+            ax.plot(table.index, table[metric].to_numpy(dtype=float), marker="o", ms=4, lw=1.8, color=colour,
+                    ls=dash, label=label)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
