@@ -141,3 +141,21 @@ def test_finetuning_random_weights_warns(workdir):
     with pytest.warns(RandomWeightsWarning, match="random weights"):
         finetune(model="timm:resnet10t", pretrained=False, image_size=SIZE, strategy="lp", out=str(workdir / "rand"),
                  **{k: v for k, v in _small(workdir, None).items() if k != "pretrained_from"})
+
+
+def test_pre_logits_of_a_cnn_is_what_the_classifier_receives():
+    m = _resnet()
+    x = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    got = m.representations(x, ["pre_logits"])["pre_logits"]
+    with torch.no_grad():
+        ref = m.module.forward_head(m.module.forward_features(m._normalize(x)), pre_logits=True)
+    torch.testing.assert_close(got, ref)
+    fp = m.layer_fingerprint("pre_logits")
+    with torch.no_grad():
+        m.module.fc.weight.add_(1.0)  # the head runs after its input: no effect
+    m.refresh_fingerprint()
+    assert m.layer_fingerprint("pre_logits") == fp
+    with torch.no_grad():
+        m.module.layer4[0].conv1.weight.add_(1.0)
+    m.refresh_fingerprint()
+    assert m.layer_fingerprint("pre_logits") != fp

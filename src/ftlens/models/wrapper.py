@@ -159,7 +159,10 @@ class ModelWrapper:
         if key in self._layer_fps:
             return self._layer_fps[key]
         trace = self.trace
-        end = trace.ends[self._target(layer)[0]]
+        name, read_input = self._target(layer)
+        # a module's output depends on everything that started before it finished; its input
+        # (pre_logits = what the classifier receives) on everything that started before it started
+        end = trace.starts[name] - 1 if read_input else trace.ends[name]
         h = hashlib.sha256()
         kwargs = {k: v for k, v in self.source.kwargs.items() if k != "num_classes"}
         head = (type(self.module).__name__, self.source.spec, sorted(kwargs.items()), self.mean, self.std,
