@@ -97,6 +97,11 @@ def test_lora_is_merged_recorded_and_compared_with_its_base(lora):
     assert (pl.loc[["blocks.0", "blocks.1"], ["learning", "forgetting"]] == 0).all().all()
     assert (pl.loc[["blocks.2", "blocks.3"], "cka_divergence"] > 0).all()
     assert c.config["finetuned"]["lora"]["merged"] is True  # the result (and the report) say so
+    from ftlens.report.build import build_report
+
+    c.save(adapter.parent / "cmp")
+    page = build_report(adapter.parent / "cmp").read_text()
+    assert "is a LoRA finetune (rank 2" in page and "adapters merged" in page
     saved = load_model(save_checkpoint(ft, adapter.parent / "merged.safetensors"))
     assert saved.fingerprint == ft.fingerprint and saved.info["lora"]["merged"]
 

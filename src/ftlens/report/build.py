@@ -195,7 +195,8 @@ def _comparisons(sources: Sequence[Source], label: _Labels) -> Section | None:
     s = Section("Invariances per layer: learning, forgetting, flow",
                 "Every finetuned model against its pretrained one, runs overlaid on shared axes: one figure per metric, "
                 "one line per run (scratch: the same architecture trained from random weights, compared with the "
-                "pretrained model as in the paper). " + _inversion_quality({k: c for k, (_, c) in loaded.items()}))
+                "pretrained model as in the paper). " + _inversion_quality({k: c for k, (_, c) in loaded.items()})
+                + _model_notes({k: c for k, (_, c) in loaded.items()}))
     groups: dict[tuple, dict[str, Any]] = {}
     for lab, (src, cmp) in loaded.items():
         groups.setdefault(_group_key(src, cmp), {})[lab] = cmp
@@ -222,6 +223,23 @@ def _comparisons(sources: Sequence[Source], label: _Labels) -> Section | None:
                                   "||r(x') - r(x)|| / ||r(x)|| per layer and reference model (0 = converged).",
                                   f"{lab}: inversion residuals", collapsed=True))
     return s
+
+
+def _model_notes(comparisons: dict) -> str:
+    """Sentences on how models were read: LoRA adapters merged, a token mode other than all tokens."""
+    notes = []
+    for lab, cmp in comparisons.items():
+        for role in ("pretrained", "finetuned"):
+            m = cmp.config.get(role) or {}
+            lora = m.get("lora")
+            if lora:
+                notes.append(f"{esc(lab)}: the {role} model {esc(m.get('name', ''))} is a LoRA finetune (rank "
+                             f"{esc(lora.get('r'))}, adapter {esc(lora.get('adapter'))}), analysed with its adapters "
+                             "merged into the base weights.")
+            if m.get("tokens", "all") != "all":
+                notes.append(f"{esc(lab)}: layers of the {role} model are read as {esc(m['tokens'])} tokens "
+                             "(not all tokens flattened).")
+    return (" " + " ".join(notes)) if notes else ""
 
 
 def _inversion_quality(comparisons: dict) -> str:
