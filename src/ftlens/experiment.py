@@ -151,12 +151,12 @@ class Experiment:
         return self.config.model
 
     def load_pretrained(self):
-        from ftlens.models import load_model
+        from ftlens.models import load_model, takes_pretrained
 
         size = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
         if self.config.pretrain:
             return load_model(self.pretrained_spec, layers=self.config.analysis.layers, **size)
-        if self.config.model.startswith(("timm:", "ftlens:")):
+        if takes_pretrained(self.config.model):
             return load_model(self.config.model, pretrained=self.config.pretrained, layers=self.config.analysis.layers,
                               **size)
         return load_model(self.config.model, layers=self.config.analysis.layers, **size)

@@ -81,6 +81,7 @@ from ftlens.models import (
     rebuild,
     resolve_run_checkpoint,
     save_checkpoint,
+    takes_pretrained,
 )
 
 STATE_DIR = "state"
@@ -388,7 +389,7 @@ def start_model(cfg: FinetuneConfig) -> ModelWrapper:
     """
     spec = cfg.pretrained_from or cfg.model
     torch.manual_seed(cfg.seed)  # a randomly initialised start (a preset) is the same for a seed
-    timm_pretrained = cfg.pretrained and str(spec).startswith("timm:") and cfg.strategy != "scratch"
+    timm_pretrained = cfg.pretrained and takes_pretrained(str(spec)) and cfg.strategy != "scratch"
     size = {"image_size": cfg.image_size} if cfg.image_size else {}
     wrapper = load_model(spec, pretrained=timm_pretrained, **size) if timm_pretrained else load_model(spec, **size)
     if cfg.pretrained_from and cfg.model and cfg.model != cfg.pretrained_from:

@@ -33,7 +33,7 @@ from ftlens.models.checkpoint import (
 from ftlens.models.families import FAMILIES, PRESETS
 from ftlens.models.families.base import PRE_LOGITS, Source
 from ftlens.models.fingerprint import tensor_bytes, weights_fingerprint
-from ftlens.models.load import load_model, rebuild
+from ftlens.models.load import load_model, rebuild, takes_pretrained
 from ftlens.models.trace import ExecutionTrace
 from ftlens.models.wrapper import ModelWrapper
 
@@ -53,6 +53,7 @@ __all__ = [
     "resolve_run_checkpoint",
     "run_checkpoints",
     "save_checkpoint",
+    "takes_pretrained",
     "tensor_bytes",
     "weights_fingerprint",
 ]
