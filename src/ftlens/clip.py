@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlens.errors import FtlensError, MissingDependencyError, OfflineError
+from ftlens.errors import FtlensError, MissingDependencyError, NotImageTextError, OfflineError
 
 PREFIX = "clip:"
 #: Default prompt template (``{}`` or ``{c}`` is the class name).
@@ -44,10 +44,6 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 MAX_SCALE = 100.0
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class NotImageTextError(FtlensError, ValueError):
-    """A zero-shot head or FLYP was asked of a model without a text tower."""
 
 
 def require(module: str, extra: str, package: str):

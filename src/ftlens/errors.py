@@ -79,3 +79,19 @@ class MissingDependencyError(FtlensError, ImportError):
 
 class RandomWeightsWarning(UserWarning):
     """Finetuning starts from randomly initialised weights (training from scratch in effect)."""
+
+
+class NothingToReportError(FtlensError):
+    """``ftlens report`` was given folders without any result it knows."""
+
+
+class WeightsPackageError(FtlensError, ImportError):
+    """The package that ships a preset's weights is not installed (or its file is not the one expected)."""
+
+
+class NotImageTextError(FtlensError, ValueError):
+    """A zero-shot head or FLYP was asked of a model without a text tower."""
+
+
+class TrackingError(FtlensError):
+    """A tracker was asked for but its package is missing."""

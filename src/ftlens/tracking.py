@@ -16,13 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ftlens.errors import FtlensError
+from ftlens.errors import TrackingError  # noqa: F401 (re-exported)
 
 TENSORBOARD_DIR = "tensorboard"
-
-
-class TrackingError(FtlensError):
-    """A tracker was asked for but its package is missing."""
 
 
 def _numbers(row: Mapping[str, Any]) -> dict[str, float]:

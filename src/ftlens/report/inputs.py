@@ -15,12 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ftlens.errors import FtlensError
+from ftlens.errors import NothingToReportError  # noqa: F401 (re-exported)
 from ftlens.layout import MARKERS, MAX_DEPTH, ExperimentLayout, is_experiment_dir, result_kind
-
-
-class NothingToReportError(FtlensError):
-    """``ftlens report`` was given folders without any result it knows."""
 
 
 @dataclass

@@ -6,11 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftlens.errors import FtlensError
-
-
-class WeightsPackageError(FtlensError, ImportError):
-    """The package that ships a preset's weights is not installed (or its file is not the one expected)."""
+from ftlens.errors import WeightsPackageError  # noqa: F401 (re-exported; defined with every error class)
 
 
 @dataclass(frozen=True)
