@@ -63,3 +63,57 @@ def pt(make_vit):
 def ft(make_vit):
     """A *different* model (vit-micro, seed 1), standing for the finetuned one."""
     return make_vit(1)
+
+
+def _synthetic_comparison(learning, forgetting, cka_divergence, flow=None, *, seeds: int = 3, noise: float = 0.002,
+                          residual: float = 0.1, seed: int = 0):
+    """A :class:`~ftlens.invariance.Comparison` whose answers are known, built from synthetic STIR tables.
+
+    Per seed: ``STIR(pt|pt) = STIR(ft|ft) = 0.9`` (+ noise) everywhere; on the diagonal
+    ``STIR(ft^[i]|pt^[i]) = STIR(pt^[i]|pt^[i]) - forgetting_i`` and ``STIR(pt^[i]|ft^[i]) =
+    STIR(ft^[i]|ft^[i]) - learning_i``; off the diagonal ``STIR(ft^[a]|pt^[b]) = 0.6 + flow[b, a] / 2``
+    so that the corrected flow is ``flow`` (antisymmetric) up to the noise; ``CKA(ft^[i], pt^[i]) =
+    1 - cka_divergence_i``; every inversion has mean residual ``residual``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from ftlens.invariance.result import build_comparison
+
+    L = len(learning)
+    layers = [f"blocks.{i}" for i in range(L)]
+    flow = np.zeros((L, L)) if flow is None else np.asarray(flow, dtype=float)
+    rng = np.random.default_rng(seed)
+    stir_rows, cka_rows = [], []
+    for s in range(seeds):
+        m = {key: 0.9 + noise * rng.standard_normal((L, L)) for key in ("pp", "ff")}
+        m["fp"] = 0.6 + flow.T / 2 + noise * rng.standard_normal((L, L))
+        m["pf"] = 0.6 + noise * rng.standard_normal((L, L))
+        for i in range(L):
+            m["fp"][i, i] = m["pp"][i, i] - forgetting[i]
+            m["pf"][i, i] = m["ff"][i, i] - learning[i]
+        for key, (target, reference) in {"pp": ("pretrained", "pretrained"), "ff": ("finetuned", "finetuned"),
+                                         "fp": ("finetuned", "pretrained"), "pf": ("pretrained", "finetuned")}.items():
+            for a in range(L):
+                for b in range(L):
+                    stir_rows.append((target, reference, layers[a], layers[b], s, float(m[key][a, b]), residual))
+        for model_a in ("finetuned", "pretrained"):
+            for a in range(L):
+                for b in range(L):
+                    same = model_a == "pretrained" and a == b
+                    value = 1.0 if same else (1.0 - cka_divergence[a] + noise * rng.standard_normal()
+                                              if a == b else 0.5)
+                    cka_rows.append((model_a, layers[a], "pretrained", layers[b], s, value))
+    stir_df = pd.DataFrame(stir_rows, columns=["target", "reference", "target_layer", "reference_layer", "seed",
+                                               "stir", "residual"])
+    stir_df["estimator"] = "biased"
+    cka_df = pd.DataFrame(cka_rows, columns=["model_a", "layer_a", "model_b", "layer_b", "seed", "cka"])
+    config = {"layers": layers, "first_term": "measured", "seeds": list(range(seeds))}
+    return build_comparison(stir_df, cka_df, pd.DataFrame(), config)
+
+
+@pytest.fixture(scope="session")
+def synthetic_comparison():
+    """Factory: ``synthetic_comparison(learning, forgetting, cka_divergence, flow, seeds=3, noise=0.002,
+    residual=0.1)`` -> a Comparison with those per-layer values (see the helper's docstring)."""
+    return _synthetic_comparison

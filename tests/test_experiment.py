@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from ftlens import findings as findings_mod
@@ -50,18 +48,12 @@ def test_quick_variant_is_small():
     assert q.model == "ftlens:vit-micro" and q.analysis.steps <= 10 and q.defaults["epochs"] == 2
 
 
-def _fake_comparison(learning, forgetting, cka_div, flow):
-    layers = [f"blocks.{i}" for i in range(len(learning))]
-    per_layer = pd.DataFrame({"learning": learning, "forgetting": forgetting, "cka_divergence": cka_div}, index=layers)
-    return SimpleNamespace(per_layer=per_layer, flow=pd.DataFrame(np.asarray(flow, float), index=layers, columns=layers))
-
-
-def test_findings_are_computed_from_the_numbers(monkeypatch, tmp_path):
+def test_findings_are_computed_from_the_numbers(monkeypatch, tmp_path, synthetic_comparison):
     lower = [[0, -1, -1, -1], [1, 0, -1, -1], [1, 1, 0, -1], [1, 1, 1, 0]]
-    runs = {
-        "ft": _fake_comparison([0.01, 0.02, 0.2, 0.3], [0.05, 0.06, 0.3, 0.4], [0.001, 0.002, 0.1, 0.2], lower),
-        "scratch": _fake_comparison([0.3, 0.3, 0.3, 0.3], [0.4, 0.4, 0.4, 0.4], [0.5] * 4, -np.asarray(lower)),
-        "reconstruction": _fake_comparison([0.0] * 4, [0.1] * 4, [0.1] * 4, -np.asarray(lower)),
+    runs = {  # 3 seeds each, small seed-to-seed noise: enough evidence for a verdict
+        "ft": synthetic_comparison([0.01, 0.02, 0.2, 0.3], [0.05, 0.06, 0.3, 0.4], [0.001, 0.002, 0.1, 0.2], lower),
+        "scratch": synthetic_comparison([0.3, 0.3, 0.3, 0.3], [0.4, 0.4, 0.4, 0.4], [0.5] * 4, -np.asarray(lower)),
+        "reconstruction": synthetic_comparison([0.0] * 4, [0.1] * 4, [0.1] * 4, -np.asarray(lower)),
     }
     monkeypatch.setattr(findings_mod, "_load", lambda out, name: runs.get(name))
     got = {f["id"]: f for f in findings_mod.compute_findings(tmp_path)}

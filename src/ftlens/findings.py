@@ -1,8 +1,18 @@
-"""The paper's findings that an experiment can test, decided from its numbers.
+"""The papers' findings that an experiment can test, decided from its numbers with their uncertainty.
 
-Each finding is a claim from the literature, the rule used to decide it, the numbers, and
-``held`` (True / False, or None when the experiment lacks the runs to test it). Nothing here
-is written in advance: every verdict is computed from the experiment's saved results.
+Each finding is a claim from the literature, the statistic that tests it, that statistic's
+interval, and a verdict in ``held`` / ``did not hold`` / ``inconclusive`` (:mod:`ftlens.stats`):
+``held`` when the interval excludes the null on the claimed side, ``did not hold`` when it
+excludes it on the other side, ``inconclusive`` otherwise or when the evidence cannot carry a
+verdict (too few seeds, epochs or runs; unconverged inversions; runs that differ in more than
+the factor under test), with the reason. Nothing is written in advance: every verdict is
+computed from the experiment's saved results.
+
+Record fields: ``id, claim, source, rule, verdict, statistic, interval, test, n_points,
+reason, numbers`` and ``held`` (``True`` / ``False`` / ``None``: the verdict as a boolean, for
+older readers). The runs are found by their role in the experiment's configuration
+(:func:`ftlens.layout.resolve_roles`): the finetuning from the pretrained start, the scratch
+control, the reconstruction task, LP-FT.
 """
 
 from __future__ import annotations
@@ -13,8 +23,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from ftlens.layout import ExperimentLayout, resolve_roles
+from ftlens.settings import PAPER, Settings
+from ftlens.stats import HELD, INCONCLUSIVE, NOT_HELD, decide, t_interval, welch_interval
+
+#: run settings that are the factor under test of a strategy comparison (not confounders)
+_STRATEGY_KEYS = {"name", "strategy", "lp_epochs", "hp_epochs", "lp_lr", "wise_alpha", "surgical"}
 
 
 def _early(index: pd.Index) -> list:
@@ -22,7 +38,7 @@ def _early(index: pd.Index) -> list:
     return list(index[: max(1, len(index) // 2)])
 
 
-def _load(out: Path, name: str):
+def _load(out: Path, name: str | None):
     from ftlens.invariance import load_comparison
 
     if name is None:
@@ -33,151 +49,239 @@ def _load(out: Path, name: str):
     return load_comparison(path)
 
 
-def _finding(fid: str, claim: str, source: str, rule: str, held: bool | None, numbers: dict[str, Any]) -> dict:
-    clean = {k: (None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v) for k, v in numbers.items()}
-    return {"id": fid, "claim": claim, "source": source, "rule": rule, "held": held, "numbers": clean}
+def _config(out: Path, config: Any) -> dict[str, Any] | None:
+    if config is not None:
+        return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return ExperimentLayout(out).read_config() or None
 
 
-def _per_layer(cmp) -> pd.DataFrame:
-    return cmp.per_layer
-
-
-def compute_findings(out: str | os.PathLike, config: Any = None) -> list[dict[str, Any]]:
-    """Decide every testable finding from the results under ``out``.
-
-    The runs in each role (pretrained start, scratch control, reconstruction task, LP-FT) come
-    from ``config`` (or ``out/config.yaml``): :func:`ftlens.layout.resolve_roles`.
-    """
-    out = Path(out)
-    layout = ExperimentLayout(out)
-    if config is None:
-        config = layout.read_config() or None
+def run_roles(config: dict[str, Any] | None) -> dict[str, str | None]:
+    """``{"ft", "scratch", "reconstruction", "lp-ft": run name}`` from :func:`ftlens.layout.resolve_roles`."""
     roles = resolve_roles(config)
-    ft_name, scratch_name = roles["pretrained_start"], roles["scratch_control"]
-    rec_name, lpft_name = roles["reconstruction_task"], roles["lp_ft"]
-    ft, scratch, rec = _load(out, ft_name), _load(out, scratch_name), _load(out, rec_name)
+    return {"ft": roles["pretrained_start"], "scratch": roles["scratch_control"],
+            "reconstruction": roles["reconstruction_task"], "lp-ft": roles["lp_ft"]}
+
+
+def confounders(config: dict[str, Any] | None, a: str, b: str) -> list[str]:
+    """The settings (besides the strategy) in which runs ``a`` and ``b`` differ: ``"lr: 0.03 vs 0.01"``."""
+    if not config:
+        return []
+    runs = {r["name"]: r for r in config.get("runs", [])}
+    if a not in runs or b not in runs:
+        return []
+    defaults = config.get("defaults") or {}
+    ra, rb = {**defaults, **runs[a]}, {**defaults, **runs[b]}
+    keys = sorted((set(ra) | set(rb)) - _STRATEGY_KEYS)
+    return [f"{k}: {ra.get(k)} vs {rb.get(k)}" for k in keys if ra.get(k) != rb.get(k)]
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        return None if not np.isfinite(v) else float(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    return v
+
+
+def _finding(fid: str, claim: str, source: str, rule: str, *, verdict: str, statistic: float | None = None,
+             interval: tuple[float, float] | None = None, test: str = "", n_points: int = 0,
+             reason: str | None = None, numbers: dict[str, Any] | None = None) -> dict[str, Any]:
+    interval_ = None if interval is None else [_clean(interval[0]), _clean(interval[1])]
+    held = True if verdict == HELD else (False if verdict == NOT_HELD else None)
+    return {"id": fid, "claim": claim, "source": source, "rule": rule, "verdict": verdict,
+            "statistic": _clean(statistic), "interval": interval_, "test": test, "n_points": int(n_points),
+            "reason": reason, "held": held, "numbers": {k: _clean(v) for k, v in (numbers or {}).items()}}
+
+
+def _not_testable(fid: str, claim: str, source: str, why: str) -> dict[str, Any]:
+    return _finding(fid, claim, source, why, verdict=INCONCLUSIVE, reason=why)
+
+
+# ----------------------------------------------------------------------------- evidence of one comparison
+
+
+def _per_seed(cmp, column: str, layers: list) -> np.ndarray:
+    """Per-seed mean over ``layers`` of ``column`` -> (seeds,)."""
+    ps = cmp.per_seed
+    sub = ps[ps["layer"].isin(layers)]
+    return sub.groupby("seed")[column].mean().to_numpy(np.float64)
+
+
+def _gate(cmp, layers: list, name: str, settings: Settings) -> list[str]:
+    """Reasons why a verdict on ``layers`` of run ``name`` cannot be trusted."""
+    reasons = []
+    seeds = cmp.per_seed["seed"].nunique()
+    if seeds < settings.min_seeds:
+        reasons.append(f"too few seeds in run '{name}' ({seeds} < {settings.min_seeds})")
+    if "converged" in cmp.per_layer:
+        bad = [str(layer) for layer in layers if not bool(cmp.per_layer.loc[layer, "converged"])]
+        if bad:
+            thr = cmp.per_layer.attrs.get("residual_threshold", settings.residual_threshold)
+            reasons.append(f"unconverged inversions in run '{name}' (residual > {thr:g}) at {', '.join(bad)}")
+    return reasons
+
+
+def _layer_numbers(cmp, layers: list) -> str:
+    if "layer_number" in cmp.per_layer:
+        return ", ".join(str(int(cmp.per_layer.loc[layer, "layer_number"])) for layer in layers)
+    return ", ".join(str(i + 1) for i in range(len(layers)))
+
+
+def _one_sample(values: np.ndarray, level: float) -> tuple[float, tuple[float, float]]:
+    lo, hi = t_interval(values, level)
+    return float(np.mean(values)), (float(lo), float(hi))
+
+
+# ----------------------------------------------------------------------------- the findings
+
+
+def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Settings = PAPER) -> list[dict[str, Any]]:
+    """Decide every testable finding from the results under ``out`` (run roles from ``config``)."""
+    out = Path(out)
+    cfg = _config(out, config)
+    roles = run_roles(cfg)
+    ft, scratch, rec = _load(out, roles["ft"]), _load(out, roles["scratch"]), _load(out, roles["reconstruction"])
+    level = settings.confidence
+    ft_name, scratch_name, rec_name = roles["ft"] or "ft", roles["scratch"] or "scratch", roles["reconstruction"]
     findings: list[dict[str, Any]] = []
 
     # 1. pretrained start vs scratch: lower learning and forgetting in early layers
+    claim = ("Starting from pretrained weights gives lower learning and forgetting in the early layers "
+             "than training from scratch (pretraining instils reusable early-layer invariances).")
+    source = "Merlin et al. 2023, §4.1, Fig. 1"
     if ft is not None and scratch is not None:
-        a, b = _per_layer(ft), _per_layer(scratch)
-        early = _early(a.index)
+        early = _early(ft.per_layer.index)
+        a = (_per_seed(scratch, "learning", early) + _per_seed(scratch, "forgetting", early)) / 2
+        b = (_per_seed(ft, "learning", early) + _per_seed(ft, "forgetting", early)) / 2
+        interval = welch_interval(a, b, level)
+        stat = float(a.mean() - b.mean())
+        reasons = _gate(ft, early, ft_name, settings) + _gate(scratch, early, scratch_name, settings)
+        verdict, reason = decide(*interval, direction="greater", reasons=reasons)
         nums = {
-            "ft_learning_early": float(a.loc[early, "learning"].mean()),
-            "scratch_learning_early": float(b.loc[early, "learning"].mean()),
-            "ft_forgetting_early": float(a.loc[early, "forgetting"].mean()),
-            "scratch_forgetting_early": float(b.loc[early, "forgetting"].mean()),
+            "ft_learning_early": float(ft.per_layer.loc[early, "learning"].mean()),
+            "scratch_learning_early": float(scratch.per_layer.loc[early, "learning"].mean()),
+            "ft_forgetting_early": float(ft.per_layer.loc[early, "forgetting"].mean()),
+            "scratch_forgetting_early": float(scratch.per_layer.loc[early, "forgetting"].mean()),
         }
-        held = (nums["ft_learning_early"] < nums["scratch_learning_early"]) and (
-            nums["ft_forgetting_early"] < nums["scratch_forgetting_early"]
-        )
         findings.append(_finding(
-            "early-layers-reused",
-            "Starting from pretrained weights gives lower learning and forgetting in the early layers "
-            "than training from scratch (pretraining instils reusable early-layer invariances).",
-            "Merlin et al. 2023, §4.1, Fig. 1",
-            f"mean over layers {', '.join(str(i + 1) for i in range(len(early)))} of learning and of "
-            "forgetting: FT (from pretrained) < scratch, both",
-            bool(held), nums))
+            "early-layers-reused", claim, source,
+            f"scratch minus FT of the mean of learning and forgetting over layers {_layer_numbers(ft, early)} "
+            "is > 0", verdict=verdict, statistic=stat, interval=interval,
+            test=f"Welch t interval ({level:.0%}) over seeds", n_points=len(a) + len(b), reason=reason, numbers=nums))
     else:
-        findings.append(_finding("early-layers-reused", "Pretrained start vs scratch (early layers)",
-                                 "Merlin et al. 2023, §4.1",
-                                 "needs a run from the pretrained start and a scratch control "
-                                 "(config roles pretrained_start, scratch_control)", None, {}))
+        findings.append(_not_testable("early-layers-reused", claim, source,
+                                      "needs a run from the pretrained start and a scratch control "
+                                      "(config roles pretrained_start, scratch_control)"))
 
     # 2. CKA misses what STIR sees in early layers
     if ft is not None:
-        a = _per_layer(ft)
-        early = _early(a.index)
-        nums = {"cka_divergence_early": float(a.loc[early, "cka_divergence"].mean()),
-                "forgetting_early": float(a.loc[early, "forgetting"].mean()),
-                "learning_early": float(a.loc[early, "learning"].mean())}
-        held = nums["cka_divergence_early"] < nums["forgetting_early"]
+        early = _early(ft.per_layer.index)
+        diff = _per_seed(ft, "forgetting", early) - _per_seed(ft, "cka_divergence", early)
+        stat, interval = _one_sample(diff, level)
+        verdict, reason = decide(*interval, direction="greater", reasons=_gate(ft, early, ft_name, settings))
+        nums = {"cka_divergence_early": float(ft.per_layer.loc[early, "cka_divergence"].mean()),
+                "forgetting_early": float(ft.per_layer.loc[early, "forgetting"].mean()),
+                "learning_early": float(ft.per_layer.loc[early, "learning"].mean())}
         findings.append(_finding(
             "cka-misses-forgetting",
             "In early layers CKA divergence stays near 0 while forgetting of invariances does not: "
             "representations look alike yet invariances changed.",
             "Merlin et al. 2023, §4.1, Fig. 3",
-            f"mean early-layer cka divergence < mean early-layer forgetting (run '{ft_name}')",
-            bool(held), nums))
+            f"early-layer forgetting minus cka divergence (run '{ft_name}') is > 0",
+            verdict=verdict, statistic=stat, interval=interval, test=f"t interval ({level:.0%}) over seeds",
+            n_points=len(diff), reason=reason, numbers=nums))
 
-    # 3. compression below the flow diagonal
-    for role, cmp in (("ft", ft), ("reconstruction", rec)):
+    # 3. compression below the diagonal of the flow, after removing the pretrained model's own flow
+    for name, cmp in ((ft_name, ft), (rec_name, rec)):
         if cmp is None:
             continue
-        name = ft_name if role == "ft" else rec_name
-        flow = cmp.flow.to_numpy(dtype=float)
-        lower = flow[np.tril_indices_from(flow, k=-1)]
-        upper = flow[np.triu_indices_from(flow, k=1)]
-        nums = {"mean_below_diagonal": float(np.nanmean(lower)), "mean_above_diagonal": float(np.nanmean(upper)),
-                "fraction_below_positive": float(np.mean(lower > 0))}
-        held = nums["mean_below_diagonal"] > 0 and nums["mean_below_diagonal"] > nums["mean_above_diagonal"]
+        corrected = np.asarray(cmp.flows_per_seed["flow_corrected"], dtype=np.float64)  # (seeds, L, L)
+        below = np.tril_indices(corrected.shape[1], k=-1)
+        values = np.array([seed_flow[below].mean() for seed_flow in corrected]) if len(below[0]) else np.array([])
+        if values.size == 0:
+            continue
+        stat, interval = _one_sample(values, level)
+        verdict, reason = decide(*interval, direction="greater",
+                                 reasons=_gate(cmp, list(cmp.per_layer.index), name, settings))
+        raw = np.asarray(cmp.flows_per_seed["flow"], dtype=np.float64).mean(axis=0)
+        base = np.asarray(cmp.flows_per_seed["flow_baseline"], dtype=np.float64).mean(axis=0)
         findings.append(_finding(
-            f"compression-{role}",
+            f"compression-{'reconstruction' if cmp is rec else 'ft'}",
             f"Finetuning ({name}) compresses pretrained invariances toward shallower layers: the flow "
             "matrix is positive below its diagonal.",
             "Merlin et al. 2023, §4.3, Fig. 4",
-            "mean of InvarianceFlow (eq. 5) over entries with finetuned layer j < pretrained layer i is "
-            "> 0 and larger than the mean above the diagonal",
-            bool(held), nums))
+            "mean of the corrected InvarianceFlow (eq. 5 minus the pretrained model's own flow) over the "
+            "entries with finetuned layer j < pretrained layer i is > 0",
+            verdict=verdict, statistic=stat, interval=interval, test=f"t interval ({level:.0%}) over seeds",
+            n_points=len(values), reason=reason,
+            numbers={"mean_below_diagonal_raw": float(raw[below].mean()),
+                     "mean_below_diagonal_baseline": float(base[below].mean()),
+                     "fraction_below_positive": float(np.mean(corrected.mean(axis=0)[below] > 0))}))
 
     # 4. reconstruction learns more than classification
     if ft is not None and rec is not None:
-        nums = {"learning_reconstruction": float(_per_layer(rec)["learning"].mean()),
-                "learning_classification": float(_per_layer(ft)["learning"].mean())}
+        layers = list(ft.per_layer.index)
+        a, b = _per_seed(rec, "learning", layers), _per_seed(ft, "learning", layers)
+        interval = welch_interval(a, b, level)
+        reasons = _gate(ft, layers, ft_name, settings) + _gate(rec, layers, rec_name, settings)
+        verdict, reason = decide(*interval, direction="greater", reasons=reasons)
         findings.append(_finding(
             "reconstruction-learns-more",
             "Learning of new invariances is higher when finetuning for reconstruction than for classification.",
             "Merlin et al. 2023, §4.2, Fig. 2",
-            f"mean learning over layers: run '{rec_name}' > run '{ft_name}'",
-            nums["learning_reconstruction"] > nums["learning_classification"], nums))
+            f"mean learning over layers: run '{rec_name}' minus run '{ft_name}' is > 0",
+            verdict=verdict, statistic=float(a.mean() - b.mean()), interval=interval,
+            test=f"Welch t interval ({level:.0%}) over seeds", n_points=len(a) + len(b), reason=reason,
+            numbers={"learning_reconstruction": float(rec.per_layer["learning"].mean()),
+                     "learning_classification": float(ft.per_layer["learning"].mean())}))
 
     # 5-6. feature distortion (Kumar et al.)
+    layout = ExperimentLayout(out)
     dist_path = layout.distortion
     if dist_path.exists():
-        d = pd.read_csv(dist_path)
-        pl = d[(d["layer"] == "pre_logits") & (d["measure"] == "mean_squared_difference")]
-        val = {(r.run, r.split): float(r.value) for r in pl.itertuples()}
-        if (ft_name, "ID") in val and (lpft_name, "ID") in val:
-            nums = {f"{run}_{split}": v for (run, split), v in val.items() if run in (ft_name, lpft_name)}
-            held = all(val[(lpft_name, s)] < val[(ft_name, s)] for s in ("ID", "OOD") if (ft_name, s) in val)
-            findings.append(_finding(
-                "lpft-distorts-less",
-                "LP-FT distorts the pretrained features less than FT, on ID and OOD data.",
-                "Kumar et al. 2022",
-                "mean squared difference of pre-logit features to the pretrained model: LP-FT < FT on ID and OOD",
-                bool(held), nums))
-        if (ft_name, "ID") in val and (ft_name, "OOD") in val:
-            nums = {"ft_ID": val[(ft_name, "ID")], "ft_OOD": val[(ft_name, "OOD")]}
-            findings.append(_finding(
-                "ft-distorts-id-more",
-                "FT changes features of in-distribution data more than those of OOD (corrupted) data.",
-                "Kumar et al. 2022",
-                f"pre-logit mean squared difference, run '{ft_name}': ID > OOD",
-                nums["ft_ID"] > nums["ft_OOD"], nums))
+        findings.extend(_distortion_findings(pd.read_csv(dist_path), cfg, roles))
 
     # 7. energy left for finetuning vs feature change (seed 003)
     if dist_path.exists():
-        findings.extend(_energy_findings(out, pd.read_csv(dist_path)))
+        findings.extend(_energy_findings(out, pd.read_csv(dist_path), settings))
 
     # 8. forgetting variability vs robustness
     for name in layout.correlation_names():
-        path = layout.correlation(name)
-        grid = pd.read_csv(path)
-        head = grid[grid.get("is_headline", pd.Series(False, index=grid.index)).astype(bool)]
-        if head.empty:
-            continue
-        row = head.iloc[0]
-        r, p = float(row["r"]), float(row["p"])
-        findings.append(_finding(
-            f"forgetting-std-robustness-{path.stem}",
-            "The spread (std) of forgetting over layers 2..L tracks accuracy under corruptions over epochs.",
-            "Merlin et al. 2023, §4.4 (r = 0.78 on CIFAR-10-C)",
-            "Pearson r > 0 with p < 0.05 between per-epoch std of forgetting (layers 2..L) and mean "
-            f"corrupted accuracy (run '{path.stem}')",
-            bool(np.isfinite(r) and r > 0 and p < 0.05), {"r": r, "p": p, "epochs": int(row.get("n_epochs", 0))}))
-
+        finding = _correlation_finding(layout.correlation(name), settings)
+        if finding is not None:
+            findings.append(finding)
     return findings
+
+
+def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dict[str, str | None]) -> list[dict]:
+    ft_name, lpft_name = roles["ft"] or "ft", roles["lp-ft"] or "lp-ft"
+    pl = d[(d["layer"] == "pre_logits") & (d["measure"] == "mean_squared_difference")]
+    val = {(r.run, r.split): float(r.value) for r in pl.itertuples()}
+    single = "one distortion value per run and split (no seeds or image resamples), so no interval"
+    result = []
+    if (ft_name, "ID") in val and (lpft_name, "ID") in val:
+        nums = {f"{run}_{split}": v for (run, split), v in val.items() if run in (ft_name, lpft_name)}
+        stat = val[(ft_name, "ID")] - val[(lpft_name, "ID")]
+        reasons = [single]
+        differ = confounders(cfg, ft_name, lpft_name)
+        if differ:
+            reasons.append("the runs differ in more than the factor under test (" + "; ".join(differ) + ")")
+        result.append(_finding(
+            "lpft-distorts-less", "LP-FT distorts the pretrained features less than FT, on ID and OOD data.",
+            "Kumar et al. 2022 (seed 004)",
+            f"mean squared difference of pre-logit features to the pretrained model: FT minus LP-FT > 0 "
+            f"(runs '{ft_name}', '{lpft_name}'; ID and OOD)",
+            verdict=INCONCLUSIVE, statistic=stat, test="comparison of two values", n_points=2,
+            reason="; ".join(reasons), numbers={**nums, "differences": "; ".join(differ) or "none"}))
+    if (ft_name, "ID") in val and (ft_name, "OOD") in val:
+        nums = {"ft_ID": val[(ft_name, "ID")], "ft_OOD": val[(ft_name, "OOD")]}
+        result.append(_finding(
+            "ft-distorts-id-more",
+            "FT changes features of in-distribution data more than those of OOD (corrupted) data.",
+            "Kumar et al. 2022 (seed 004)", f"pre-logit mean squared difference, run '{ft_name}': ID minus OOD > 0",
+            verdict=INCONCLUSIVE, statistic=nums["ft_ID"] - nums["ft_OOD"], test="comparison of two values",
+            n_points=2, reason=single, numbers=nums))
+    return result
 
 
 def energy_sweep(out: Path, distortion: pd.DataFrame) -> pd.DataFrame | None:
@@ -200,7 +304,7 @@ def energy_sweep(out: Path, distortion: pd.DataFrame) -> pd.DataFrame | None:
     return energy_vs_distortion(runs)
 
 
-def _energy_findings(out: Path, distortion: pd.DataFrame) -> list[dict[str, Any]]:
+def _energy_findings(out: Path, distortion: pd.DataFrame, settings: Settings) -> list[dict[str, Any]]:
     from ftlens.analysis.distortion import energy_trend_check
 
     ev = energy_sweep(out, distortion)
@@ -219,13 +323,83 @@ def _energy_findings(out: Path, distortion: pd.DataFrame) -> list[dict[str, Any]
         present = [rows[m] for m in measures if m in rows]
         if not present:
             continue
-        helds = [r.held for r in present]
-        held = None if any(pd.isna(h) for h in helds) else bool(all(helds))
+        n_runs = int(present[0].n_runs)
         nums = {f"{r.measure}_spearman_rho": float(r.spearman_rho) for r in present}
-        nums["runs"] = int(present[0].n_runs)
-        result.append(_finding(fid, claim, "Ren et al. 2023",
-                               "pre-logit features, ID data, runs with a logged energy (train loss at the start of FT): "
-                               + ("Spearman rho > 0 for each measure" if fid.endswith("grow") else
-                                  "the maximum lies strictly inside the energy range for each measure"),
-                               held, nums))
+        nums["runs"] = n_runs
+        helds = [r.held for r in present]
+        reasons = []
+        if n_runs < settings.min_runs:
+            reasons.append(f"too few runs ({n_runs} < {settings.min_runs}) for a rank correlation")
+        if any(pd.isna(h) for h in helds):
+            reasons.append("the trend is undefined for a measure (see the distortion table's note)")
+        grows = fid.endswith("grow")
+        if grows and not reasons:
+            ps = [float(r.spearman_p) for r in present]
+            rhos = [float(r.spearman_rho) for r in present]
+            if all(p < settings.alpha for p in ps):
+                verdict, reason = (HELD if all(rho > 0 for rho in rhos) else NOT_HELD
+                                   if all(rho < 0 for rho in rhos) else INCONCLUSIVE), None
+            else:
+                verdict, reason = INCONCLUSIVE, f"Spearman p >= {settings.alpha} for a measure ({ps})"
+        elif not reasons:
+            verdict, reason = (HELD if all(helds) else NOT_HELD), None
+        else:
+            verdict, reason = INCONCLUSIVE, "; ".join(reasons)
+        stat = float(np.mean([float(r.spearman_rho) for r in present]))
+        result.append(_finding(
+            fid, claim, "Ren et al. 2023 (seed 003)",
+            "pre-logit features, ID data, runs with a logged energy (train loss at the start of FT): "
+            + (f"Spearman rho > 0 with p < {settings.alpha} for each measure" if grows else
+               "the maximum lies strictly inside the energy range for each measure"),
+            verdict=verdict, statistic=stat, test="Spearman rank correlation over runs" if grows else
+            "position of the maximum over runs", n_points=n_runs, reason=reason, numbers=nums))
     return result
+
+
+def _correlation_finding(path: Path, settings: Settings) -> dict[str, Any] | None:
+    """The headline hypothesis of a run's grid, decided with the grid's own Bonferroni correction."""
+    grid = pd.read_csv(path)
+    head = grid[grid.get("is_headline", pd.Series(False, index=grid.index)).astype(bool)]
+    if head.empty:
+        return None
+    row = head.iloc[0]
+    r, p = float(row["r"]), float(row["p"])
+    n = int(row.get("n_epochs", 0))
+    m = int(row.get("n_hypotheses", 1) or 1)
+    p_corr = float(row.get("p_bonferroni", min(1.0, p * m)))
+    level = 1 - settings.alpha / m  # the Bonferroni-corrected level of the grid
+    interval = (float("nan"), float("nan"))
+    if n > 3 and np.isfinite(r):
+        half = sps.norm.ppf(0.5 + level / 2) / np.sqrt(n - 3)
+        z = np.arctanh(np.clip(r, -0.999999, 0.999999))
+        interval = (float(np.tanh(z - half)), float(np.tanh(z + half)))
+    reasons = []
+    if n < settings.min_epochs:
+        reasons.append(f"too few epochs ({n} < {settings.min_epochs}) for a correlation over epochs")
+    verdict, reason = decide(*interval, direction="greater", reasons=reasons)
+    return _finding(
+        f"forgetting-std-robustness-{path.stem}",
+        "The spread (std) of forgetting over layers 2..L tracks accuracy under corruptions over epochs.",
+        "Merlin et al. 2023, §4.4 (r = 0.78 on CIFAR-10-C)",
+        f"Pearson r between the per-epoch std of forgetting (layers 2..L) and mean corrupted accuracy "
+        f"(run '{path.stem}') is > 0, with the grid's Bonferroni correction over {m} hypotheses",
+        verdict=verdict, statistic=r, interval=interval,
+        test=f"Fisher z interval at level 1 - {settings.alpha}/{m} (Bonferroni, as the grid)", n_points=n,
+        reason=reason, numbers={"r": r, "p": p, "p_bonferroni": p_corr, "epochs": n, "hypotheses": m})
+
+
+def is_smoke(config: Any, settings: Settings = PAPER) -> list[str]:
+    """Why a run is smoke-sized (empty when it is not): far fewer images, seeds or steps than the paper's."""
+    cfg = config.to_dict() if hasattr(config, "to_dict") else (config or {})
+    a = cfg.get("analysis") or {}
+    why = []
+    if int(a.get("images", settings.images)) < 100:
+        why.append(f"{a.get('images')} images per seed (the paper: {settings.images})")
+    if int(a.get("seeds", settings.seeds)) < settings.min_seeds:
+        why.append(f"{a.get('seeds')} seed(s) (the paper: {settings.seeds})")
+    if int(a.get("steps", settings.steps)) < settings.steps // 2:
+        why.append(f"{a.get('steps')} inversion steps (the paper: {settings.steps})")
+    epochs = (cfg.get("defaults") or {}).get("epochs")
+    if epochs is not None and int(epochs) < settings.min_epochs:
+        why.append(f"{epochs} epochs per run")
+    return why

@@ -28,11 +28,11 @@ from ftlens.invariance.inputs import (
     layer_numbers,
     resolve_shared_layers,
 )
-from ftlens.invariance.metrics import FIRST_TERMS, derive_metrics
+from ftlens.invariance.metrics import FIRST_TERMS
 from ftlens.invariance.plan import Plan, plan_inversions
-from ftlens.invariance.result import Comparison, inversion_table, model_info
+from ftlens.invariance.result import Comparison, build_comparison, inversion_table, model_info
 from ftlens.invariance.run import Executor, run_plan
-from ftlens.invariance.score import FINETUNED, PRETRAINED, cka_table, score
+from ftlens.invariance.score import BOOTSTRAP_COLUMNS, FINETUNED, PRETRAINED, cka_table, score
 from ftlens.inversion import InversionSettings
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
@@ -88,6 +88,9 @@ def compare(
     processes: int | None = None,
     threads: int | None = None,
     executor: Executor | None = None,
+    bootstrap: int = PAPER.bootstrap,
+    confidence: float = PAPER.confidence,
+    residual_threshold: float = PAPER.residual_threshold,
 ) -> Comparison | None:
     """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` vs ``pretrained``.
 
@@ -118,6 +121,11 @@ def compare(
             launcher's processes are used and every rank but 0 returns ``None``.
         executor: where the work items run (default from ``processes`` and the launcher:
             :func:`ftlens.distributed.executor`).
+        bootstrap: resamples of the images within each seed for the per-layer intervals
+            (0: intervals over seeds only); cheap, from the Gram matrices.
+        confidence: level of the intervals (0.95).
+        residual_threshold: a layer whose inversions end with a larger mean relative residual
+            is marked ``converged = False``.
 
     Returns:
         a :class:`~ftlens.invariance.result.Comparison` (``None`` on ranks other than 0 under a
@@ -147,12 +155,15 @@ def compare(
     invs = done.inversions
     t_inv = time.perf_counter()
     clean: dict = {}
+    boot_rows: list = []
     stir_df = score(plan, invs, images, {PRETRAINED: (pt, layer_list), FINETUNED: (ft, layer_list)},
-                    debiased=debiased, batch_size=batch_size, clean_grams=clean)
-    cka_df = cka_table(clean, plan.seeds, layer_list, debiased)
+                    debiased=debiased, batch_size=batch_size, clean_grams=clean, bootstrap=bootstrap,
+                    bootstrap_rows=boot_rows)
+    cka_df = cka_table(clean, plan.seeds, layer_list, debiased, bootstrap=bootstrap, bootstrap_rows=boot_rows,
+                       n_images=plan.n_images)
+    boot_df = pd.DataFrame(boot_rows, columns=BOOTSTRAP_COLUMNS) if boot_rows else None
     t_score = time.perf_counter()
     numbers = layer_numbers(pt, layer_list)
-    derived = derive_metrics(stir_df, cka_df, layer_list, first_term=first_term, layer_numbers=numbers)
     estimator = "debiased" if debiased else "biased"
     config: dict[str, Any] = {
         "kind": "ftlens.compare",
@@ -171,10 +182,14 @@ def compare(
         "estimator": estimator,
         "similarity": f"linear CKA ({estimator} HSIC), float64",
         "first_term": first_term,
+        "confidence": confidence,
+        "bootstrap": int(bootstrap),
+        "residual_threshold": residual_threshold,
         "flow_definition": {
             "flow": "eq. 5 as printed: flow[i, j] = STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[j]); "
                     "rows pretrained layer i, columns finetuned layer j",
             "flow_relative": "flow_relative[i, j] = STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[i])",
+            "baseline": "the same with ft = pt (the pretrained model with itself); corrected = flow - baseline",
         },
         "n_inversions": len(plan.unique_keys),
         "n_inversions_computed": len(done.computed),
@@ -192,7 +207,7 @@ def compare(
     }
     if done.info:
         config["distributed"] = done.info
-    return Comparison(stir=stir_df, cka=cka_df, inversions=inversion_table(plan, invs), config=config, **derived)
+    return build_comparison(stir_df, cka_df, inversion_table(plan, invs), config, boot_df)
 
 
 def _label_models(target) -> dict[str, ModelWrapper]:

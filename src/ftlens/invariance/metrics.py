@@ -12,6 +12,15 @@ finetuned roles):
   rows pretrained layer ``i``, columns finetuned layer ``j``; ``flow_relative[i, j] =
   STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[i])`` (relative to the diagonal). Both have an
   exactly zero diagonal.
+- ``flow_baseline``: the same two matrices of the pretrained model with itself (``ft = pt``:
+  ``STIR(pt^[j] | pt^[i]) - STIR(pt^[i] | pt^[j])``), from the pretrained-side inversions
+  scored on the pretrained model (no extra inversion); ``flow_corrected = flow -
+  flow_baseline`` (per seed, then averaged), exactly 0 for an exact copy.
+- intervals: per-layer ``<metric>_lo`` / ``<metric>_hi`` at ``confidence``: the wider of the t
+  interval over seeds and the normal bootstrap interval of the seed mean (its spread under
+  resampling the images within each seed, centred on the estimate; :mod:`ftlens.stats`).
+- ``converged``: every inversion of the layer (both models, every seed) ends with a mean
+  relative residual at most ``residual_threshold``.
 
 Nothing here runs a model: every function maps tables to tables.
 """
@@ -25,8 +34,16 @@ import pandas as pd
 
 from ftlens.errors import ConfigError
 from ftlens.invariance.score import FINETUNED, PRETRAINED
+from ftlens.settings import PAPER
+from ftlens.stats import bootstrap_interval, t_interval
 
-__all__ = ["FIRST_TERMS", "derive_metrics"]
+__all__ = ["FIRST_TERMS", "FLOW_TABLES", "METRICS", "derive_metrics"]
+
+#: the per-layer metrics that carry intervals
+METRICS = ("learning", "forgetting", "cka_divergence")
+#: the layer x layer tables of a comparison (mean over seeds; each also has a ``_std`` twin)
+FLOW_TABLES = ("flow", "flow_relative", "flow_baseline", "flow_relative_baseline", "flow_corrected",
+               "flow_relative_corrected")
 
 FIRST_TERMS = ("measured", "one")
 
@@ -52,6 +69,9 @@ def derive_metrics(
     *,
     first_term: str = "measured",
     layer_numbers: Sequence[int] | None = None,
+    bootstrap: pd.DataFrame | None = None,
+    confidence: float = PAPER.confidence,
+    residual_threshold: float = PAPER.residual_threshold,
 ) -> dict[str, pd.DataFrame]:
     """Per-layer learning / forgetting / cka divergence and both flow matrices from the tidy tables.
 
@@ -62,9 +82,14 @@ def derive_metrics(
         first_term: ``"measured"`` (STIR of the layer with itself, from the same inversions) or
             ``"one"`` (the paper's ``1 - STIR`` form).
         layer_numbers: each layer's 1-based position in its model (default ``1..L``).
+        bootstrap: replicates of the per-layer STIR / CKA values (``BOOTSTRAP_COLUMNS`` of
+            :mod:`ftlens.invariance.score`); without it the intervals are over seeds only.
+        confidence: level of the intervals.
+        residual_threshold: the largest mean relative residual of a converged inversion.
 
     Returns:
-        ``{"per_layer", "per_seed", "flow", "flow_std", "flow_relative", "flow_relative_std"}``.
+        ``{"per_layer", "per_seed", "flows_per_seed"}`` and every table of :data:`FLOW_TABLES`
+        with its ``<name>_std``; ``flows_per_seed[name]`` is the (seeds, L, L) array.
     """
     if first_term not in FIRST_TERMS:
         raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
@@ -73,16 +98,21 @@ def derive_metrics(
     L = len(layers)
     diag = np.arange(L)
     per_seed_rows = []
-    flows, rels = [], []
+    per_seed_flows: dict[str, list[np.ndarray]] = {name: [] for name in FLOW_TABLES}
     for seed in seeds:
         m_pp = _matrix(stir_df, PRETRAINED, PRETRAINED, seed, layers)
         m_fp = _matrix(stir_df, FINETUNED, PRETRAINED, seed, layers)
         m_ff = _matrix(stir_df, FINETUNED, FINETUNED, seed, layers)
         m_pf = _matrix(stir_df, PRETRAINED, FINETUNED, seed, layers)
         # M[a, b] = STIR(ft^[a] | pt^[b]); flow[i, j] = M[j, i] - M[i, j] (eq. 5)
-        flows.append(m_fp.T - m_fp)
         # flow_relative[i, j] = STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[i]) = M[j, i] - M[i, i]
-        rels.append(m_fp.T - np.diag(m_fp)[:, None])
+        # the baselines: the same with the pretrained model as target (m_pp instead of m_fp)
+        flow, rel = m_fp.T - m_fp, m_fp.T - np.diag(m_fp)[:, None]
+        base, base_rel = m_pp.T - m_pp, m_pp.T - np.diag(m_pp)[:, None]
+        for name, value in (("flow", flow), ("flow_relative", rel), ("flow_baseline", base),
+                            ("flow_relative_baseline", base_rel), ("flow_corrected", flow - base),
+                            ("flow_relative_corrected", rel - base_rel)):
+            per_seed_flows[name].append(value)
         res = stir_df[stir_df["seed"] == seed].drop_duplicates(["reference", "reference_layer"])
         res = res.set_index(["reference", "reference_layer"])["residual"]
         cka = cka_df[(cka_df["seed"] == seed) & (cka_df["model_a"] == FINETUNED) & (cka_df["model_b"] == PRETRAINED)]
@@ -112,14 +142,26 @@ def derive_metrics(
                             for s in seeds]) for c in value_cols}
     per_layer = pd.DataFrame(index=pd.Index(layers, name="layer"))
     per_layer["layer_number"] = np.arange(1, L + 1) if layer_numbers is None else [int(k) for k in layer_numbers]
-    for c in ("learning", "forgetting", "cka_divergence"):
+    boot = _bootstrap_means(bootstrap, layers, seeds, first_term) if bootstrap is not None and len(bootstrap) else {}
+    for c in METRICS:
         per_layer[c] = stacked[c].mean(axis=0)
         per_layer[f"{c}_std"] = _std(stacked[c])
+        lo, hi = t_interval(stacked[c], confidence)
+        if c in boot:
+            b_lo, b_hi = bootstrap_interval(per_layer[c].to_numpy(), boot[c], confidence)
+            lo, hi = np.fmin(lo, b_lo), np.fmax(hi, b_hi)  # the wider of the two (fmin/fmax skip NaN)
+        per_layer[f"{c}_lo"], per_layer[f"{c}_hi"] = lo, hi
     for c in ("stir_pt_pt", "stir_ft_ft", "stir_ft_given_pt", "stir_pt_given_ft", "cka", "residual_pt", "residual_ft"):
         per_layer[c] = stacked[c].mean(axis=0)
+    worst = np.fmax(stacked["residual_pt"], stacked["residual_ft"]).max(axis=0)
+    per_layer["residual_max"] = worst
+    per_layer["converged"] = worst <= residual_threshold
     per_layer["n_seeds"] = len(seeds)
     estimator = stir_df["estimator"].iloc[0] if "estimator" in stir_df and len(stir_df) else "biased"
-    per_layer.attrs.update({"estimator": estimator, "first_term": first_term})
+    per_layer.attrs.update({"estimator": estimator, "first_term": first_term, "confidence": confidence,
+                            "residual_threshold": residual_threshold,
+                            "interval": "the wider of the t interval over seeds and the bootstrap (images) "
+                                        "interval of the seed mean" if boot else "t interval over seeds"})
 
     def frame(values: np.ndarray) -> pd.DataFrame:
         df = pd.DataFrame(values, index=pd.Index(layers, name="pretrained_layer"),
@@ -127,15 +169,36 @@ def derive_metrics(
         df.attrs["estimator"] = estimator
         return df
 
-    flow_arr, rel_arr = np.stack(flows), np.stack(rels)
-    flow_mean, rel_mean = flow_arr.mean(axis=0), rel_arr.mean(axis=0)
-    flow_mean[diag, diag] = 0.0  # already exactly 0 (x - x); written to make the contract explicit
-    rel_mean[diag, diag] = 0.0
+    out: dict = {"per_layer": per_layer, "per_seed": per_seed, "flows_per_seed": {}}
+    for name, values in per_seed_flows.items():
+        arr = np.stack(values)
+        mean = arr.mean(axis=0)
+        mean[diag, diag] = 0.0  # already exactly 0 (x - x); written to make the contract explicit
+        out[name], out[f"{name}_std"] = frame(mean), frame(_std(arr))
+        out["flows_per_seed"][name] = arr
+    return out
+
+
+def _bootstrap_means(boot: pd.DataFrame, layers: list[str], seeds: list[int], first_term: str) -> dict[str, np.ndarray]:
+    """``{metric: (replicates, L)}``: each bootstrap replicate's per-layer metric, averaged over seeds."""
+    def values(quantity: str, target: str, reference: str) -> np.ndarray:
+        sub = boot[(boot["quantity"] == quantity) & (boot["target"] == target) & (boot["reference"] == reference)]
+        piv = sub.pivot_table(index=["seed", "replicate"], columns="layer", values="value")
+        arr = piv.reindex(columns=layers).to_numpy(np.float64)
+        n_rep = sub["replicate"].nunique()
+        return arr.reshape(len(seeds), n_rep, len(layers))  # (seeds, replicates, L), rows sorted by seed
+
+    try:
+        s_pp = values("stir", PRETRAINED, PRETRAINED)
+        s_fp = values("stir", FINETUNED, PRETRAINED)
+        s_ff = values("stir", FINETUNED, FINETUNED)
+        s_pf = values("stir", PRETRAINED, FINETUNED)
+        cka = values("cka", FINETUNED, PRETRAINED)
+    except ValueError:  # an incomplete table (e.g. written by an older version): intervals over seeds only
+        return {}
+    one = first_term == "one"
     return {
-        "per_layer": per_layer,
-        "per_seed": per_seed,
-        "flow": frame(flow_mean),
-        "flow_std": frame(_std(flow_arr)),
-        "flow_relative": frame(rel_mean),
-        "flow_relative_std": frame(_std(rel_arr)),
+        "learning": ((1.0 if one else s_ff) - s_pf).mean(axis=0),
+        "forgetting": ((1.0 if one else s_pp) - s_fp).mean(axis=0),
+        "cka_divergence": (1.0 - cka).mean(axis=0),
     }

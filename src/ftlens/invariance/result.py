@@ -13,18 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ftlens import io
 from ftlens.display import ComparisonDisplay
 from ftlens.errors import ConfigError
-from ftlens.invariance.metrics import derive_metrics
+from ftlens.invariance.metrics import FLOW_TABLES, derive_metrics
 from ftlens.invariance.plan import Plan
 from ftlens.invariance.score import FINETUNED, PRETRAINED
 from ftlens.inversion import Inversion
 from ftlens.models import ModelWrapper
+from ftlens.settings import PAPER
 
-__all__ = ["Comparison", "inversion_table", "load_comparison", "model_info"]
+__all__ = ["Comparison", "build_comparison", "inversion_table", "load_comparison", "model_info"]
 
 
 @dataclass
@@ -37,7 +39,10 @@ class Comparison(ComparisonDisplay):
             over seeds, NaN for one seed), the STIR terms ``stir_pt_pt = STIR(pt^[i] | pt^[i])``,
             ``stir_ft_ft``, ``stir_ft_given_pt = STIR(ft^[i] | pt^[i])``, ``stir_pt_given_ft``,
             ``cka = CKA(ft^[i], pt^[i])`` and the mean inversion residuals ``residual_pt`` /
-            ``residual_ft`` (means over seeds).
+            ``residual_ft`` (means over seeds); ``<metric>_lo`` / ``<metric>_hi``: the
+            interval (level ``config["confidence"]``) of each metric; ``residual_max`` (the
+            worst inversion of the layer) and ``converged`` (``residual_max <=
+            config["residual_threshold"]``).
         per_seed: the same per (layer, seed), tidy.
         stir: tidy STIR table (``target, reference, target_layer, reference_layer, seed, stir,
             residual, estimator``) for the four (target, reference) pairs of the two models.
@@ -47,6 +52,13 @@ class Comparison(ComparisonDisplay):
             (antisymmetric, mean over seeds). ``flow_std``: its std over seeds.
         flow_relative: ``STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[i])`` (relative to the
             diagonal). ``flow_relative_std``: its std over seeds.
+        flow_baseline, flow_relative_baseline: both flows of the pretrained model with itself
+            (``ft = pt``), from the pretrained-side inversions: what directionality alone gives.
+        flow_corrected, flow_relative_corrected: flow minus its baseline (per seed, then the
+            mean): what finetuning changed; exactly 0 for an exact copy. Each has a ``_std``.
+        flows_per_seed: ``{table name: (seeds, L, L) array}`` of every flow table.
+        bootstrap: per-layer STIR and CKA under resamples of the images within each seed
+            (``quantity, target, reference, layer, seed, replicate, value``).
         inversions: one row per inversion (reference, reference_layer, seed, residuals,
             seconds, cached, key).
         config: the full configuration, package versions, fingerprints, seeds and timings.
@@ -62,6 +74,16 @@ class Comparison(ComparisonDisplay):
     flow_relative_std: pd.DataFrame
     inversions: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
+    flow_baseline: pd.DataFrame | None = None
+    flow_baseline_std: pd.DataFrame | None = None
+    flow_relative_baseline: pd.DataFrame | None = None
+    flow_relative_baseline_std: pd.DataFrame | None = None
+    flow_corrected: pd.DataFrame | None = None
+    flow_corrected_std: pd.DataFrame | None = None
+    flow_relative_corrected: pd.DataFrame | None = None
+    flow_relative_corrected_std: pd.DataFrame | None = None
+    flows_per_seed: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    bootstrap: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def layers(self) -> list[str]:
@@ -96,9 +118,10 @@ class Comparison(ComparisonDisplay):
 
     def summary(self) -> pd.DataFrame:
         """A small per-layer table to print (1-based layer numbers)."""
-        cols = ["learning", "learning_std", "forgetting", "forgetting_std", "cka_divergence",
-                "cka_divergence_std", "stir_pt_pt", "stir_ft_ft", "residual_pt", "residual_ft"]
-        out = self.per_layer[cols].copy()
+        cols = ["learning", "learning_std", "learning_lo", "learning_hi", "forgetting", "forgetting_std",
+                "forgetting_lo", "forgetting_hi", "cka_divergence", "cka_divergence_std", "cka_divergence_lo",
+                "cka_divergence_hi", "stir_pt_pt", "stir_ft_ft", "residual_pt", "residual_ft", "converged"]
+        out = self.per_layer[[c for c in cols if c in self.per_layer]].copy()
         out.insert(0, "layer_number", self.per_layer["layer_number"])
         out.attrs.update(self.per_layer.attrs)
         return out
@@ -121,10 +144,13 @@ class Comparison(ComparisonDisplay):
         io.write_table(d / "stir.csv", self.stir.set_index("target"))
         io.write_table(d / "cka.csv", self.cka.set_index("model_a"))
         io.write_table(d / "inversions.csv", self.inversions.set_index("reference"))
-        io.write_table(d / "flow.csv", self.flow)
-        io.write_table(d / "flow_std.csv", self.flow_std)
-        io.write_table(d / "flow_relative.csv", self.flow_relative)
-        io.write_table(d / "flow_relative_std.csv", self.flow_relative_std)
+        for name in FLOW_TABLES:
+            for suffix in ("", "_std"):
+                table = getattr(self, name + suffix)
+                if table is not None:
+                    io.write_table(d / f"{name}{suffix}.csv", table)
+        if self.bootstrap is not None and len(self.bootstrap):
+            io.write_table(d / "bootstrap.csv", self.bootstrap.set_index("quantity"))
         io.write_json(d / "comparison.json", self.config)
         return d
 
@@ -150,9 +176,18 @@ def load_comparison(directory: str | os.PathLike) -> Comparison:
     inv_df = _read_csv(d / "inversions.csv")
     for df in (stir_df, cka_df):
         df["seed"] = df["seed"].astype(int)
+    boot = _read_csv(d / "bootstrap.csv") if (d / "bootstrap.csv").exists() else None
+    return build_comparison(stir_df, cka_df, inv_df, config, boot)
+
+
+def build_comparison(stir_df: pd.DataFrame, cka_df: pd.DataFrame, inversions: pd.DataFrame, config: dict[str, Any],
+                     bootstrap: pd.DataFrame | None = None) -> Comparison:
+    """A :class:`Comparison` from its primary tables; every derived table follows from ``config``."""
     derived = derive_metrics(stir_df, cka_df, config["layers"], first_term=config.get("first_term", "measured"),
-                             layer_numbers=config.get("layer_numbers"))
-    return Comparison(stir=stir_df, cka=cka_df, inversions=inv_df, config=config, **derived)
+                             layer_numbers=config.get("layer_numbers"), bootstrap=bootstrap,
+                             confidence=config.get("confidence", PAPER.confidence),
+                             residual_threshold=config.get("residual_threshold", PAPER.residual_threshold))
+    return Comparison(stir=stir_df, cka=cka_df, inversions=inversions, config=config, bootstrap=bootstrap, **derived)
 
 
 def model_info(m: ModelWrapper) -> dict[str, Any]:

@@ -17,13 +17,52 @@ from ftlens.inversion import Inversion
 from ftlens.models import ModelWrapper
 from ftlens.similarity import cka_from_grams, gram_linear
 
-__all__ = ["CKA_COLUMNS", "FINETUNED", "PRETRAINED", "STIR_COLUMNS", "cka_table", "grams", "score"]
+__all__ = ["BOOTSTRAP_COLUMNS", "CKA_COLUMNS", "FINETUNED", "PRETRAINED", "STIR_COLUMNS", "bootstrap_cka",
+           "bootstrap_indices", "cka_table", "grams", "score"]
 
 #: Role labels used in the tables of a comparison.
 PRETRAINED = "pretrained"
 FINETUNED = "finetuned"
 STIR_COLUMNS = ["target", "reference", "target_layer", "reference_layer", "seed", "stir", "residual"]
 CKA_COLUMNS = ["model_a", "layer_a", "model_b", "layer_b", "seed", "cka"]
+#: one row per bootstrap replicate of a per-layer (diagonal) STIR or clean CKA value
+BOOTSTRAP_COLUMNS = ["quantity", "target", "reference", "layer", "seed", "replicate", "value"]
+_BOOTSTRAP_SEED = 104_729  # offset of the resampling generator's seed (independent of the start noise)
+
+
+def bootstrap_indices(n: int, replicates: int, seed: int) -> torch.Tensor:
+    """``replicates`` resamples (with replacement) of ``n`` image indices -> (replicates, n) int64.
+
+    The same resamples serve every quantity of a seed, so differences (learning, forgetting)
+    are bootstrapped pairwise.
+    """
+    g = torch.Generator().manual_seed(_BOOTSTRAP_SEED + int(seed))
+    return torch.randint(0, n, (int(replicates), n), generator=g)
+
+
+def _centred(k: torch.Tensor) -> torch.Tensor:
+    return k - k.mean(-1, keepdim=True) - k.mean(-2, keepdim=True) + k.mean((-1, -2), keepdim=True)
+
+
+def bootstrap_cka(k: torch.Tensor, l: torch.Tensor, index: torch.Tensor, *, debiased: bool = False,  # noqa: E741
+                  chunk: int = 16) -> torch.Tensor:
+    """CKA of the two Grams (n, n) restricted to each resample of ``index`` (B, n) -> (B,) float64.
+
+    A resample of the images is the matching rows and columns of each Gram matrix, so no
+    forward pass is repeated. Biased: batched; debiased: one :func:`cka_from_grams` per resample.
+    """
+    k, l = k.double(), l.double()  # noqa: E741
+    if debiased:
+        return torch.tensor([cka_from_grams(k[i][:, i], l[i][:, i], debiased=True) for i in index],
+                            dtype=torch.float64)
+    out = []
+    for lo in range(0, index.shape[0], chunk):
+        idx = index[lo:lo + chunk]
+        kb = _centred(k[idx[:, :, None], idx[:, None, :]])
+        lb = _centred(l[idx[:, :, None], idx[:, None, :]])
+        cross = (kb * lb).sum((-1, -2))
+        out.append(cross / ((kb * kb).sum((-1, -2)) * (lb * lb).sum((-1, -2))).sqrt())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def grams(model: ModelWrapper, x: torch.Tensor, layers: list[str], batch_size: int | None) -> dict[str, torch.Tensor]:
@@ -67,6 +106,8 @@ def score(
     debiased: bool = False,
     batch_size: int | None = None,
     clean_grams: dict | None = None,
+    bootstrap: int = 0,
+    bootstrap_rows: list | None = None,
 ) -> pd.DataFrame:
     """Tidy STIR table of every target layer against every finished inversion of the plan.
 
@@ -78,6 +119,9 @@ def score(
         targets: ``{label: (model, layers)}``; a target may be one of the references.
         clean_grams: an optional dict filled with ``{(label, seed): {layer: Gram on X}}``
             (reused if already filled), e.g. to compute CKA on clean images without another forward.
+        bootstrap: resamples of the images per seed for the per-layer (``target_layer ==
+            reference_layer``) values; appended to ``bootstrap_rows`` as tuples of
+            :data:`BOOTSTRAP_COLUMNS` (:func:`bootstrap_cka`).
     """
     clean = clean_grams if clean_grams is not None else {}
     missing = [item for item in plan.items if item.key not in inversions]
@@ -104,6 +148,12 @@ def score(
                                                   f"layer {layer} of the {label} model on images inverted through "
                                                   f"layer {item.layer} of the {item.reference} model"))
                     rows.append((label, item.reference, layer, item.layer, seed, value, residual))
+                if bootstrap and bootstrap_rows is not None and item.layer in layers:
+                    index = bootstrap_indices(plan.n_images, bootstrap, seed)
+                    values = bootstrap_cka(clean[(label, seed)][item.layer], inverted[item.layer], index,
+                                           debiased=debiased)
+                    bootstrap_rows.extend(("stir", label, item.reference, item.layer, seed, b, float(v))
+                                          for b, v in enumerate(values.tolist()))
     df = pd.DataFrame(rows, columns=STIR_COLUMNS)
     df["estimator"] = estimator
     df.attrs["estimator"] = estimator
@@ -115,10 +165,25 @@ def cka_table(
     seeds: Sequence[int],
     layers: Sequence[str],
     debiased: bool,
+    *,
+    bootstrap: int = 0,
+    bootstrap_rows: list | None = None,
+    n_images: int | None = None,
 ) -> pd.DataFrame:
-    """Tidy clean-image CKA: ``CKA(ft^[a], pt^[b])`` and ``CKA(pt^[a], pt^[b])`` for all a, b."""
+    """Tidy clean-image CKA: ``CKA(ft^[a], pt^[b])`` and ``CKA(pt^[a], pt^[b])`` for all a, b.
+
+    With ``bootstrap``, the per-layer ``CKA(ft^[i], pt^[i])`` of each resample of the seed's
+    ``n_images`` images is appended to ``bootstrap_rows`` (quantity ``"cka"``).
+    """
     rows = []
     for seed in seeds:
+        if bootstrap and bootstrap_rows is not None:
+            index = bootstrap_indices(int(n_images), bootstrap, seed)
+            for layer in layers:
+                values = bootstrap_cka(clean_grams[(FINETUNED, seed)][layer], clean_grams[(PRETRAINED, seed)][layer],
+                                       index, debiased=debiased)
+                bootstrap_rows.extend(("cka", FINETUNED, PRETRAINED, layer, seed, b, float(v))
+                                      for b, v in enumerate(values.tolist()))
         pt = clean_grams[(PRETRAINED, seed)]
         for model_a in (FINETUNED, PRETRAINED):
             grams_a = clean_grams[(model_a, seed)]

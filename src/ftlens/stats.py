@@ -1,0 +1,96 @@
+"""Intervals and verdicts: the statistics every reported number and finding uses.
+
+- :func:`t_interval`: the ``level`` interval of a mean from ``k`` independent values (seeds),
+  Student t with ``k - 1`` degrees of freedom; NaN for fewer than 2 values.
+- :func:`welch_interval`: the interval of a difference of two means (Welch-Satterthwaite).
+- :func:`percentile_interval`: the percentile interval of bootstrap replicates.
+- :func:`bootstrap_interval`: the normal interval ``estimate -+ z * sd(replicates)``. CKA on a
+  resample with repeated images is shifted (repeats weigh those images more), so the
+  replicates are used for the spread only, centred on the estimate from the real images.
+- :func:`decide`: a verdict from an interval and the claimed direction: ``held`` when the
+  interval excludes the null on the claimed side, ``did not hold`` when it excludes it on the
+  other side, otherwise ``inconclusive``; any reason given (too few seeds, unconverged
+  inversions, confounded runs) makes it inconclusive whatever the interval says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["HELD", "INCONCLUSIVE", "NOT_HELD", "VERDICTS", "bootstrap_interval", "decide", "percentile_interval",
+           "t_interval", "welch_interval"]
+
+HELD = "held"
+NOT_HELD = "did not hold"
+INCONCLUSIVE = "inconclusive"
+VERDICTS = (HELD, NOT_HELD, INCONCLUSIVE)
+
+
+def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``mean -+ t_{k-1, (1+level)/2} * sd / sqrt(k)`` along ``axis`` -> ``(lo, hi)`` (NaN if k < 2)."""
+    v = np.asarray(values, dtype=np.float64)
+    k = v.shape[axis]
+    mean = v.mean(axis=axis)
+    if k < 2:
+        nan = np.full_like(mean, np.nan, dtype=np.float64)
+        return nan, nan.copy()
+    half = stats.t.ppf(0.5 + level / 2, k - 1) * v.std(axis=axis, ddof=1) / np.sqrt(k)
+    return mean - half, mean + half
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Interval of ``mean(a) - mean(b)`` (independent samples, unequal variances); NaN if either has < 2."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff = a.mean() - b.mean()
+    se = np.sqrt(va + vb)
+    if se == 0:
+        return float(diff), float(diff)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return float(diff - half), float(diff + half)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(1-level)/2`` and ``(1+level)/2`` quantiles of bootstrap replicates along ``axis``."""
+    r = np.asarray(replicates, dtype=np.float64)
+    if r.shape[axis] == 0:
+        shape = np.delete(np.array(r.shape), axis)
+        nan = np.full(tuple(shape), np.nan)
+        return nan, nan.copy()
+    lo, hi = np.quantile(r, [0.5 - level / 2, 0.5 + level / 2], axis=axis)
+    return lo, hi
+
+
+def bootstrap_interval(estimate: np.ndarray, replicates: np.ndarray, level: float = 0.95,
+                       axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``estimate -+ z_{(1+level)/2} * sd(replicates)`` (sd along ``axis``, ddof 1); NaN for < 2 replicates."""
+    r = np.asarray(replicates, dtype=np.float64)
+    est = np.asarray(estimate, dtype=np.float64)
+    if r.shape[axis] < 2:
+        nan = np.full_like(est, np.nan)
+        return nan, nan.copy()
+    half = stats.norm.ppf(0.5 + level / 2) * r.std(axis=axis, ddof=1)
+    return est - half, est + half
+
+
+def decide(lo: float, hi: float, *, direction: str = "greater", null: float = 0.0,
+           reasons: Sequence[str] = ()) -> tuple[str, str | None]:
+    """``(verdict, reason)`` for a claim that the statistic is ``direction`` ('greater'/'less') than ``null``."""
+    if direction not in ("greater", "less"):
+        raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
+    if reasons:
+        return INCONCLUSIVE, "; ".join(reasons)
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return INCONCLUSIVE, "no interval (too few independent values)"
+    above, below = lo > null, hi < null
+    if (above and direction == "greater") or (below and direction == "less"):
+        return HELD, None
+    if above or below:
+        return NOT_HELD, None
+    return INCONCLUSIVE, f"the interval [{lo:.4g}, {hi:.4g}] contains the null value {null:g}"
