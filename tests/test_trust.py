@@ -202,3 +202,60 @@ def test_confounded_strategy_comparison_lists_what_differs(tmp_path):
 
     f = {x["id"]: x for x in compute_findings(tmp_path, CONFIG)}["lpft-distorts-less"]
     assert f["verdict"] == INCONCLUSIVE and "lr: 0.03 vs 0.01" in f["reason"]
+
+
+# ------------------------------------------------------------------------------ ftlens validate
+
+
+def _edge_net():
+    """A small CNN with hand-set (non-random) edge filters: its features are far from a random init's."""
+    import torch
+    from torch import nn
+
+    from ftlens.models import load_model
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    with torch.no_grad():
+        k = torch.zeros(8, 3, 3, 3)
+        for o in range(8):
+            k[o, o % 3, 1, 1] = 1.0
+            k[o, o % 3, 1, (o // 3) % 3] -= 0.8
+        net[0].weight.copy_(k)
+        net[0].bias.zero_()
+        centre = torch.zeros(3, 3)
+        centre[1, 1] = 1.0
+        net[2].weight.copy_(torch.eye(8)[:, :, None, None] * centre)
+        net[2].bias.zero_()
+    return load_model(net, layers=["1", "3"], input_size=(3, 16, 16))
+
+
+def test_validate_passes_on_a_structured_model_and_flags_failures():
+    from ftlens.data import get_dataset
+    from ftlens.validate import validate
+
+    x = image_pool(get_dataset("digits", split="test", image_size=(16, 16)), 32, 2).images
+    table = validate(_edge_net(), x, n_images=32, seeds=2, steps=30, cache=None, progress=False)
+    assert list(table["check"].unique()) == ["exact copy", "random init", "shuffled order", "inversion residual"]
+    assert table["passed"].all(), table.to_string()
+    assert table.loc[0, "value"] <= 1e-12
+    # the same model with too few inversion steps: the residual check fails, the others still pass
+    short = validate(_edge_net(), x, n_images=32, seeds=2, steps=1, cache=None, progress=False)
+    assert not short[short["check"] == "inversion residual"]["passed"].any()
+    assert short[short["check"] != "inversion residual"]["passed"].all()
+
+
+def test_cli_validate(tmp_path):
+    from typer.testing import CliRunner
+
+    from ftlens.cli import app
+
+    out = tmp_path / "validate.csv"
+    r = CliRunner().invoke(app, ["validate", "ftlens:vit-micro", "--data", "digits", "--images", "16", "--seeds", "1",
+                                 "--steps", "2", "--layers", "blocks.0,blocks.1", "--no-cache", "--out", str(out)])
+    assert r.exit_code == 1, r.output  # 2 steps cannot converge: a failed check
+    assert "exact copy" in r.output and "FAIL" in r.output and "checks passed" in r.output
+    table = pd.read_csv(out)
+    assert set(table["check"]) == {"exact copy", "random init", "shuffled order", "inversion residual"}
+    bad = CliRunner().invoke(app, ["validate", "ftlens:vit-micro", "--data", "digits", "--images", "100000"])
+    assert bad.exit_code == 2 and "only" in bad.output

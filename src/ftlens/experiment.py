@@ -46,6 +46,8 @@ class AnalysisConfig:
     step_size: float = PAPER.step_size
     layers: list[str] | None = None  # default: every block
     debiased: bool = PAPER.debiased  # CKA estimator; the paper uses the biased one
+    residual_threshold: float = PAPER.residual_threshold  # the convergence gate of every layer
+    bootstrap: int = PAPER.bootstrap  # image resamples per seed for the intervals
     compare: list[str] | None = None  # run names (default: every run except lp / wise-ft)
     dynamics: list[str] = field(default_factory=list)
     dynamics_epochs: list[int] | None = None
@@ -262,7 +264,8 @@ class Experiment:
     def _compare_kwargs(self) -> dict[str, Any]:
         a = self.config.analysis
         kw: dict[str, Any] = dict(seeds=a.seeds, n_images=a.images, steps=a.steps, step_size=a.step_size,
-                                  layers=a.layers, debiased=a.debiased)
+                                  layers=a.layers, debiased=a.debiased, residual_threshold=a.residual_threshold,
+                                  bootstrap=a.bootstrap)
         if self.cache != "default":
             kw["cache"] = self.cache
         if a.batch_size:

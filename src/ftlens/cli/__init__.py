@@ -41,6 +41,7 @@ from ftlens.cli import (  # noqa: E402,F401
     demo_cmd,
     finetune_cmd,
     models_cmds,
+    validate_cmd,
 )
 
 #: ``ftlens --help`` lists the commands in the order of a researcher's workflow

@@ -22,29 +22,33 @@ def print_summary(comparison, title: str | None = None) -> None:
     summary = comparison.summary()
     cfg = comparison.config
     head = title or f"{cfg['finetuned']['name']} vs {cfg['pretrained']['name']}"
+    level = comparison.per_layer.attrs.get("confidence", 0.95)
     table = Table(
-        title=f"{head}: linear CKA ({comparison.estimator} HSIC), mean ± std over {len(cfg['seeds'])} "
-        f"seed(s), {cfg['n_images']} images, {cfg['inversion']['steps']} steps, first term {cfg['first_term']}",
+        title=f"{head}: linear CKA ({comparison.estimator} HSIC), mean [{level:.0%} interval] over {len(cfg['seeds'])} "
+        f"seed(s) and image resamples, {cfg['n_images']} images, {cfg['inversion']['steps']} steps, first term "
+        f"{cfg['first_term']}",
         title_style="bold",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     for col in ("layer", "learning", "forgetting", "cka\ndivergence", "STIR\npt|pt", "STIR\nft|ft",
-                "residual\npt/ft"):
+                "residual\npt/ft", "converged"):
         table.add_column(col, justify="right", no_wrap=True)
 
-    def pm(mean: float, std: float) -> str:  # std is NaN with one seed
-        return fmt_num(mean, 4) if std != std else f"{fmt_num(mean, 4)}±{fmt_num(std, 4)}"
+    def pm(row, metric: str) -> str:
+        mean, lo, hi = row[metric], row.get(f"{metric}_lo", float("nan")), row.get(f"{metric}_hi", float("nan"))
+        return fmt_num(mean, 4) if lo != lo else f"{fmt_num(mean, 4)} [{fmt_num(lo, 4)}, {fmt_num(hi, 4)}]"
 
     for layer, row in summary.iterrows():
         table.add_row(
             layer_title(str(layer), int(row["layer_number"])),
-            pm(row["learning"], row["learning_std"]),
-            pm(row["forgetting"], row["forgetting_std"]),
-            pm(row["cka_divergence"], row["cka_divergence_std"]),
+            pm(row, "learning"),
+            pm(row, "forgetting"),
+            pm(row, "cka_divergence"),
             fmt_num(row["stir_pt_pt"]),
             fmt_num(row["stir_ft_ft"]),
             f"{fmt_num(row['residual_pt'], 2)}/{fmt_num(row['residual_ft'], 2)}",
+            "yes" if row.get("converged", True) else "[red]no[/red]",
         )
     console.print(table)
 
@@ -68,6 +72,11 @@ def compare_cmd(
     debiased: bool = common.debiased_option(),
     first_term: str = typer.Option(PAPER.first_term, "--first-term", help="measured (STIR of a layer with itself) "
                                    "or one (the paper's 1 - STIR)."),
+    residual_threshold: float = typer.Option(PAPER.residual_threshold, "--residual-threshold",
+                                             help="Largest mean relative inversion residual of a converged layer "
+                                             "(the `converged` column)."),
+    bootstrap: int = typer.Option(PAPER.bootstrap, "--bootstrap", min=0, help="Image resamples per seed for the "
+                                  "95% intervals (0: over seeds only)."),
     batch_size: int = common.batch_size_option(),
     device: str = common.device_option(),
     image_size: str = common.image_size_option(),
@@ -132,6 +141,7 @@ def compare_cmd(
             pt, ft, pool.images, processes=processes, threads=threads, layers=layer_list, seeds=seeds, n_images=images,
             steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased, first_term=first_term,
             batch_size=batch_size, autocast="bf16" if bf16 else None, device=device, progress=None,
+            residual_threshold=residual_threshold, bootstrap=bootstrap,
         )
     if result is None:  # a rank other than 0 under a launcher: rank 0 merges and writes
         return

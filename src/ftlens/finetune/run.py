@@ -54,6 +54,7 @@ from ftlens.finetune.loop import (
     DataSource,
     EpochSettings,
     Runtime,
+    augment_batch,
     epoch_seed,
     evaluate,
     make_optimizer,
@@ -489,9 +490,18 @@ def build_task_model(cfg: FinetuneConfig, wrapper: ModelWrapper, num_classes: in
     return TaskModel(wrapper, "reconstruction", decoder)
 
 
-def _features(wrapper: ModelWrapper, source: DataSource, batch_size: int, device: torch.device):
+def _features(wrapper: ModelWrapper, source: DataSource, batch_size: int, device: torch.device,
+              augment: tuple[int, bool] | None = None, seed: int = 0):
+    """Pre-logit features (eval mode) and labels of ``source``.
+
+    ``augment=(padding, flip)``: of one augmented view of each image (:func:`augment_batch`,
+    the training augmentation), so that a head fitted on them sees what finetuning trains on.
+    """
     feats, labels = [], []
+    gen = torch.Generator().manual_seed(int(seed))
     for x, y in source.batches(batch_size, device=device):
+        if augment is not None:
+            x = augment_batch(x, gen, augment[0], augment[1])
         feats.append(wrapper.representations(x, [PRE_LOGITS], batch_size=batch_size)[PRE_LOGITS])
         labels.append(y.cpu())
     return torch.cat(feats), torch.cat(labels)
@@ -667,7 +677,11 @@ class _Run:
     def _fit_probe(self, row: dict[str, Any]) -> LinearProbe:
         cfg, rt = self.cfg, self.runtime
         self.model.eval()
-        feats, labels = _features(self.wrapper, self.train_src, cfg.eval_batch_size, rt.device)
+        # LP-FT: the head is fitted on the features FT will train on (the same augmentation), so the
+        # first FT steps start from a head that fits them (an un-augmented fit collapses FT's first epoch)
+        augment = (int(cfg.crop_padding), bool(cfg.flip)) if cfg.augment and cfg.strategy == "lp-ft" else None
+        feats, labels = _features(self.wrapper, self.train_src, cfg.eval_batch_size, rt.device, augment=augment,
+                                  seed=cfg.seed)
         probe = fit_linear_probe(feats, labels, self.num_classes, grid=cfg.lp_grid, val_fraction=cfg.lp_val_fraction,
                                  seed=cfg.seed, max_iter=cfg.lp_max_iter)
         probe.install(self.model.backbone)

@@ -91,7 +91,7 @@ def _findings(sources: Sequence[Source], label: _Labels) -> Section | None:
         findings = next(iter(per_source.values()))
         rows = []
         for f in findings:
-            cls, verdict = _verdict(f["held"])
+            cls, verdict = _verdict(f)
             rows.append(f"<tr><td>{esc(f['claim'])}<br/><span class='caption'>{esc(f['source'])}</span></td>"
                         f"<td class='{cls}'>{verdict}</td><td>{esc(f['rule'])}</td><td>{esc(_numbers(f))}</td></tr>")
         s.blocks.append(Text("<table class='text'><thead><tr><th>claim</th><th>verdict</th><th>rule</th><th>numbers</th></tr>"
@@ -110,23 +110,37 @@ def _findings(sources: Sequence[Source], label: _Labels) -> Section | None:
             if f is None:
                 cells.append("<td class='na'>–</td>")
                 continue
-            cls, verdict = _verdict(f["held"])
+            cls, verdict = _verdict(f)
             cells.append(f"<td class='{cls}' title='{esc(_numbers(f))}'>{verdict}</td>")
         rows.append(f"<tr><td>{esc(claim)}</td>{''.join(cells)}</tr>")
     s.blocks.append(Text(f"<table class='text'><thead><tr><th>claim</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"))
     return s
 
 
-def _verdict(held: Any) -> tuple[str, str]:
-    if held is True:
-        return "held", "held"
-    if held is False:
-        return "nothold", "did not hold"
-    return "na", "not testable"
+def _verdict(f: dict) -> tuple[str, str]:
+    """(css class, text) of a finding's verdict (``held`` / ``did not hold`` / ``inconclusive``)."""
+    verdict = f.get("verdict")
+    if verdict is None:  # written before verdicts had three values
+        held = f.get("held")
+        verdict = "held" if held is True else ("did not hold" if held is False else "inconclusive")
+    return {"held": "held", "did not hold": "nothold"}.get(verdict, "na"), verdict
 
 
 def _numbers(f: dict) -> str:
-    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in f["numbers"].items())
+    """The statistic with its interval, the test, the reason when inconclusive, then the numbers."""
+    parts = []
+    stat, interval = f.get("statistic"), f.get("interval")
+    if stat is not None:
+        text = f"statistic = {stat:.4g}"
+        if interval and None not in interval:
+            text += f" [{interval[0]:.4g}, {interval[1]:.4g}]"
+        parts.append(text)
+    if f.get("test"):
+        parts.append(f"{f['test']}, n = {f.get('n_points')}")
+    if f.get("reason"):
+        parts.append(f"inconclusive because: {f['reason']}")
+    parts.extend(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in f["numbers"].items())
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -212,11 +226,20 @@ def _comparisons(sources: Sequence[Source], label: _Labels) -> Section | None:
         for lab, cmp in cmps.items():
             s.blocks.append(_fig(ip.plot_flow(cmp, title=f"InvarianceFlow: {lab}", vmax=vmax),
                                  _flow_caption(lab, cmp) + (" Same colour scale for every run." if len(cmps) > 1 else "")))
+            if getattr(cmp, "flow_baseline", None) is not None:
+                s.blocks.append(_fig(ip.flow_panels(cmp, title=lab), f"{lab}: the flow next to the pretrained model's "
+                                     "own flow (baseline: STIR is directional, so a model compared with itself already "
+                                     "has one) and their difference (corrected = raw - baseline, what finetuning "
+                                     "changed), on one colour scale. Read the corrected panel: red below the diagonal "
+                                     "= compression, above = expansion."))
     for lab, (_, cmp) in loaded.items():
         cols = [c for c in cmp.per_layer.columns if not c.startswith("residual") and c != "layer_number"]
         s.blocks.append(Table(_layer_index(cmp.per_layer[cols]), f"{lab}: per-layer metrics (linear CKA, {cmp.estimator} "
-                              "HSIC); *_std is over seeds; stir_pt_pt / stir_ft_ft are the measured first terms "
-                              "(inversion quality; 1 = perfect).", f"{lab}: per layer", collapsed=True))
+                              "HSIC); *_std is over seeds, *_lo / *_hi the 95% interval (seeds and a bootstrap over "
+                              "images); converged: every inversion of the layer ended below the residual threshold "
+                              "(unconverged layers are hatched in the figures); stir_pt_pt / stir_ft_ft are the "
+                              "measured first terms (inversion quality; 1 = perfect).", f"{lab}: per layer",
+                              collapsed=True))
         res = [c for c in cmp.per_layer.columns if c.startswith("residual")]
         if res:
             s.blocks.append(Table(_layer_index(cmp.per_layer[res]), f"{lab}: mean final relative inversion residual "
@@ -545,7 +568,12 @@ def _summary(src: Source) -> str:
                                               ("dynamics table(s)", src.dynamics), ("finetuning run(s)", src.runs)) if v]
         return f"<code>{esc(src.root)}</code>: {', '.join(kinds)}."
     a = cfg.get("analysis", {}) or {}
-    return (
+    from ftlens.findings import is_smoke
+
+    smoke = is_smoke(cfg)
+    banner = (f"<b class='nothold'>Smoke-sized run</b> ({esc('; '.join(smoke))}): it checks that the pipeline works; "
+              "its numbers are too noisy to support the papers' findings, and the verdicts say so. ") if smoke else ""
+    return banner + (
         f"<code>{esc(src.name)}</code>: model <code>{esc(cfg.get('model'))}</code>"
         + (f", pretrained on <code>{esc(cfg['pretrain'].get('data'))}</code>" if cfg.get("pretrain") else "")
         + f", finetuned on <code>{esc(cfg.get('data'))}</code> in {len(cfg.get('runs', []))} ways. "

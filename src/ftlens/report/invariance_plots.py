@@ -25,6 +25,7 @@ from ftlens.report.figures import fmt_num, layer_label, save_figure, styled  # n
 __all__ = [
     "METRICS",
     "flow_heatmap",
+    "flow_panels",
     "metric_panels",
     "metrics_figure",
     "plot_flow",
@@ -78,21 +79,31 @@ def metric_panels(
                  if "finetuned" in cfg and "pretrained" in cfg else "finetuned vs pretrained")
         comparisons = {label: comparisons}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.6), squeeze=False)
-    estimators, first_terms = set(), set()
+    estimators, first_terms, intervals = set(), set(), set()
     for label, obj in comparisons.items():
         table = _per_layer(obj)
         estimators.add(_estimator(obj, table))
         first_terms.add(str((getattr(obj, "config", None) or {}).get("first_term") or table.attrs.get("first_term", "measured")))
         x, ticks = _numbers(list(table.index))
+        if "layer_number" in table:  # the layers' true positions (a subset keeps its numbers)
+            x = table["layer_number"].to_numpy(dtype=float)
+            ticks = [str(int(k)) for k in x]
+        unconverged = x[~table["converged"].to_numpy(dtype=bool)] if "converged" in table else np.array([])
         for ax, metric in zip(axes[0], metrics, strict=True):
             if metric not in table:
                 raise KeyError(f"per_layer has no column {metric!r}; columns: {list(table.columns)}")
             mean = table[metric].to_numpy(dtype=float)
             (line,) = ax.plot(x, mean, marker="o", ms=3.5, label=label)
-            std_col = f"{metric}_std"
-            if std_col in table:
-                std = np.nan_to_num(table[std_col].to_numpy(dtype=float), nan=0.0)
+            if f"{metric}_lo" in table:
+                intervals.add(True)
+                lo, hi = table[f"{metric}_lo"].to_numpy(dtype=float), table[f"{metric}_hi"].to_numpy(dtype=float)
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            elif f"{metric}_std" in table:
+                intervals.add(False)
+                std = np.nan_to_num(table[f"{metric}_std"].to_numpy(dtype=float), nan=0.0)
                 ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+            for k in unconverged:  # the convergence gate: layers whose inversions did not converge
+                ax.axvspan(k - 0.5, k + 0.5, facecolor="0.85", hatch="//", edgecolor="0.6", linewidth=0, zorder=0)
             ax.set_xticks(x, ticks)
     for ax, metric in zip(axes[0], metrics, strict=True):
         name, ylabel = METRICS.get(metric, (metric, metric))
@@ -103,7 +114,8 @@ def metric_panels(
         ax.grid(alpha=0.3)
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     estimator = "/".join(sorted(estimators))
-    note = f"linear CKA, {estimator} HSIC; mean \u00b1 std over seeds"
+    note = f"linear CKA, {estimator} HSIC; " + ("mean and 95% interval" if True in intervals
+                                                 else "mean \u00b1 std over seeds")
     if "one" in first_terms:
         note += "; first term = 1 (paper form)"
     fig.suptitle(f"{title + ' - ' if title else ''}{note}", fontsize=10)
@@ -173,16 +185,52 @@ def flow_heatmap(
     return fig
 
 
+def flow_panels(comparison: Any, *, relative: bool = False, title: str | None = None):
+    """The flow, the pretrained model's own flow (baseline) and their difference, side by side.
+
+    One colour scale for the three panels (symmetric around 0, the largest absolute value of
+    any), so a cell's colour means the same number in each. Rows = pretrained layer ``i``,
+    columns = finetuned layer ``j``; an exact copy of the model gives a white corrected panel.
+    """
+    suffix = "_relative" if relative else ""
+    names = {"flow": f"flow{suffix}", "baseline": f"flow{suffix}_baseline", "corrected": f"flow{suffix}_corrected"}
+    mats = {k: getattr(comparison, v) for k, v in names.items()}
+    if mats["baseline"] is None:
+        return flow_heatmap(comparison, relative=relative, title=title)
+    finite = np.concatenate([np.abs(m.to_numpy(dtype=float)).ravel() for m in mats.values()])
+    finite = finite[np.isfinite(finite)]
+    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    fig, axes = plt.subplots(1, 3, figsize=(14.5, 4.6))
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax)
+    heads = {"flow": "finetuned vs pretrained (raw)", "baseline": "baseline: pretrained vs itself",
+             "corrected": "corrected = raw - baseline"}
+    im = None
+    for ax, (key, m) in zip(axes, mats.items(), strict=True):
+        im = ax.imshow(m.to_numpy(dtype=float), cmap="RdBu_r", norm=norm, origin="upper")
+        ax.set_xticks(range(m.shape[1]), [layer_label(c) for c in m.columns])
+        ax.set_yticks(range(m.shape[0]), [layer_label(r) for r in m.index])
+        ax.set_xlabel("finetuned layer j")
+        ax.set_ylabel("pretrained layer i")
+        ax.set_title(heads[key], fontsize=10)
+    definition = ("STIR(ft[j]|pt[i]) - STIR(ft[i]|pt[i])" if relative else "STIR(ft[j]|pt[i]) - STIR(ft[i]|pt[j]) (eq. 5)")
+    fig.suptitle(f"{title + ' - ' if title else ''}InvarianceFlow{' (relative)' if relative else ''}: {definition}; "
+                 f"linear CKA, {_estimator(comparison, mats['flow'])} HSIC; one colour scale", fontsize=10)
+    fig.colorbar(im, ax=list(axes), label="flow", shrink=0.9)
+    return fig
+
+
 #: Names used by the report builder.
 plot_per_layer = metrics_figure
 plot_flow = flow_heatmap
 
 
 def save_comparison_plots(comparison: Any, directory: str | os.PathLike, *, title: str | None = None) -> list[Path]:
-    """Write ``metrics.png``, ``flow.png`` and ``flow_relative.png`` into ``directory``."""
+    """Write ``metrics.png``, ``flow.png``, ``flow_relative.png`` and ``flow_baseline.png`` (raw,
+    baseline and corrected flow on one colour scale) into ``directory``."""
     d = Path(directory)
     return [
         save_figure(metrics_figure(comparison, title=title), d / "metrics.png"),
         save_figure(flow_heatmap(comparison), d / "flow.png"),
         save_figure(flow_heatmap(comparison, relative=True), d / "flow_relative.png"),
+        save_figure(flow_panels(comparison), d / "flow_baseline.png"),
     ]
