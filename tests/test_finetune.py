@@ -264,3 +264,24 @@ def test_cli_runs_and_rejects_unknown_strategy(workdir, pretrained):
     assert FinetuneConfig.from_yaml(out / "config.yaml").epochs == 1
     result = runner.invoke(app, ["finetune", "--model", MODEL, "--strategy", "lpft2", "--out", str(workdir / "x")])
     assert result.exit_code == 2 and "lp-ft" in result.output
+
+
+def test_lpft_probe_features_include_the_training_augmentation(make_vit, make_pool):
+    """LP-FT fits its head on the features FT trains on: an augmented view of each image."""
+    from ftlens.finetune.loop import DataSource, augment_batch
+    from ftlens.finetune.run import _features
+    from ftlens.models import PRE_LOGITS
+
+    m = make_vit(0)
+    x = make_pool(10, 5)
+    y = torch.arange(10) % 3
+    src = DataSource.from_tensors(x, y, num_classes=3)
+    plain, labels = _features(m, src, 4, torch.device("cpu"))
+    assert plain.shape[0] == 10 and torch.equal(labels, y)
+    torch.testing.assert_close(plain, m.representations(x, [PRE_LOGITS])[PRE_LOGITS])
+    seen, labels2 = _features(m, src, 4, torch.device("cpu"), augment=(2, True), seed=3)
+    assert seen.shape[0] == 10 and torch.equal(labels2, y)
+    gen = torch.Generator().manual_seed(3)
+    views = torch.cat([augment_batch(x[lo:lo + 4], gen, 2, True) for lo in range(0, 10, 4)])
+    torch.testing.assert_close(seen, m.representations(views, [PRE_LOGITS])[PRE_LOGITS])
+    assert not torch.allclose(seen, plain)
