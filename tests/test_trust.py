@@ -259,3 +259,13 @@ def test_cli_validate(tmp_path):
     assert set(table["check"]) == {"exact copy", "random init", "shuffled order", "inversion residual"}
     bad = CliRunner().invoke(app, ["validate", "ftlens:vit-micro", "--data", "digits", "--images", "100000"])
     assert bad.exit_code == 2 and "only" in bad.output
+
+
+def test_smoke_sized_runs_are_named():
+    from ftlens.experiment import builtin_config, quick
+    from ftlens.findings import is_smoke
+
+    assert is_smoke(builtin_config("demo")) == []
+    why = is_smoke(quick(builtin_config("demo")))
+    assert any("images per seed" in w for w in why) and any("inversion steps" in w for w in why)
+    assert is_smoke({"analysis": {"images": "<b>x</b>"}}) == []  # unreadable values are not numbers

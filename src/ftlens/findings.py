@@ -388,18 +388,30 @@ def _correlation_finding(path: Path, settings: Settings) -> dict[str, Any] | Non
         reason=reason, numbers={"r": r, "p": p, "p_bonferroni": p_corr, "epochs": n, "hypotheses": m})
 
 
+def _number(value: Any, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def is_smoke(config: Any, settings: Settings = PAPER) -> list[str]:
     """Why a run is smoke-sized (empty when it is not): far fewer images, seeds or steps than the paper's."""
     cfg = config.to_dict() if hasattr(config, "to_dict") else (config or {})
     a = cfg.get("analysis") or {}
+    if not isinstance(a, dict):
+        return []
+    images, seeds = _number(a.get("images"), settings.images), _number(a.get("seeds"), settings.seeds)
+    steps = _number(a.get("steps"), settings.steps)
     why = []
-    if int(a.get("images", settings.images)) < 100:
-        why.append(f"{a.get('images')} images per seed (the paper: {settings.images})")
-    if int(a.get("seeds", settings.seeds)) < settings.min_seeds:
-        why.append(f"{a.get('seeds')} seed(s) (the paper: {settings.seeds})")
-    if int(a.get("steps", settings.steps)) < settings.steps // 2:
-        why.append(f"{a.get('steps')} inversion steps (the paper: {settings.steps})")
-    epochs = (cfg.get("defaults") or {}).get("epochs")
-    if epochs is not None and int(epochs) < settings.min_epochs:
-        why.append(f"{epochs} epochs per run")
+    if images < 100:
+        why.append(f"{images:g} images per seed (the paper: {settings.images})")
+    if seeds < settings.min_seeds:
+        why.append(f"{seeds:g} seed(s) (the paper: {settings.seeds})")
+    if steps < settings.steps // 2:
+        why.append(f"{steps:g} inversion steps (the paper: {settings.steps})")
+    defaults = cfg.get("defaults") or {}
+    epochs = _number(defaults.get("epochs"), float("inf")) if isinstance(defaults, dict) else float("inf")
+    if epochs < settings.min_epochs:
+        why.append(f"{epochs:g} epochs per run")
     return why
