@@ -98,16 +98,17 @@ def test_one_seed_still_has_a_bootstrap_interval(pt, ft, pool):
 
 
 def test_bootstrap_cka_is_cka_of_the_resampled_rows(make_pool):
-    x = make_pool(12, 3).flatten(1).double()
-    y = x @ torch_rand(x.shape[1], 5)
-    k, l = gram_linear(x), gram_linear(y)  # noqa: E741
+    base = make_pool(12, 3).flatten(1).double()
     index = bootstrap_indices(12, 7, seed=0)
-    fast = bootstrap_cka(k, l, index)
-    for b in range(7):
-        i = index[b]
-        slow = cka_from_grams(gram_linear(x[i]), gram_linear(y[i]))
-        assert float(fast[b]) == pytest.approx(slow, abs=1e-10)
     assert not (index[0] == index[1]).all()
+    for x in (base, base + 50.0):  # features with a large mean: no cancellation
+        y = x @ torch_rand(x.shape[1], 5)
+        k, l = gram_linear(x), gram_linear(y)  # noqa: E741
+        fast = bootstrap_cka(k, l, index)
+        for b in range(7):
+            i = index[b]
+            slow = cka_from_grams(gram_linear(x[i]), gram_linear(y[i]))
+            assert float(fast[b]) == pytest.approx(slow, abs=1e-10)
 
 
 def torch_rand(*shape):

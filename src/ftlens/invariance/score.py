@@ -40,29 +40,34 @@ def bootstrap_indices(n: int, replicates: int, seed: int) -> torch.Tensor:
     return torch.randint(0, n, (int(replicates), n), generator=g)
 
 
-def _centred(k: torch.Tensor) -> torch.Tensor:
-    return k - k.mean(-1, keepdim=True) - k.mean(-2, keepdim=True) + k.mean((-1, -2), keepdim=True)
-
-
 def bootstrap_cka(k: torch.Tensor, l: torch.Tensor, index: torch.Tensor, *, debiased: bool = False,  # noqa: E741
                   chunk: int = 16) -> torch.Tensor:
     """CKA of the two Grams (n, n) restricted to each resample of ``index`` (B, n) -> (B,) float64.
 
     A resample of the images is the matching rows and columns of each Gram matrix, so no
-    forward pass is repeated. Biased: batched; debiased: one :func:`cka_from_grams` per resample.
+    forward pass is repeated. Biased: from the resample's multiplicities ``w`` (how often each
+    image was drawn), ``trace(K_b H L_b H) = w'(K*L)w - 2/n sum_a w_a (Kw)_a (Lw)_a +
+    (w'Kw)(w'Lw)/n^2``, a few matrix products for all resamples at once (``*``: elementwise).
+    Debiased: one :func:`cka_from_grams` per resample on the gathered rows and columns.
     """
     k, l = k.double(), l.double()  # noqa: E741
     if debiased:
         return torch.tensor([cka_from_grams(k[i][:, i], l[i][:, i], debiased=True) for i in index],
                             dtype=torch.float64)
-    out = []
-    for lo in range(0, index.shape[0], chunk):
-        idx = index[lo:lo + chunk]
-        kb = _centred(k[idx[:, :, None], idx[:, None, :]])
-        lb = _centred(l[idx[:, :, None], idx[:, None, :]])
-        cross = (kb * lb).sum((-1, -2))
-        out.append(cross / ((kb * kb).sum((-1, -2)) * (lb * lb).sum((-1, -2))).sqrt())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    # centring the full Grams first changes no resample's centred Gram (it only adds terms
+    # u_a + u_b, which the resample's own centring removes) and avoids cancellation below
+    k = k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+    l = l - l.mean(0, keepdim=True) - l.mean(1, keepdim=True) + l.mean()  # noqa: E741
+    n = index.shape[1]
+    w = torch.zeros(index.shape[0], k.shape[0], dtype=torch.float64)
+    w.scatter_add_(1, index, torch.ones(index.shape, dtype=torch.float64))
+    kw, lw = w @ k, w @ l  # (B, n): K w and L w for every resample (K, L symmetric)
+
+    def hsic(a: torch.Tensor, aw: torch.Tensor, b: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
+        quad = ((w @ (a * b)) * w).sum(1)
+        return quad - 2.0 / n * (w * aw * bw).sum(1) + (w * aw).sum(1) * (w * bw).sum(1) / n**2
+
+    return hsic(k, kw, l, lw) / (hsic(k, kw, k, kw) * hsic(l, lw, l, lw)).sqrt()
 
 
 def grams(model: ModelWrapper, x: torch.Tensor, layers: list[str], batch_size: int | None) -> dict[str, torch.Tensor]:
