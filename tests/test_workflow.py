@@ -192,11 +192,11 @@ def test_unknown_preset_exits_2_without_traceback():
 
 
 SHARED = {
-    "compare": ["--device", "--image-size", "--layers", "--images", "--seeds", "--steps", "--step-size", "--batch-size",
+    "compare": ["--device", "--image-size", "--tokens", "--layers", "--images", "--seeds", "--steps", "--step-size", "--batch-size",
                 "--cache-dir", "--no-cache", "--data", "--data-dir", "--debiased", "--out"],
-    "dynamics": ["--device", "--image-size", "--layers", "--images", "--seeds", "--steps", "--step-size", "--batch-size",
+    "dynamics": ["--device", "--image-size", "--tokens", "--layers", "--images", "--seeds", "--steps", "--step-size", "--batch-size",
                  "--cache-dir", "--no-cache", "--data", "--data-dir", "--debiased", "--out", "--epochs"],
-    "cka": ["--device", "--image-size", "--layers", "--images", "--batch-size", "--data", "--data-dir", "--debiased", "--out"],
+    "cka": ["--device", "--image-size", "--tokens", "--layers", "--images", "--batch-size", "--data", "--data-dir", "--debiased", "--out"],
     "layers": ["--device", "--image-size", "--all"],
     "finetune": ["--device", "--image-size", "--batch-size", "--data", "--data-dir", "--out", "--tensorboard", "--wandb"],
     "report": ["--out"],
@@ -221,7 +221,7 @@ def test_shared_options_have_one_help_text_and_default():
     helps: dict[str, set] = {}
     for name in ("compare", "dynamics", "cka"):
         for param in cmd.commands[name].params:
-            if getattr(param, "opts", None) and param.opts[0] in ("--device", "--image-size", "--layers", "--images", "--seeds",
+            if getattr(param, "opts", None) and param.opts[0] in ("--device", "--image-size", "--tokens", "--layers", "--images", "--seeds",
                                                                     "--steps", "--batch-size", "--cache-dir"):
                 helps.setdefault(param.opts[0], set()).add((param.help, str(param.default)))
     assert helps and all(len(v) == 1 for v in helps.values()), helps

@@ -73,7 +73,8 @@ def dynamics(
 
     tracker = run_tracker(run_dir) if Path(run_dir, "config.yaml").exists() else Tracker(run_dir)
     for epoch in track([e for e in wanted if e not in have], description=f"dynamics {Path(run_dir).name}"):
-        ft = load_model(str(ckpts[epoch]), layers=layers or pt.layers, image_size=pt.input_size[1:])
+        ft = load_model(str(ckpts[epoch]), layers=layers or pt.layers, image_size=pt.input_size[1:],
+                        tokens=getattr(pt, "tokens", "all"))  # the same token handling as the pretrained side
         cmp = compare(pt, ft, images, layers=layers, **compare_kwargs)
         if cmp is None:  # another rank under a launcher: its share is in the cache, rank 0 merges
             continue

@@ -31,6 +31,7 @@ def dynamics_cmd(
     batch_size: int = common.batch_size_option(),
     device: str = common.device_option(),
     image_size: str = common.image_size_option(),
+    tokens: str = common.tokens_option(),
     cache_dir: Path = common.cache_dir_option(),
     no_cache: bool = common.no_cache_option(),
     data_dir: Path = common.data_dir_option(),
@@ -66,7 +67,8 @@ def dynamics_cmd(
     layer_list = common.layer_list(layers)
     pretrained = pretrained or f"{run_dir}@0"
     progress.stage(f"loading {pretrained}")
-    pt = load_model(pretrained, layers=layer_list, device=device, **common.image_size_kwargs(image_size))
+    pt = load_model(pretrained, layers=layer_list, device=device, tokens=tokens,
+                    **common.image_size_kwargs(image_size))
     if data is None:
         cfg_path = run_dir / "config.yaml"
         data = yaml.safe_load(cfg_path.read_text()).get("data") if cfg_path.exists() else None

@@ -110,6 +110,13 @@ def image_size_option() -> Any:
     return typer.Option(None, "--image-size", help=IMAGE_SIZE_HELP)
 
 
+TOKENS_HELP = "Token / feature-map handling: all (flattened, the paper's), cls or mean."
+
+
+def tokens_option() -> Any:
+    return typer.Option("all", "--tokens", help=TOKENS_HELP)
+
+
 def device_option() -> Any:
     return typer.Option("auto", "--device", help=DEVICE_HELP)
 

@@ -67,7 +67,7 @@ def compare_cmd(
     seeds: int = common.seeds_option(),
     steps: int = common.steps_option(),
     step_size: float = common.step_size_option(),
-    tokens: str = typer.Option("all", "--tokens", help="Token / feature-map handling: all (flattened, the paper's), cls or mean."),
+    tokens: str = common.tokens_option(),
     start: str = typer.Option(PAPER.start, "--start", help="Inversion start: noise, mixed or uniform."),
     debiased: bool = common.debiased_option(),
     first_term: str = typer.Option(PAPER.first_term, "--first-term", help="measured (STIR of a layer with itself) "

@@ -70,7 +70,7 @@ def cka_cmd(
     batch_size: int = common.batch_size_option(),
     device: str = common.device_option(),
     image_size: str = common.image_size_option(),
-    tokens: str = typer.Option("all", "--tokens", help="Token / feature-map handling: all (flattened, the paper's), cls or mean."),
+    tokens: str = common.tokens_option(),
     data_dir: Path = common.data_dir_option(),
 ) -> None:
     """Linear CKA between every layer of MODEL_A and every layer of MODEL_B on the same images."""
