@@ -21,9 +21,9 @@ def test_paper_configs_exist_for_every_experiment():
             "in1k_cifar10_optimizers"} <= names
 
 
-@pytest.mark.parametrize("path", PAPER + ["demo"], ids=lambda p: getattr(p, "stem", p))
+@pytest.mark.parametrize("path", PAPER + ["demo", "demo-real"], ids=lambda p: getattr(p, "stem", p))
 def test_config_parses_and_every_run_is_a_valid_finetune_config(path, tmp_path):
-    config = builtin_config(path) if path == "demo" else ExperimentConfig.from_yaml(path)
+    config = builtin_config(path) if isinstance(path, str) else ExperimentConfig.from_yaml(path)
     exp = Experiment(config, tmp_path)
     for run in config.runs:
         kwargs = exp.run_config(run)
@@ -46,6 +46,8 @@ def test_unknown_keys_are_named():
 def test_quick_variant_is_small():
     q = quick(builtin_config("demo"))
     assert q.model == "ftlens:vit-micro" and q.analysis.steps <= 10 and q.defaults["epochs"] == 2
+    real = quick(builtin_config("demo-real"))  # real weights stay: they are the point of that part
+    assert real.model == "ftlens:efficientnet-lite0-in1k" and real.image_size == 32 and real.analysis.steps <= 10
 
 
 def test_findings_are_computed_from_the_numbers(monkeypatch, tmp_path, synthetic_comparison):

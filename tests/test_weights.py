@@ -121,3 +121,26 @@ def test_wrong_file_is_refused(monkeypatch, tmp_path):
             load_model(PRESET)
     finally:
         lite0._timm_state.cache_clear()
+
+
+@pytest.mark.parametrize("spec", [PRESET, "timm:resnet10t"])
+def test_cnn_channels_last_and_head_reset_keep_pre_logits(spec):
+    """CNN weights are stored channels-last (faster on CPU) without changing what the model computes,
+    and replacing the head (timm also replaces the global pool) keeps `pre_logits` capturable."""
+    import copy
+
+    from ftlens.finetune.tasks import reset_classifier
+
+    torch.manual_seed(0)
+    w = load_model(spec, input_size=(3, 32, 32))
+    conv = next(m for m in w.module.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(w.module).to(memory_format=torch.contiguous_format)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mean, std = torch.tensor(w.mean).view(1, 3, 1, 1), torch.tensor(w.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = plain.forward_head(plain.forward_features((x - mean) / std), pre_logits=True)
+    got = w.representations(x, ["pre_logits"])["pre_logits"]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    reset_classifier(w, 10)
+    torch.testing.assert_close(w.representations(x, ["pre_logits"])["pre_logits"], expected, rtol=1e-4, atol=1e-4)

@@ -112,9 +112,14 @@ def builtin_config(name: str) -> ExperimentConfig:
 
 
 def quick(config: ExperimentConfig) -> ExperimentConfig:
-    """A tiny variant of any config (seconds, for tests): few epochs, images and steps."""
+    """A tiny variant of any config (seconds, for tests): few epochs, images and steps. The model
+    becomes ``ftlens:vit-micro``, except real pretrained weights (``ftlens:efficientnet-lite0-in1k``),
+    which are the point of their config and small enough."""
+    from ftlens.weights import WEIGHTS
+
     c = copy.deepcopy(config)
-    c.model = "ftlens:vit-micro"
+    if c.model.removeprefix("ftlens:") not in WEIGHTS:
+        c.model = "ftlens:vit-micro"
     if c.pretrain:
         c.pretrain.update(epochs=1, train_size=256, test_size=128)
     c.defaults.update(epochs=2, train_size=256, test_size=128, corruption_size=128)

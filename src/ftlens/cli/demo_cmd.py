@@ -51,16 +51,23 @@ def demo_cmd(
 ) -> None:
     """The embedded offline demo, end to end: pretrain, finetune, compare, report.
 
-    A 12-block ViT is pretrained on photo patches, finetuned on digits in several ways, compared
-    with its pretrained self, and everything lands in OUT/report.html.
+    Two parts, each with its own page. OUT/report.html: a 12-block ViT pretrained on photo
+    patches, finetuned on digits in several ways and compared with its pretrained self.
+    OUT/real/report.html: real ImageNet weights (EfficientNet-Lite0) finetuned on real MNIST
+    digits (FT, LP, LP-FT, scratch) and compared layer by layer.
     """
     from ftlens.experiment import builtin_config
     from ftlens.experiment import quick as make_quick
 
-    config = builtin_config("demo")
-    if quick:
-        config = make_quick(config)
-    _run(config, out, stages, no_cache, device)
+    for name, where in DEMO_PARTS:
+        config = builtin_config(name)
+        if quick:
+            config = make_quick(config)
+        _run(config, out / where if where else out, stages, no_cache, device)
+
+
+#: The demo's parts: (builtin config, sub-directory of OUT).
+DEMO_PARTS = (("demo", ""), ("demo-real", "real"))
 
 
 @app.command("run")

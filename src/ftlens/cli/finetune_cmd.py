@@ -28,7 +28,7 @@ def finetune_cmd(
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="timm: models: fetch the hub weights (default on).", rich_help_panel=_MODEL),
     pretrained_from: str | None = typer.Option(None, "--pretrained-from", help="Start from RUN@last, RUN@3 or a checkpoint file (its head is replaced).", rich_help_panel=_MODEL),
     image_size: str | None = typer.Option(None, "--image-size", help="Input resolution H or H,W (default: the model's own, or its checkpoint's).", rich_help_panel=_MODEL),
-    data: str | None = typer.Option(None, "--data", help="Dataset: digits, natural-patches, cifar10, cifar100, pets, eurosat, folder:PATH.", rich_help_panel=_MODEL),
+    data: str | None = typer.Option(None, "--data", help="Dataset: digits, mnist-5k, natural-patches, fashion-mnist, cifar10, cifar100, pets, eurosat, folder:PATH.", rich_help_panel=_MODEL),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Where torchvision datasets live (default $FTLENS_DATA_DIR or ~/.cache/ftlens/data).", rich_help_panel=_MODEL),
     download: bool | None = typer.Option(None, "--download/--no-download", help="Download missing datasets (default: when online).", rich_help_panel=_MODEL),
     train_size: int | None = typer.Option(None, "--train-size", help="Use a seeded subset of this many training images.", rich_help_panel=_MODEL),

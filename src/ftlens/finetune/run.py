@@ -156,7 +156,7 @@ def finetune(
 
 
 #: Datasets whose classes change when mirrored: no random horizontal flip by default.
-NO_FLIP_DATASETS = ("digits", "sklearn-digits")
+NO_FLIP_DATASETS = ("digits", "sklearn-digits", "mnist-5k", "mnist5k", "mnist_5k")
 
 
 def default_flip(data: str) -> bool:

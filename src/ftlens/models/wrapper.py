@@ -36,6 +36,18 @@ from ftlens.models.trace import ExecutionTrace, trace_module
 _Source = Source  # the name older code and pickles use
 
 
+def channels_last_if_cnn(module: nn.Module) -> nn.Module:
+    """Store a convolutional network's weights channels-last (in place; values unchanged).
+
+    On CPU this makes the depthwise and 1x1 convolutions of CNNs 2-3x faster, forward and backward
+    (EfficientNet-Lite0 at 32 px: training steps 2.2x, inversion steps 2.4-3x). Models with a
+    patch embedding (ViT, Swin: one convolution) are left as they are.
+    """
+    if hasattr(module, "patch_embed") or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        return module
+    return module.to(memory_format=torch.channels_last)
+
+
 class ModelWrapper:
     """An ``nn.Module`` in eval mode with its preprocessing and its ordered layers.
 
@@ -70,7 +82,7 @@ class ModelWrapper:
         family: str | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
-        self.module = module.eval()
+        self.module = channels_last_if_cnn(module).eval()
         self.spec = spec
         self.name = name or short_name(spec)
         self.source = source or Source("module", {})
