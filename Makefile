@@ -31,9 +31,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
 bench: $(STAMP)
+	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/bench_cka.py
 	$(PY) bench/bench_inversion.py
 	$(PY) bench/bench_compare.py
+	$(PY) bench/bench_peer.py
+	$(PY) bench/bench_kernels.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -180,14 +180,15 @@ def run_default(args) -> dict:
     total_flops = total_seconds = 0.0
     with runtime(compile=args.compile or False):
         invert(model, layers[-1], x[: min(4, args.images)], steps=1, device=device, batch_size=args.batch_size,
-               autocast=args.autocast)  # warm-up (and compilation, if any)
+               autocast=args.autocast, schedule="fixed")  # warm-up (and compilation, if any)
         for layer in layers:
             per_image = step_flops(model, layer, device, amp)
             flops = inversion_flops(per_image, args.images, args.steps)
             _sync(device)
             t0 = time.perf_counter()
+            # the fixed schedule: every image takes every step, so the FLOP count is exact
             inv = invert(model, layer, x, steps=args.steps, seed=0, device=device, batch_size=args.batch_size,
-                         autocast=args.autocast)
+                         autocast=args.autocast, schedule="fixed")
             _sync(device)
             seconds = time.perf_counter() - t0
             invs.append(inv)
@@ -287,17 +288,23 @@ def run_paper(args) -> dict:
     if on_gpu:
         x = torch.rand(PAPER["images"] * PAPER["seeds"], *pt.input_size, generator=torch.Generator().manual_seed(0))
         with runtime(compile=args.compile or False):
-            invert(pt, pt.layers[-1], x[:8], steps=1, autocast=args.autocast)  # warm-up / compile
+            invert(pt, pt.layers[-1], x[:8], steps=1, autocast=args.autocast, schedule="fixed")  # warm-up
             torch.cuda.reset_peak_memory_stats(device)
             _sync(device)
             t0 = time.perf_counter()
             result = compare(pt, ft, x, seeds=PAPER["seeds"], n_images=PAPER["images"], steps=PAPER["steps"],
                              cache=None, autocast=args.autocast, device=device, progress=False,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, schedule=args.schedule)
             _sync(device)
             seconds = time.perf_counter() - t0
         timings = result.config["timings"]
+        # the share of the fixed schedule's image-steps that ran (1 for --schedule fixed)
+        done = float(result.inversions["image_steps"].sum()) / (len(result.inversions) * PAPER["images"]
+                                                                 * (PAPER["steps"] + 1))
         out["measured"] = {
+            "schedule": result.config["inversion"]["schedule"],
+            "image_steps_share_of_fixed": done,
+            "fraction_of_bound_executed_steps": bound_s * done / timings["inversions_s"],
             "seconds": seconds,
             "inversion_seconds": timings["inversions_s"],
             "scoring_seconds": timings["scoring_s"],
@@ -311,12 +318,12 @@ def run_paper(args) -> dict:
         # a tiny measured fraction on the real shapes: layers 1 and 12 of one model, one seed
         n, steps = args.fraction_images, args.fraction_steps
         x = torch.rand(n, *pt.input_size, generator=torch.Generator().manual_seed(0))
-        invert(pt, pt.layers[0], x[:1], steps=1)  # warm-up
+        invert(pt, pt.layers[0], x[:1], steps=1, schedule="fixed")  # warm-up
         sample = []
         for layer in (pt.layers[0], pt.layers[-1]):
             f = inversion_flops(step_flops(pt, layer, device, None), n, steps)
             t0 = time.perf_counter()
-            invert(pt, layer, x, steps=steps, seed=0)
+            invert(pt, layer, x, steps=steps, seed=0, schedule="fixed")
             s = time.perf_counter() - t0
             sample.append({"layer": layer, "images": n, "steps": steps, "seconds": s, "useful_gflop_per_s": f / s / 1e9,
                            "fraction_of_square_matmul": f / s / rate})
@@ -348,6 +355,9 @@ def main() -> None:
     p.add_argument("--compile", nargs="?", const="inductor", default=None,
                    help="torch.compile the ViT block stack (optionally a backend name)")
     p.add_argument("--paper", action="store_true", help="the paper's configuration (see the docstring)")
+    p.add_argument("--schedule", default=None, choices=["adaptive", "fixed"],
+                   help="--paper: the inversion schedule of the compare (default: the library's, adaptive); "
+                        "the efficiency measurements always use the fixed schedule")
     p.add_argument("--fraction-images", type=int, default=4, help="--paper on a CPU: images of the measured fraction")
     p.add_argument("--fraction-steps", type=int, default=1, help="--paper on a CPU: steps of the measured fraction")
     args = p.parse_args()

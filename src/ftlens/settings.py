@@ -32,6 +32,10 @@ class Settings:
         residual_threshold: an inversion whose mean relative residual ``||m(X') - m(X)|| /
             ||m(X)||`` stays above this is *not converged*; verdicts resting on it are
             inconclusive.
+        schedule: inversion schedule, ``"adaptive"`` (the project's default: per-image step
+            length and early stopping, :mod:`ftlens.inversion`) or ``"fixed"`` (the paper's).
+        stop_fraction: the adaptive schedule stops an image once its residual is at most
+            ``stop_fraction * residual_threshold`` (one threshold for the gate and the stop).
         alpha: significance level of the findings' tests (after multiple-comparison correction).
         min_seeds, min_epochs, min_runs: fewer than these make a finding inconclusive.
     """
@@ -46,6 +50,8 @@ class Settings:
     confidence: float = 0.95
     bootstrap: int = 200
     residual_threshold: float = 0.5
+    schedule: str = "adaptive"
+    stop_fraction: float = 0.1
     alpha: float = 0.05
     min_seeds: int = 2
     min_epochs: int = 4

@@ -137,6 +137,12 @@ def steps_option() -> Any:
     return typer.Option(PAPER.steps, "--steps", help=STEPS_HELP)
 
 
+def schedule_option() -> Any:
+    return typer.Option(PAPER.schedule, "--schedule", help="Inversion schedule: adaptive (per-image step length; an "
+                        "image stops at the residual threshold or when it stops improving; --steps is the cap) or "
+                        "fixed (the paper: every image every step, fixed length).")
+
+
 def step_size_option() -> Any:
     return typer.Option(PAPER.step_size, "--step-size", help=STEP_SIZE_HELP)
 

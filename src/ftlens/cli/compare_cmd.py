@@ -66,6 +66,7 @@ def compare_cmd(
     images: int = common.images_option(),
     seeds: int = common.seeds_option(),
     steps: int = common.steps_option(),
+    schedule: str = common.schedule_option(),
     step_size: float = common.step_size_option(),
     tokens: str = common.tokens_option(),
     start: str = typer.Option(PAPER.start, "--start", help="Inversion start: noise, mixed or uniform."),
@@ -113,6 +114,8 @@ def compare_cmd(
     from ftlens.invariance.pool import image_pool
     from ftlens.models import load_model
 
+    if schedule not in inversion.SCHEDULE_PRESETS:
+        raise ConfigError(f"--schedule must be one of {', '.join(inversion.SCHEDULE_PRESETS)}, got {schedule!r}")
     ctx = distributed.context()
     sharded = ctx.distributed or processes > 1
     if sharded and no_cache:
@@ -142,6 +145,7 @@ def compare_cmd(
             steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased, first_term=first_term,
             batch_size=batch_size, autocast="bf16" if bf16 else None, device=device, progress=None,
             residual_threshold=residual_threshold, bootstrap=bootstrap,
+            schedule=schedule,
         )
     if result is None:  # a rank other than 0 under a launcher: rank 0 merges and writes
         return

@@ -33,7 +33,7 @@ from ftlens.invariance.plan import Plan, plan_inversions
 from ftlens.invariance.result import Comparison, build_comparison, inversion_table, model_info
 from ftlens.invariance.run import Executor, run_plan
 from ftlens.invariance.score import BOOTSTRAP_COLUMNS, FINETUNED, PRETRAINED, cka_table, score
-from ftlens.inversion import InversionSettings
+from ftlens.inversion import InversionSettings, schedule_fields
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
 from ftlens.store import Cache, resolve_cache, tensor_hash
@@ -54,6 +54,7 @@ def compare_plan(
     *,
     autocast: str | None = None,
     device: str | torch.device | None = None,
+    schedule: str | Mapping[str, Any] | None = None,
 ) -> tuple[ModelWrapper, ModelWrapper, list[str], InversionSettings, Plan]:
     """The models, layers, settings and :class:`~ftlens.invariance.plan.Plan` that :func:`compare` runs."""
     pt = as_model(pretrained, PRETRAINED)
@@ -61,7 +62,8 @@ def compare_plan(
     models = {PRETRAINED: pt, FINETUNED: ft}
     check_input_sizes(models, images)
     layer_list = resolve_shared_layers(models, layers)
-    settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast)
+    settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast,
+                                 **schedule_fields(schedule))
     plan = plan_inversions(models, images, layers={PRETRAINED: layer_list, FINETUNED: layer_list}, seeds=seeds,
                            n_images=n_images, settings=settings, device=device)
     return pt, ft, layer_list, settings, plan
@@ -91,6 +93,7 @@ def compare(
     bootstrap: int = PAPER.bootstrap,
     confidence: float = PAPER.confidence,
     residual_threshold: float = PAPER.residual_threshold,
+    schedule: str | Mapping[str, Any] | None = None,
 ) -> Comparison | None:
     """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` vs ``pretrained``.
 
@@ -114,6 +117,11 @@ def compare(
             inversions, so an exact copy gives exactly 0) or ``"one"`` (the paper's ``1 - STIR``).
         batch_size: images per batch for inversion and capture.
         autocast: ``"bf16"`` to run the inversion forward in bfloat16 on CUDA.
+        schedule: inversion schedule: ``None`` / ``"adaptive"`` (default, ``PAPER.schedule``:
+            adaptive step length, per-image early stopping at ``PAPER.stop_fraction *
+            residual_threshold``), ``"fixed"`` (the paper's fixed step length, every image every
+            step) or a mapping of schedule fields (:func:`ftlens.inversion.schedule_fields`);
+            part of every cache key.
         processes: ``N > 1`` splits the inversions over ``N`` local processes (gloo,
             ``threads`` or ``cpu_count // N`` CPU threads each, one GPU each when ``device``
             is CUDA); they share ``cache`` (required), and the merged result equals the
@@ -144,9 +152,13 @@ def compare(
     ft = as_model(finetuned, FINETUNED)
     models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)
     pt, ft = models[PRETRAINED], models[FINETUNED]
+    fields = schedule_fields(schedule)
+    if fields.get("schedule", PAPER.schedule) == "adaptive" and "stop_residual" not in fields:
+        # one threshold: the adaptive schedule stops images at a fraction of the convergence gate's
+        fields["stop_residual"] = PAPER.stop_fraction * float(residual_threshold)
     pt, ft, layer_list, settings, plan = compare_plan(
         pt, ft, images, layers=layers, seeds=seeds, n_images=n_images, steps=steps,
-        step_size=step_size, start=start, autocast=autocast, device=device)
+        step_size=step_size, start=start, autocast=autocast, device=device, schedule=fields)
     store = resolve_cache(cache)
     t_plan = time.perf_counter()
     done = executor.run(plan, images, cache=store, batch_size=batch_size, progress=progress)
@@ -244,6 +256,7 @@ def stir(
     device: str | torch.device | None = None,
     reference_name: str | None = None,
     progress: bool | None = None,
+    schedule: str | Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """``STIR(target^[i] | reference^[j])`` for every target layer ``i`` and reference layer ``j``.
 
@@ -259,6 +272,8 @@ def stir(
         steps, step_size, start: inversion settings (:func:`ftlens.invert`).
         debiased: debiased linear CKA instead of the biased default.
         cache: ``True`` (default directory), a directory / :class:`~ftlens.store.Cache`, or None.
+        schedule: inversion schedule: ``None`` / ``"adaptive"`` (default), ``"fixed"`` (the
+            paper) or a mapping (:func:`ftlens.inversion.schedule_fields`).
 
     Returns:
         Tidy DataFrame with columns ``target, reference, target_layer, reference_layer, seed,
@@ -274,7 +289,8 @@ def stir(
             tlayers[label] = m.resolve_layers(target_layers)
         except LayerError as exc:
             raise LayerError(f"target {label}: {exc}") from None
-    settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast)
+    settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast,
+                                 **schedule_fields(schedule))
     plan = plan_inversions({ref_label: ref}, images, layers=reference_layers, seeds=seeds, n_images=n_images,
                            settings=settings, device=device)
     invs = run_plan(plan, images, cache=cache, batch_size=batch_size, progress=progress)

@@ -203,6 +203,7 @@ def inversion_table(plan: Plan, invs: Mapping[str, Inversion]) -> pd.DataFrame:
             "reference": item.reference, "reference_layer": item.layer, "seed": item.seed, "n_images": inv.n,
             "residual_mean": float(r.mean()), "residual_median": float(r.median()),
             "residual_max": float(r.max()), "start_residual": float(inv.history[0]),
+            "image_steps": int(inv.extra.get("image_steps", -1)),
             "seconds": float(inv.seconds), "cached": bool(inv.cached), "key": item.key,
         })
     return pd.DataFrame(rows)
