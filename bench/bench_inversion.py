@@ -259,7 +259,7 @@ def paper_flops(model, device: torch.device, amp) -> dict:
 
 def run_paper(args) -> dict:
     from ftlens.invariance import compare
-    from ftlens.inversion import invert, runtime
+    from ftlens.inversion import invert, runtime, tf32
     from ftlens.models import load_model
 
     device, amp_req, _ = _setup(args)
@@ -314,6 +314,19 @@ def run_paper(args) -> dict:
             "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20,
             "mean_residual_pt": float(result.per_layer["residual_pt"].mean()),
         }
+        if args.agreement and args.autocast:
+            # the same compare in float32 (TF32 off): how far bf16 moves STIR
+            with runtime(compile=args.compile or False), tf32(False):
+                t0 = time.perf_counter()
+                fp32 = compare(pt, ft, x, seeds=PAPER["seeds"], n_images=PAPER["images"], steps=PAPER["steps"],
+                               cache=None, autocast=None, device=device, progress=False,
+                               batch_size=args.batch_size, schedule=args.schedule)
+                _sync(device)
+                fp32_s = time.perf_counter() - t0
+            diff = max(float((result.stir_matrix(t, r) - fp32.stir_matrix(t, r)).abs().max().max())
+                       for t in ("pretrained", "finetuned") for r in ("pretrained", "finetuned"))
+            out["measured"]["float32_seconds"] = fp32_s
+            out["measured"]["max_abs_diff_stir_bf16_vs_float32"] = diff
     else:
         # a tiny measured fraction on the real shapes: layers 1 and 12 of one model, one seed
         n, steps = args.fraction_images, args.fraction_steps
@@ -355,6 +368,9 @@ def main() -> None:
     p.add_argument("--compile", nargs="?", const="inductor", default=None,
                    help="torch.compile the ViT block stack (optionally a backend name)")
     p.add_argument("--paper", action="store_true", help="the paper's configuration (see the docstring)")
+    p.add_argument("--agreement", action="store_true",
+                   help="--paper on a GPU with --autocast: also run the compare in float32 and report the largest "
+                        "STIR difference")
     p.add_argument("--schedule", default=None, choices=["adaptive", "fixed"],
                    help="--paper: the inversion schedule of the compare (default: the library's, adaptive); "
                         "the efficiency measurements always use the fixed schedule")
