@@ -99,6 +99,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--skip", default="", help="comma-separated sections to skip")
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256, 1024], help="batch sizes of 'batch'")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +151,7 @@ def main() -> None:
             torch.manual_seed(0)
             m = load_model(spec).to(dev)
             lay = m.layers[len(m.layers) // 2]
-            for n in (16, 64, 256, 1024):
+            for n in args.batches:
                 xs = torch.rand(n, *m.input_size)
                 t = _best_interleaved({"t": lambda m=m, lay=lay, xs=xs: inv(m, lay, xs)}, max(1, args.repeat - 1))
                 rows.append({"model": spec, "layer": lay, "batch": n,

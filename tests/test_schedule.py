@@ -260,3 +260,16 @@ def test_adaptive_stir_within_002_of_the_fixed_path_with_fewer_image_steps(vit, 
             assert float(diff.max()) < 0.02
     assert adaptive.inversions["image_steps"].sum() < 0.8 * fixed.inversions["image_steps"].sum()
     assert (fixed.inversions["image_steps"] == 24 * 41).all()
+
+
+def test_channels_last_runtime_gives_the_nchw_result_within_rounding(cnn, vit, images):
+    from ftlens.inversion import runtime
+
+    base = invert(cnn, "head", images, steps=6, seed=4, schedule="fixed")
+    with runtime(channels_last=True):
+        cl = invert(cnn, "head", images, steps=6, seed=4, schedule="fixed")
+        same_vit = invert(vit, "blocks.0", images, steps=3, seed=4)  # no convolution stack: untouched
+    torch.testing.assert_close(cl.residual, base.residual, atol=1e-4, rtol=1e-3)
+    assert float((cl.images - base.images).abs().mean()) < 1e-3
+    assert all(p.is_contiguous() for p in cnn.module.parameters())  # the model is given back as it was
+    assert torch.equal(same_vit.images, invert(vit, "blocks.0", images, steps=3, seed=4).images)
