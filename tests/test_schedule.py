@@ -273,3 +273,14 @@ def test_channels_last_runtime_gives_the_nchw_result_within_rounding(cnn, vit, i
     assert float((cl.images - base.images).abs().mean()) < 1e-3
     assert all(p.is_contiguous() for p in cnn.module.parameters())  # the model is given back as it was
     assert torch.equal(same_vit.images, invert(vit, "blocks.0", images, steps=3, seed=4).images)
+
+
+def test_compare_stops_images_at_a_fraction_of_its_residual_threshold(vit):
+    from ftlens.invariance import compare
+
+    pool = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    kw = dict(layers=["blocks.0"], seeds=1, n_images=8, steps=2, cache=None, progress=False)
+    got = compare(vit, vit, pool, residual_threshold=0.3, **kw).config["inversion"]
+    assert got["stop_residual"] == pytest.approx(PAPER.stop_fraction * 0.3)
+    assert compare(vit, vit, pool, schedule="fixed", residual_threshold=0.3, **kw).config["inversion"][
+        "stop_residual"] is None
