@@ -241,7 +241,7 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
     if dist_path.exists():
         findings.extend(_distortion_findings(pd.read_csv(dist_path), cfg, roles))
 
-    # 7. energy left for finetuning vs feature change (seed 003)
+    # 7. energy left for finetuning vs feature change (Ren et al. 2023)
     if dist_path.exists():
         findings.extend(_energy_findings(out, pd.read_csv(dist_path), settings))
 
@@ -268,7 +268,7 @@ def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dic
             reasons.append("the runs differ in more than the factor under test (" + "; ".join(differ) + ")")
         result.append(_finding(
             "lpft-distorts-less", "LP-FT distorts the pretrained features less than FT, on ID and OOD data.",
-            "Kumar et al. 2022 (seed 004)",
+            "Kumar et al. 2022",
             f"mean squared difference of pre-logit features to the pretrained model: FT minus LP-FT > 0 "
             f"(runs '{ft_name}', '{lpft_name}'; ID and OOD)",
             verdict=INCONCLUSIVE, statistic=stat, test="comparison of two values", n_points=2,
@@ -278,7 +278,7 @@ def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dic
         result.append(_finding(
             "ft-distorts-id-more",
             "FT changes features of in-distribution data more than those of OOD (corrupted) data.",
-            "Kumar et al. 2022 (seed 004)", f"pre-logit mean squared difference, run '{ft_name}': ID minus OOD > 0",
+            "Kumar et al. 2022", f"pre-logit mean squared difference, run '{ft_name}': ID minus OOD > 0",
             verdict=INCONCLUSIVE, statistic=nums["ft_ID"] - nums["ft_OOD"], test="comparison of two values",
             n_points=2, reason=single, numbers=nums))
     return result
@@ -347,7 +347,7 @@ def _energy_findings(out: Path, distortion: pd.DataFrame, settings: Settings) ->
             verdict, reason = INCONCLUSIVE, "; ".join(reasons)
         stat = float(np.mean([float(r.spearman_rho) for r in present]))
         result.append(_finding(
-            fid, claim, "Ren et al. 2023 (seed 003)",
+            fid, claim, "Ren et al. 2023",
             "pre-logit features, ID data, runs with a logged energy (train loss at the start of FT): "
             + (f"Spearman rho > 0 with p < {settings.alpha} for each measure" if grows else
                "the maximum lies strictly inside the energy range for each measure"),

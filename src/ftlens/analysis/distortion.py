@@ -16,7 +16,7 @@ All arithmetic is float64.
 
 :func:`feature_distortion` applies them per layer (and at ``pre_logits``, the features the
 head sees) to two :class:`~ftlens.models.ModelWrapper` on several image splits (ID, OOD).
-:func:`energy_vs_distortion` and :func:`energy_trend_check` test seed 003's claim over an HP-FT
+:func:`energy_vs_distortion` and :func:`energy_trend_check` test Ren et al. (2023)'s claim over an HP-FT
 sweep: as the energy at the start of FT grows (higher train loss, lower train accuracy),
 Euclidean and cosine distance grow while dot product and norm first rise then fall. The check
 computes the trend from the numbers; it is never assumed.
@@ -272,7 +272,7 @@ def energy_trend_check(
     split: str | None = None,
     layer: str | None = "pre_logits",
 ) -> pd.DataFrame:
-    """Does seed 003's trend hold in this sweep? Computed from the numbers, per (split, layer, measure).
+    """Does Ren et al. (2023)'s trend hold in this sweep? Computed from the numbers, per (split, layer, measure).
 
     - growing measures (:data:`GROWING`): ``held`` when Spearman rho(measure, energy) > 0;
     - rise-then-fall measures (:data:`RISE_THEN_FALL`): ``held`` when, with runs sorted by
