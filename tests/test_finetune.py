@@ -285,3 +285,32 @@ def test_lpft_probe_features_include_the_training_augmentation(make_vit, make_po
     views = torch.cat([augment_batch(x[lo:lo + 4], gen, 2, True) for lo in range(0, 10, 4)])
     torch.testing.assert_close(seen, m.representations(views, [PRE_LOGITS])[PRE_LOGITS])
     assert not torch.allclose(seen, plain)
+
+
+def test_lpft_default_lr_is_a_tenth_of_ft(workdir, small):
+    """LP-FT's learning rate defaults to a tenth of FT's (the literature's ratio); a given lr is kept."""
+    from ftlens.finetune.config import DEFAULT_LR, default_lr
+
+    assert default_lr("ft") == DEFAULT_LR == 1e-3 and default_lr("lp-ft") == pytest.approx(1e-4)
+    assert FinetuneConfig(model=MODEL, strategy="lp-ft").lr is None  # resolved when the run starts
+    assert FinetuneConfig(model=MODEL, strategy="lp-ft", lr=0.02).lr == 0.02
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        FinetuneConfig(model=MODEL, lr=0)
+    opts = dict(small, train_size=64, test_size=32)
+    run = finetune(strategy="lp-ft", epochs=1, out=str(workdir / "lpft-lr"), **opts)
+    assert run.config.lr == pytest.approx(1e-4)
+    assert FinetuneConfig.from_yaml(run.run_dir / "config.yaml").lr == pytest.approx(1e-4)
+    assert finetune(strategy="lp-ft", epochs=1, out=str(workdir / "lpft-lr"), **opts).completed  # resumes
+
+
+def test_lpft_first_ft_epoch_keeps_what_the_probe_learned(workdir):
+    """The collapse of issue 9: at FT's lr (1e-3) the probe's large weights turn the first backbone
+    steps into large logit changes and FT's first epoch undoes the probe (here train loss 2.02 ->
+    2.27, test accuracy 0.32 -> 0.23). With LP-FT's default lr FT starts where LP ended."""
+    run = finetune(model="ftlens:vit-micro", data="digits", data_dir=str(workdir / "data"), strategy="lp-ft",
+                   epochs=1, train_size=300, test_size=150, batch_size=16, progress=False,
+                   out=str(workdir / "lpft-collapse"))
+    lp, ft = run.metrics.iloc[0], run.metrics.iloc[1]
+    assert (lp["phase"], ft["phase"]) == ("lp", "ft")
+    assert ft["train_loss"] <= lp["train_loss"] + 0.1
+    assert ft["test_acc"] >= lp["test_acc"] - 0.08

@@ -49,7 +49,7 @@ def finetune_cmd(
     wise_from: str | None = typer.Option(None, "--wise-from", help="wise-ft: theta_0 (default: epoch 0 of --wise-to's run).", rich_help_panel=_TASK),
     wise_to: str | None = typer.Option(None, "--wise-to", help="wise-ft: the finetuned endpoint, e.g. RUN@last.", rich_help_panel=_TASK),
     optimizer: str | None = typer.Option(None, "--optimizer", help="sgd (default) | adam | adamw.", rich_help_panel=_OPT),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3).", rich_help_panel=_OPT),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3; lp-ft 1e-4, as in the literature).", rich_help_panel=_OPT),
     momentum: float | None = typer.Option(None, "--momentum", help="SGD momentum (default 0.9).", rich_help_panel=_OPT),
     weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay (default 1e-4).", rich_help_panel=_OPT),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (default 100, capped at a tenth of a phase).", rich_help_panel=_OPT),

@@ -37,6 +37,18 @@ DEFAULT_WISE_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_SEVERITIES = (1, 2, 3, 4, 5)
 #: Warm-up when ``warmup_steps`` is None: the authors' 100 steps, capped at a tenth of a phase.
 PAPER_WARMUP_STEPS = 100
+#: Peak learning rate when ``lr`` is None (the paper's recipe, ALGORITHMS.md §5).
+DEFAULT_LR = 1e-3
+#: ``lp-ft``'s default lr relative to FT's, as in the literature (Living-17: FT 1e-3, LP-FT 1e-4).
+#: Measured here: at FT's lr the probe's large weights (C up to 100) turn the first backbone
+#: steps into large logit changes and FT's first epoch undoes the probe (README command: train
+#: loss 1.47 -> 2.31 -> 4.07, test accuracy below LP's); at a tenth it starts where LP ended.
+LP_FT_LR_SCALE = 0.1
+
+
+def default_lr(strategy: str) -> float:
+    """The peak learning rate of ``strategy`` when none is given: 1e-3, a tenth of it for ``lp-ft``."""
+    return DEFAULT_LR * (LP_FT_LR_SCALE if strategy == "lp-ft" else 1.0)
 
 #: Fields that may change between a killed run and its resumption (they do not change results
 #: on the same device).
@@ -89,7 +101,8 @@ class FinetuneConfig:
             ``(1 - a) * theta_from + a * theta_to``; the two endpoints (``RUN@EPOCH`` or files).
             ``wise_from`` defaults to epoch 0 of ``wise_to``'s run.
     Optimisation:
-        optimizer (``sgd``/``adam``/``adamw``), lr, momentum, weight_decay, betas,
+        optimizer (``sgd``/``adam``/``adamw``), lr (None: :func:`default_lr`, 1e-3 and 1e-4 for
+        ``lp-ft``; resolved when the run starts), momentum, weight_decay, betas,
         warmup_steps (None: 100 as in the paper, capped at a tenth of each phase's steps),
         grad_clip (max global L2 norm; None: off), label_smoothing (FT), batch_size,
         augment (random crop with ``crop_padding`` pixels of zero padding (None: an eighth of
@@ -141,7 +154,7 @@ class FinetuneConfig:
     wise_to: str | None = None
     # optimisation
     optimizer: str = "sgd"
-    lr: float = 1e-3
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -247,10 +260,12 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, _int(name, value, minimum=0 if name in ("warmup_steps", "crop_padding") else 1))
-        for name in ("lr", "momentum", "weight_decay", "l2sp_weight", "label_smoothing", "hp_label_smoothing"):
+        if self.lr is not None:
+            self.lr = _float("lr", self.lr, minimum=0.0)
+            if self.lr <= 0:
+                raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("momentum", "weight_decay", "l2sp_weight", "label_smoothing", "hp_label_smoothing"):
             setattr(self, name, _float(name, getattr(self, name), minimum=0.0))
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.hp_lr is not None:
             self.hp_lr = _float("hp_lr", self.hp_lr, minimum=0.0)
         if self.grad_clip is not None:

@@ -48,6 +48,7 @@ from ftlens.finetune.config import (
     STRATEGY_MODULES,
     ConfigError,
     FinetuneConfig,
+    default_lr,
 )
 from ftlens.finetune.linear_probe import LinearProbe, fit_linear_probe
 from ftlens.finetune.loop import (
@@ -540,6 +541,8 @@ class _Run:
             updates["crop_padding"] = max(1, int(self.wrapper.input_size[1]) // 8)
         if cfg.flip is None:
             updates["flip"] = default_flip(cfg.data)
+        if cfg.lr is None:
+            updates["lr"] = default_lr(cfg.strategy)
         if updates:
             self.cfg = cfg = cfg.replace(**updates)
 
