@@ -150,3 +150,41 @@ def test_experiment_out_that_is_someone_elses_folder(tmp_path, nothing_computed)
     (tmp_path / "out" / "notes.txt").write_text("mine")
     _one_line_error(args, "notes.txt", "not an ftlens experiment")
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_compare_never_replaces_a_comparison_of_other_models(tmp_path, monkeypatch):
+    """A folder holding the comparison of another pair is refused before any data is loaded or
+    any inversion runs; --overwrite gets past the check."""
+    import json
+
+    import ftlens.data
+
+    out = tmp_path / "c"
+    out.mkdir()
+    saved = {"pretrained": {"spec": "timm:resnet18"}, "finetuned": {"spec": "runs/other@last"}}  # as Comparison.save
+    (out / "comparison.json").write_text(json.dumps(saved))
+    before = (out / "comparison.json").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("data loaded before the output folder was checked")
+
+    monkeypatch.setattr(ftlens.data, "get_dataset", boom)
+    line = _one_line_error(_compare(tmp_path), "runs/other@last", "--overwrite")
+    assert "already holds" in line
+    assert (out / "comparison.json").read_bytes() == before
+    (out / "comparison.json").write_text("{not json")
+    _one_line_error(_compare(tmp_path), "cannot be read", "--overwrite")
+    # --overwrite passes the check (and then reaches the data, which this test forbids)
+    result = runner.invoke(app, _compare(tmp_path, "--overwrite"))
+    assert isinstance(result.exception, AssertionError) and "output folder" in str(result.exception)
+
+
+def test_compare_reruns_the_same_pair_into_its_folder(tmp_path):
+    """The guard reads what Comparison.save writes: rerunning the same pair is allowed."""
+    args = ["compare", "--pretrained", MODEL, "--finetuned", MODEL, "--data", "digits", "--images", "8", "--seeds", "1",
+            "--steps", "1", "--layers", "blocks.0", "--no-cache", "--no-plots", "--out", str(tmp_path / "c")]
+    assert runner.invoke(app, args).exit_code == 0
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    args[args.index("--finetuned") + 1] = "ftlens:vit-tiny-16"
+    _one_line_error(args, "already holds", MODEL)

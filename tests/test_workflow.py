@@ -260,6 +260,7 @@ def test_a_run_outside_a_terminal_prints_progress_lines(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode != 0 or True  # the two models differ in input size: an error is fine here
     cmd[cmd.index("ftlens:vit-tiny-16")] = "ftlens:vit-micro"
+    cmd[-1] = str(tmp_path / "c2")  # --out: a folder of its own (compare never replaces another pair's results)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.startswith("[ftlens ")]

@@ -95,6 +95,7 @@ def compare_cmd(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the ViT block stack (once per model; "
                                   "pays off for long runs on a GPU)."),
     tf32: bool = typer.Option(False, "--tf32", help="TF32 for float32 matmuls on CUDA."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a comparison of other models already in --out."),
 ) -> None:
     """Learning, forgetting, cka divergence and InvarianceFlow of two models, layer by layer.
 
@@ -134,6 +135,8 @@ def compare_cmd(
     size = common.image_size_kwargs(image_size)
     pt = load_model(pretrained, layers=layer_list, device=device, tokens=tokens, **size)
     ft = load_model(finetuned, layers=layer_list, device=device, tokens=tokens, **size)
+    if not overwrite:
+        _refuse_other_comparison(out, pt.spec, ft.spec)
     ds = get_dataset(data, split="test", image_size=tuple(pt.input_size[1:]), data_dir=data_dir)
     images = common.images_for(images, len(ds), data)
     pool = image_pool(ds, images, seeds)  # enough for every seed to draw its own images (capped by the split)
@@ -168,3 +171,22 @@ def compare_cmd(
         f"({result.config['n_inversions'] - result.config['n_inversions_computed']} from the cache) in "
         f"{t['total_s']:.1f} s; results in [bold]{out}[/bold]"
     )
+
+
+def _refuse_other_comparison(out: Path, pretrained: str, finetuned: str) -> None:
+    """Never replace the comparison of *other* models silently (a rerun of the same pair may update it)."""
+    import json
+
+    saved = Path(out) / "comparison.json"
+    if not saved.is_file():
+        return
+    try:
+        cfg = json.loads(saved.read_text())
+        cfg = cfg.get("config", cfg)  # comparison.json is the comparison's config
+        before = (cfg["pretrained"]["spec"], cfg["finetuned"]["spec"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"{out} holds a comparison.json that cannot be read; choose another --out, or pass "
+                          "--overwrite to replace it") from None
+    if before != (pretrained, finetuned):
+        raise ConfigError(f"{out} already holds the comparison of {before[1]} vs {before[0]}; choose another --out, "
+                          "or pass --overwrite to replace it")

@@ -162,6 +162,13 @@ def _group_key(src: Source, cmp: Any) -> tuple:
     return (cfg.get("pretrained", {}).get("name", ""), len(cmp.layers), data)
 
 
+def _layer_no(table: pd.DataFrame, i: int) -> int:
+    """The 1-based position in the model of row ``i`` of a per-layer table (not its row number)."""
+    if "layer_number" in table.columns:
+        return int(table["layer_number"].iloc[i])
+    return i + 1
+
+
 def _describe_metric(tables: dict[str, pd.DataFrame], metric: str) -> str:
     """What the overlaid figure shows, from its numbers."""
     means = {k: float(t[metric].mean()) for k, t in tables.items() if metric in t.columns}
@@ -173,7 +180,8 @@ def _describe_metric(tables: dict[str, pd.DataFrame], metric: str) -> str:
         v = t[metric].to_numpy(dtype=float)
         top = int(np.nanargmax(v))
         return (f"{label}: {name} averages {fmt_value(means[label])} over {len(v)} layers, from {fmt_value(v[0])} at "
-                f"layer 1 to {fmt_value(v[-1])} at layer {len(v)}; largest at layer {top + 1} ({fmt_value(v[top])}).")
+                f"layer {_layer_no(t, 0)} to {fmt_value(v[-1])} at layer {_layer_no(t, len(v) - 1)}; largest at layer "
+                f"{_layer_no(t, top)} ({fmt_value(v[top])}).")
     hi = max(means, key=means.get)
     lo = min(means, key=means.get)
     peak_run, peak_layer, peak = "", 0, -np.inf
@@ -181,20 +189,28 @@ def _describe_metric(tables: dict[str, pd.DataFrame], metric: str) -> str:
         if metric in t.columns:
             v = t[metric].to_numpy(dtype=float)
             if np.isfinite(v).any() and np.nanmax(v) > peak:
-                peak, peak_run, peak_layer = float(np.nanmax(v)), k, int(np.nanargmax(v)) + 1
+                peak, peak_run, peak_layer = float(np.nanmax(v)), k, _layer_no(t, int(np.nanargmax(v)))
     return (f"Mean {name} over layers is highest for {hi} ({fmt_value(means[hi])}) and lowest for {lo} "
             f"({fmt_value(means[lo])}); the largest single value is {fmt_value(peak)} ({peak_run}, layer {peak_layer}).")
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _flow_caption(label: str, cmp: Any) -> str:
-    flow = cmp.flow.to_numpy(dtype=float)
+    """Where the flow points on this run: the corrected flow when the baseline is known, else the raw one."""
+    corrected = getattr(cmp, "flow_corrected", None)
+    flow = (corrected if corrected is not None else cmp.flow).to_numpy(dtype=float)
+    which = "corrected InvarianceFlow (raw minus the pretrained model's own flow)" if corrected is not None \
+        else "InvarianceFlow (eq. 5; no baseline recorded, so this includes STIR's own asymmetry)"
     below = flow[np.tril_indices_from(flow, k=-1)]
     above = flow[np.triu_indices_from(flow, k=1)]
     if not below.size:
-        return f"{label}: InvarianceFlow (one layer: nothing off the diagonal)."
+        return f"{label}: {which} (one layer: nothing off the diagonal)."
     where = "below" if np.nanmean(below) > np.nanmean(above) else "above"
     meaning = "compression toward shallower layers" if where == "below" else "expansion toward deeper layers"
-    return (f"{label}: InvarianceFlow (eq. 5), rows = pretrained layer i, columns = finetuned layer j. Mean below the "
+    return (f"{label}: {which}, rows = pretrained layer i, columns = finetuned layer j. Mean below the "
             f"diagonal {fmt_value(np.nanmean(below))}, above {fmt_value(np.nanmean(above))}: on this run the flow points "
             f"{where} the diagonal ({meaning}).")
 
@@ -224,14 +240,17 @@ def _comparisons(sources: Sequence[Source], label: _Labels) -> Section | None:
         finite = [np.abs(c.flow.to_numpy(dtype=float)) for c in cmps.values()]
         vmax = max((float(np.nanmax(f)) for f in finite if np.isfinite(f).any()), default=1.0) or 1.0
         for lab, cmp in cmps.items():
-            s.blocks.append(_fig(ip.plot_flow(cmp, title=f"InvarianceFlow: {lab}", vmax=vmax),
-                                 _flow_caption(lab, cmp) + (" Same colour scale for every run." if len(cmps) > 1 else "")))
             if getattr(cmp, "flow_baseline", None) is not None:
-                s.blocks.append(_fig(ip.flow_panels(cmp, title=lab), f"{lab}: the flow next to the pretrained model's "
-                                     "own flow (baseline: STIR is directional, so a model compared with itself already "
-                                     "has one) and their difference (corrected = raw - baseline, what finetuning "
-                                     "changed), on one colour scale. Read the corrected panel: red below the diagonal "
-                                     "= compression, above = expansion."))
+                # raw, baseline and corrected side by side: the raw matrix alone mostly shows STIR's own asymmetry
+                s.blocks.append(_fig(ip.flow_panels(cmp, title=lab), f"{lab}: InvarianceFlow (eq. 5) of the finetuned "
+                                     "model (raw), next to the pretrained model's own flow (baseline: STIR is "
+                                     "directional, so a model compared with itself already has one) and their "
+                                     "difference (corrected = raw - baseline, what finetuning changed), on one colour "
+                                     "scale. " + _sentence(_flow_caption(lab, cmp).split(": ", 1)[1])))
+            else:
+                s.blocks.append(_fig(ip.plot_flow(cmp, title=f"InvarianceFlow: {lab}", vmax=vmax),
+                                     _flow_caption(lab, cmp)
+                                     + (" Same colour scale for every run." if len(cmps) > 1 else "")))
     for lab, (_, cmp) in loaded.items():
         cols = [c for c in cmp.per_layer.columns if not c.startswith("residual") and c != "layer_number"]
         s.blocks.append(Table(_layer_index(cmp.per_layer[cols]), f"{lab}: per-layer metrics (linear CKA, {cmp.estimator} "
@@ -272,7 +291,8 @@ def _inversion_quality(comparisons: dict) -> str:
     parts = []
     if "residual_pt" in pl.columns:
         parts.append(f"final relative residual of the pretrained-side inversions: {fmt_value(pl['residual_pt'].iloc[0])} "
-                     f"at layer 1 to {fmt_value(pl['residual_pt'].iloc[-1])} at layer {len(pl)}")
+                     f"at layer {_layer_no(pl, 0)} to {fmt_value(pl['residual_pt'].iloc[-1])} at layer "
+                     f"{_layer_no(pl, len(pl) - 1)}")
     selfs = [c.per_layer[col] for c in comparisons.values() for col in ("stir_pt_pt", "stir_ft_ft")
              if col in c.per_layer.columns]
     if selfs:

@@ -26,8 +26,10 @@ def metric_over_epochs(dyn: pd.DataFrame, *, estimator: str = "biased CKA"):
             d = dyn[dyn["layer"] == layer].sort_values("epoch")
             colour = cmap(k / max(1, len(layers) - 1))
             ax.plot(d["epoch"], d[metric], color=colour, lw=1.4, label=f"layer {layer_label(layer)}")
-            std = f"{metric}_std"
-            if std in d.columns and d[std].notna().any():
+            lo, hi, std = f"{metric}_lo", f"{metric}_hi", f"{metric}_std"
+            if lo in d.columns and hi in d.columns and d[lo].notna().any():  # the 95% interval: the noise floor
+                ax.fill_between(d["epoch"], d[lo], d[hi], color=colour, alpha=0.12, lw=0)
+            elif std in d.columns and d[std].notna().any():
                 ax.fill_between(d["epoch"], d[metric] - d[std], d[metric] + d[std], color=colour, alpha=0.12, lw=0)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -36,7 +38,8 @@ def metric_over_epochs(dyn: pd.DataFrame, *, estimator: str = "biased CKA"):
         ax.set_title(metric.replace("_", " "))
     ncol = 1 if len(layers) <= 14 else 2
     axes[-1].legend(ncol=ncol, title="layer", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.suptitle(f"Dynamics against the pretrained model ({estimator}; band = ±1 std over seeds)", fontsize=10)
+    band = "95% interval" if f"{next(iter(METRICS))}_lo" in dyn.columns else "±1 std over seeds"
+    fig.suptitle(f"Dynamics against the pretrained model ({estimator}; band = {band})", fontsize=10)
     fig.tight_layout()
     return fig
 
