@@ -198,6 +198,8 @@ SHARED = {
                  "--cache-dir", "--no-cache", "--data", "--data-dir", "--debiased", "--out", "--epochs"],
     "cka": ["--device", "--image-size", "--tokens", "--layers", "--images", "--batch-size", "--data", "--data-dir", "--debiased", "--out"],
     "layers": ["--device", "--image-size", "--all"],
+    "validate": ["--device", "--image-size", "--tokens", "--layers", "--images", "--seeds", "--steps", "--step-size",
+                 "--cache-dir", "--no-cache", "--data", "--data-dir", "--out"],
     "finetune": ["--device", "--image-size", "--batch-size", "--data", "--data-dir", "--out", "--tensorboard", "--wandb"],
     "report": ["--out"],
     "demo": ["--device", "--out", "--no-cache"],
@@ -219,10 +221,12 @@ def test_shared_options_have_one_help_text_and_default():
 
     cmd = typer.main.get_command(app)
     helps: dict[str, set] = {}
-    for name in ("compare", "dynamics", "cka"):
+    for name in ("compare", "dynamics", "cka", "validate"):
         for param in cmd.commands[name].params:
-            if getattr(param, "opts", None) and param.opts[0] in ("--device", "--image-size", "--tokens", "--layers", "--images", "--seeds",
-                                                                    "--steps", "--batch-size", "--cache-dir"):
+            shared = ("--device", "--image-size", "--tokens", "--layers", "--steps", "--batch-size", "--cache-dir")
+            if name != "validate":  # validate is a quick check: its own --images / --seeds defaults (100, 2)
+                shared += ("--images", "--seeds")
+            if getattr(param, "opts", None) and param.opts[0] in shared:
                 helps.setdefault(param.opts[0], set()).add((param.help, str(param.default)))
     assert helps and all(len(v) == 1 for v in helps.values()), helps
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app
-from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
-from ftlens.errors import ConfigError
+from ftlens.cli import app, common
+from ftlens.cli.common import console, fail_on_ftlens_error
 from ftlens.settings import PAPER
 
 
@@ -16,19 +15,22 @@ from ftlens.settings import PAPER
 @fail_on_ftlens_error
 def validate_cmd(
     model: str = typer.Argument(..., help="Model SPEC (timm:NAME, ftlens:PRESET, a checkpoint, RUN_DIR@EPOCH)."),
-    data: str = typer.Option(..., "--data", help="Dataset for the images (`ftlens datasets` lists them)."),
-    layers: str = typer.Option(None, "--layers", help="Comma-separated layers or globs (default: every block)."),
-    images: int = typer.Option(100, "--images", help="Images per seed."),
-    seeds: int = typer.Option(2, "--seeds", help="Seeds (each: its own images and start noise)."),
-    steps: int = typer.Option(PAPER.steps, "--steps", help="Inversion steps (the paper: 50)."),
-    step_size: float = typer.Option(PAPER.step_size, "--step-size", help="L2 length of each inversion step."),
+    data: str = common.data_option(),
+    layers: list[str] = common.layers_option(),
+    images: int = typer.Option(100, "--images", help="Images per seed (a quick check: 100 by default, or the whole "
+                               "test split when smaller)."),
+    seeds: int = typer.Option(2, "--seeds", help="Seeds: each draws its own image sample and inversion start "
+                              "(a quick check: 2)."),
+    steps: int = common.steps_option(),
+    step_size: float = common.step_size_option(),
     residual_threshold: float = typer.Option(PAPER.residual_threshold, "--residual-threshold",
                                              help="Largest mean relative residual of a converged inversion."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu)."),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="Inversion cache (default $FTLENS_CACHE_DIR or "
-                                   "~/.cache/ftlens)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the inversion cache."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Where datasets live ($FTLENS_DATA_DIR)."),
+    image_size: str = common.image_size_option(),
+    tokens: str = common.tokens_option(),
+    device: str = common.device_option(),
+    cache_dir: Path = common.cache_dir_option(),
+    no_cache: bool = common.no_cache_option(),
+    data_dir: Path = common.data_dir_option(),
     out: Path = typer.Option(None, "--out", help="Also write the table as CSV here."),
 ) -> None:
     """Check the measures on MODEL: an exact copy gives 0, a random-init copy is clearly different,
@@ -39,18 +41,22 @@ def validate_cmd(
     from rich.table import Table
 
     from ftlens import io
+    from ftlens.checks import cli_options
     from ftlens.data import get_dataset
     from ftlens.invariance.pool import image_pool
     from ftlens.models import load_model
     from ftlens.validate import validate
 
-    m = load_model(model, layers=parse_list(layers), device=device or "cpu")
+    cli_options(out=None, images=images, seeds=seeds, steps=steps, step_size=step_size)
+    layer_list = common.layer_list(layers)
+    data = data or common.default_data(model)
+    m = load_model(model, layers=layer_list, device=common.resolve_device(device), tokens=tokens,
+                   **common.image_size_kwargs(image_size))
     ds = get_dataset(data, split="test", image_size=tuple(m.input_size[1:]), data_dir=data_dir)
-    if images > len(ds):
-        raise ConfigError(f"dataset {data!r} (test split) has only {len(ds)} images; use --images {len(ds)} or fewer")
+    images = min(images, len(ds))
     pool = image_pool(ds, images, seeds)
     cache = None if no_cache else (cache_dir if cache_dir is not None else True)
-    table = validate(m, pool.images, layers=parse_list(layers), n_images=images, seeds=seeds, steps=steps,
+    table = validate(m, pool.images, layers=layer_list, n_images=images, seeds=seeds, steps=steps,
                      step_size=step_size, residual_threshold=residual_threshold, cache=cache)
     rich_table = Table(title=f"ftlens validate {model} on {data}: {images} images x {seeds} seeds, {steps} steps",
                        box=box.SIMPLE_HEAD, pad_edge=False)
