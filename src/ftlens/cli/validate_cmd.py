@@ -17,7 +17,7 @@ def validate_cmd(
     model: str = typer.Argument(..., help="Model SPEC (timm:NAME, ftlens:PRESET, a checkpoint, RUN_DIR@EPOCH)."),
     data: str = common.data_option(),
     layers: list[str] = common.layers_option(),
-    images: int = typer.Option(100, "--images", help="Images per seed (a quick check: 100 by default, or the whole "
+    images: int = typer.Option(None, "--images", help="Images per seed (a quick check: 100 by default, or the whole "
                                "test split when smaller)."),
     seeds: int = typer.Option(2, "--seeds", help="Seeds: each draws its own image sample and inversion start "
                               "(a quick check: 2)."),
@@ -53,7 +53,7 @@ def validate_cmd(
     m = load_model(model, layers=layer_list, device=common.resolve_device(device), tokens=tokens,
                    **common.image_size_kwargs(image_size))
     ds = get_dataset(data, split="test", image_size=tuple(m.input_size[1:]), data_dir=data_dir)
-    images = min(images, len(ds))
+    images = min(100, len(ds)) if images is None else common.images_for(images, len(ds), data)
     pool = image_pool(ds, images, seeds)
     cache = None if no_cache else (cache_dir if cache_dir is not None else True)
     table = validate(m, pool.images, layers=layer_list, n_images=images, seeds=seeds, steps=steps,
