@@ -709,12 +709,7 @@ def _invert_batch(
     steps, step_size = settings.steps, settings.step_size
     target, target_norm = _target(model, layer, x_true, amp_dtype, forward)
 
-    x = x0.clone()
-    best_x = x.clamp(0.0, 1.0)
-    best = torch.full((b,), math.inf, device=device)
-    history = torch.empty(steps + 1, device=device)
-    best_history = torch.empty(steps + 1, device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    x, best_x, best, history, best_history, first_bad = _loop_state(x0, steps, device)
     view = (b,) + (1,) * (x.dim() - 1)
 
     for t in range(steps + 1):
@@ -768,6 +763,17 @@ def _check_bad(model: ModelWrapper, layer: str, bad_step: int, steps: int) -> No
         )
 
 
+
+def _loop_state(x0: torch.Tensor, steps: int, device: torch.device):
+    """The state both schedules start from: the iterate ``x`` (a copy of ``x0``), the best iterate so far
+    (``x0`` clamped to [0, 1]), the best residual per image (inf), the mean residual and mean best
+    residual per step (``(steps + 1,)``, filled by the loop) and the first non-finite step (-1: none)."""
+    b = x0.shape[0]
+    x = x0.clone()
+    return (x, x.clamp(0.0, 1.0), torch.full((b,), math.inf, device=device),
+            torch.empty(steps + 1, device=device), torch.empty(steps + 1, device=device),
+            torch.full((), -1, dtype=torch.long, device=device))
+
 def _invert_batch_adaptive(
     model: ModelWrapper,
     layer: str,
@@ -795,12 +801,7 @@ def _invert_batch_adaptive(
     max_size = settings.max_step_size or 8.0 * settings.step_size
     target, target_norm = _target(model, layer, x_true, amp_dtype, forward)
 
-    x = x0.clone()
-    best_x = x.clamp(0.0, 1.0)
-    best = torch.full((b,), math.inf, device=device)
-    history = torch.empty(steps + 1, device=device)
-    best_history = torch.empty(steps + 1, device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    x, best_x, best, history, best_history, first_bad = _loop_state(x0, steps, device)
     active = torch.arange(b, device=device)  # batch rows still running
     size = torch.full((b,), settings.step_size, device=device)  # step length of the running rows
     stale = torch.zeros(b, dtype=torch.long, device=device)  # evaluations without improvement
