@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from ftlens import inversion as inversion_mod
 from ftlens.errors import ImageError, LayerError
 from ftlens.invariance import (
     FINETUNED,
@@ -21,6 +20,7 @@ from ftlens.invariance import (
     run_plan,
     stir,
 )
+from ftlens.inversion import cached as inversion_mod  # where cached_inversion looks up _invert
 from ftlens.models import load_model
 from ftlens.store import Cache
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ftlens import inversion as inversion_mod
+from ftlens.inversion import cached as inversion_mod  # where cached_inversion looks up _invert
 from ftlens.inversion import cached_inversion
 from ftlens.models import load_model
 from ftlens.store import (
