@@ -312,7 +312,7 @@ def run_paper(args) -> dict:
             "fraction_of_bound_total": flops["total_pflop"] * 1e15 / rate / seconds,
             "useful_tflop_per_s_inversions": flops["inversions_pflop"] * 1e3 / timings["inversions_s"],
             "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20,
-            "mean_residual_pt": float(result.per_layer["residual_pt"].mean()),
+            "mean_residual_pt": float(result.per_layer["residual_pretrained"].mean()),
         }
         if args.agreement and args.autocast:
             # the same compare in float32 (TF32 off): how far bf16 moves STIR

@@ -97,17 +97,17 @@ def _synthetic_comparison(learning, forgetting, cka_divergence, flow=None, *, se
             for a in range(L):
                 for b in range(L):
                     stir_rows.append((target, reference, layers[a], layers[b], s, float(m[key][a, b]), residual))
-        for model_a in ("finetuned", "pretrained"):
+        for model in ("finetuned", "pretrained"):
             for a in range(L):
                 for b in range(L):
-                    same = model_a == "pretrained" and a == b
+                    same = model == "pretrained" and a == b
                     value = 1.0 if same else (1.0 - cka_divergence[a] + noise * rng.standard_normal()
                                               if a == b else 0.5)
-                    cka_rows.append((model_a, layers[a], "pretrained", layers[b], s, value))
+                    cka_rows.append((model, layers[a], layers[b], s, value))
     stir_df = pd.DataFrame(stir_rows, columns=["target", "reference", "target_layer", "reference_layer", "seed",
                                                "stir", "residual"])
     stir_df["estimator"] = "biased"
-    cka_df = pd.DataFrame(cka_rows, columns=["model_a", "layer_a", "model_b", "layer_b", "seed", "cka"])
+    cka_df = pd.DataFrame(cka_rows, columns=["model", "layer", "pretrained_layer", "seed", "cka"])
     config = {"layers": layers, "first_term": "measured", "seeds": list(range(seeds))}
     return build_comparison(stir_df, cka_df, pd.DataFrame(), config)
 

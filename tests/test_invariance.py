@@ -109,7 +109,7 @@ def test_exact_copy_gives_zero_everywhere(pt, pool):
     assert (pl["learning"] == 0).all() and (pl["forgetting"] == 0).all()  # exactly: same inversions
     assert np.abs(pl["cka_divergence"].to_numpy()).max() < 1e-12
     # the first terms are measured, not hard-coded 1 (the inversion is imperfect after 8 steps)
-    assert (pl["stir_pt_pt"] < 1).all() and (pl["stir_pt_pt"] > 0.9).all()
+    assert (pl["stir_pretrained_given_pretrained"] < 1).all() and (pl["stir_pretrained_given_pretrained"] > 0.9).all()
     assert np.abs(c.flow.to_numpy()).max() < 1e-3
 
 
@@ -117,8 +117,8 @@ def test_first_term_one_is_the_paper_form(pt, pool):
     c = compare(pt, pt.copy(), pool, seeds=1, n_images=N_IMAGES, steps=STEPS, cache=None, first_term="one",
                 progress=False, layers=["blocks.0", "blocks.1"])
     pl = c.per_layer
-    np.testing.assert_array_equal(pl["learning"], 1 - pl["stir_pt_given_ft"])
-    np.testing.assert_array_equal(pl["forgetting"], 1 - pl["stir_ft_given_pt"])
+    np.testing.assert_array_equal(pl["learning"], 1 - pl["stir_pretrained_given_finetuned"])
+    np.testing.assert_array_equal(pl["forgetting"], 1 - pl["stir_finetuned_given_pretrained"])
     assert (pl["forgetting"] > 0).all()  # inversion error is no longer cancelled
 
 

@@ -123,7 +123,7 @@ def test_convergence_gate(pt, ft, pool):
     lax = compare(pt, ft, pool, seeds=1, **{**KW, "steps": 1}, residual_threshold=10.0)
     assert lax.per_layer["converged"].all()
     pl = few.per_layer
-    np.testing.assert_allclose(pl["residual_max"], np.fmax(pl["residual_pt"], pl["residual_ft"]))
+    np.testing.assert_allclose(pl["residual_max"], np.fmax(pl["residual_pretrained"], pl["residual_finetuned"]))
 
 
 def test_interval_and_verdict_rules():

@@ -6,7 +6,7 @@ The public API (importing :mod:`ftlens` stays cheap: each name loads its module 
 - models:      :func:`load_model`, :class:`ModelWrapper`, :func:`save_checkpoint`
 - similarity:  :func:`linear_cka`, :func:`rbf_cka`, :func:`cka_matrix`, :class:`MinibatchCKA`,
   :func:`subspace_similarity`, :func:`procrustes_distance`, and the one-liner
-  ``ftlens.CKA(model_a, model_b).compare(loader).plot()`` (:class:`CKA`, :func:`load_cka`)
+  ``ftlens.CKA(first, second).compare(loader).plot()`` (:class:`CKA`, :func:`load_cka`)
 - invariance:  :func:`invert`, :func:`stir`, :func:`compare`, :class:`Comparison`, :func:`load_comparison`
 - finetuning:  :func:`finetune`; over epochs: :func:`dynamics`
 - experiments: :func:`run_experiment`, :class:`ExperimentLayout`, :func:`build_report`

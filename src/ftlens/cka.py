@@ -1,7 +1,7 @@
-"""The CKA one-liner: ``ftlens.CKA(model_a, model_b).compare(loader).plot()``.
+"""The CKA one-liner: ``ftlens.CKA(first, second).compare(loader).plot()``.
 
-Linear CKA between every layer of one model and every layer of another on the same images
-(:func:`ftlens.similarity.cka_matrix`). The result saves in the layout of ``ftlens cka``
+Linear CKA between every layer of one model (``first``, the rows) and every layer of another
+(``second``, the columns) on the same images (:func:`ftlens.similarity.cka_matrix`). The result saves in the layout of ``ftlens cka``
 (``cka.csv`` + ``cka.json``), so ``ftlens report`` reads it.
 """
 
@@ -17,13 +17,14 @@ import pandas as pd
 import torch
 
 from ftlens import io
+from ftlens.vocabulary import upgrade_keys
 
 __all__ = ["CKA", "CKAResult", "load_cka"]
 
 
 @dataclass
 class CKAResult:
-    """``matrix``: CKA, rows = layers of model A, columns = layers of model B; ``config``: what was run."""
+    """``matrix``: CKA, rows ``first_layer`` (layers of the first model), columns ``second_layer``; ``config``: what was run."""
 
     matrix: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
@@ -36,7 +37,7 @@ class CKAResult:
         """Heat map with an adaptive colour scale and the values in the cells (a matplotlib Figure)."""
         from ftlens.report.figures import cka_heatmap
 
-        a, b = self.config.get("model_a", "model A"), self.config.get("model_b", "model B")
+        a, b = self.config.get("first", "the first model"), self.config.get("second", "the second model")
         return cka_heatmap(self.matrix, title=title or f"linear CKA ({self.estimator}): {a} vs {b}",
                            xlabel=f"layer of {b}", ylabel=f"layer of {a}")
 
@@ -50,7 +51,7 @@ class CKAResult:
     def _repr_html_(self) -> str:
         from ftlens.display import frame_html
 
-        a, b = self.config.get("model_a", "A"), self.config.get("model_b", "B")
+        a, b = self.config.get("first", "first"), self.config.get("second", "second")
         head = (f"linear CKA ({self.estimator}) of {a} (rows) vs {b} (columns), "
                 f"{self.config.get('images', '?')} images")
         return frame_html(self.matrix, head)
@@ -60,10 +61,14 @@ class CKAResult:
 
 
 def load_cka(directory: str | os.PathLike) -> CKAResult:
-    """Read a :class:`CKAResult` written by :meth:`CKAResult.save` or ``ftlens cka --out``."""
+    """Read a :class:`CKAResult` written by :meth:`CKAResult.save` or ``ftlens cka --out``.
+
+    Results of earlier versions (keys ``model_a`` / ``model_b``) are read with the current names.
+    """
     d = Path(directory)
     matrix = pd.read_csv(d / "cka.csv", index_col=0)
-    config = io.read_json(d / "cka.json") if (d / "cka.json").exists() else {}
+    matrix.index.name, matrix.columns.name = "first_layer", "second_layer"
+    config = upgrade_keys(io.read_json(d / "cka.json")) if (d / "cka.json").exists() else {}
     return CKAResult(matrix, config)
 
 
@@ -71,8 +76,9 @@ class CKA:
     """Compare two models layer by layer with linear CKA (in the spirit of ``torch_cka``).
 
     Args:
-        model_a, model_b: models or specs for :func:`ftlens.load_model` (same input size).
-        layers_a, layers_b: layers (names or globs; default: every block).
+        first, second: models or specs for :func:`ftlens.load_model` (same input size); the
+            result's rows are the first model's layers, its columns the second's.
+        first_layers, second_layers: layers (names or globs; default: every block).
         debiased: debiased (unbiased-HSIC) CKA instead of the biased one.
         device: where the forward passes run (default: the models' device).
 
@@ -81,15 +87,15 @@ class CKA:
         >>> result.plot()                                                           # doctest: +SKIP
     """
 
-    def __init__(self, model_a: Any, model_b: Any, *, layers_a: Sequence[str] | None = None,
-                 layers_b: Sequence[str] | None = None, debiased: bool = False,
+    def __init__(self, first: Any, second: Any, *, first_layers: Sequence[str] | None = None,
+                 second_layers: Sequence[str] | None = None, debiased: bool = False,
                  device: str | torch.device | None = None) -> None:
         from ftlens.models import ModelWrapper, load_model
 
-        self.model_a = model_a if isinstance(model_a, ModelWrapper) else load_model(model_a, layers=layers_a)
-        self.model_b = model_b if isinstance(model_b, ModelWrapper) else load_model(model_b, layers=layers_b)
-        self.layers_a = list(layers_a) if layers_a is not None else None
-        self.layers_b = list(layers_b) if layers_b is not None else None
+        self.first = first if isinstance(first, ModelWrapper) else load_model(first, layers=first_layers)
+        self.second = second if isinstance(second, ModelWrapper) else load_model(second, layers=second_layers)
+        self.first_layers = list(first_layers) if first_layers is not None else None
+        self.second_layers = list(second_layers) if second_layers is not None else None
         self.debiased = debiased
         self.device = device
         self.result: CKAResult | None = None
@@ -101,16 +107,18 @@ class CKA:
         from ftlens.images import as_images
         from ftlens.similarity import cka_matrix
 
-        a, b = self.model_a, self.model_b
+        a, b = self.first, self.second
         if tuple(a.input_size) != tuple(b.input_size):
             raise ImageError(f"the models take different input sizes: {a.input_size} vs {b.input_size}")
         x = as_images(images, n_images)
-        ra = a.representations(x, self.layers_a, batch_size=batch_size, device=self.device, progress=progress)
-        rb = b.representations(x, self.layers_b, batch_size=batch_size, device=self.device, progress=progress)
+        ra = a.representations(x, self.first_layers, batch_size=batch_size, device=self.device, progress=progress)
+        rb = b.representations(x, self.second_layers, batch_size=batch_size, device=self.device, progress=progress)
         estimator = "debiased" if self.debiased else "biased"
         matrix = cka_matrix(ra, rb, debiased=self.debiased)
+        matrix.index.name, matrix.columns.name = "first_layer", "second_layer"
         self.result = CKAResult(matrix, {
-            "kind": "ftlens.cka", "model_a": a.name, "model_b": b.name, "spec_a": str(a.spec), "spec_b": str(b.spec),
+            "kind": "ftlens.cka", "first": a.name, "second": b.name, "first_spec": str(a.spec),
+            "second_spec": str(b.spec),
             "images": int(x.shape[0]), "estimator": estimator, "similarity": f"linear CKA ({estimator} HSIC), float64",
             "versions": io.versions()})
         return self.result

@@ -312,14 +312,14 @@ class Experiment:
 
     def stage_correlation(self) -> None:
         from ftlens.analysis.correlation import correlation_table
-        from ftlens.analysis.dynamics import corrupted_accuracy, run_metrics
+        from ftlens.analysis.dynamics import corrupted_accuracy, read_dynamics, run_metrics
 
         for name in self.config.analysis.dynamics:
             dyn_path = self.layout.dynamics(name) / "dynamics.csv"
             metrics = run_metrics(self.run_dir(name))
             if not dyn_path.exists() or "corrupted_acc_mean" not in metrics.columns:
                 continue
-            dyn = pd.read_csv(dyn_path)
+            dyn = read_dynamics(dyn_path)
             grid = correlation_table(dyn, corrupted_accuracy(metrics))
             io.write_table(self.layout.correlation(name), grid)
 

@@ -34,6 +34,7 @@ import torch
 from scipy import stats
 
 from ftlens.errors import DistortionError, NumericalError
+from ftlens.invariance.inputs import layer_numbers
 
 MEASURES: tuple[str, ...] = (
     "mean_squared_difference",
@@ -159,8 +160,8 @@ def feature_distortion(
         batch_size, device: passed to :meth:`ModelWrapper.representations`.
 
     Returns:
-        tidy DataFrame with columns ``split, layer, measure, value, n_images, n_features``,
-        layers in execution order and measures in the order of :data:`MEASURES`.
+        tidy DataFrame with columns ``split, layer, layer_number, measure, value, n_images,
+        n_features`` (``layer_number``: 1-based position in the model), layers in execution order and measures in the order of :data:`MEASURES`.
     """
     if not isinstance(images_by_split, Mapping) or not images_by_split:
         raise DistortionError(
@@ -175,6 +176,7 @@ def feature_distortion(
             f"the two models order the layers differently ({wanted} vs {ft_layers}); "
             "compare models of the same architecture"
         )
+    number = dict(zip(wanted, layer_numbers(pretrained, wanted), strict=True))
     rows = []
     for split, images in images_by_split.items():
         z0 = pretrained.representations(images, wanted, batch_size=batch_size, device=device)
@@ -191,13 +193,14 @@ def feature_distortion(
                     {
                         "split": str(split),
                         "layer": layer,
+                        "layer_number": number[layer],
                         "measure": measure,
                         "value": value,
                         "n_images": int(a.shape[0]),
                         "n_features": int(a.shape[1]),
                     }
                 )
-    return pd.DataFrame(rows, columns=["split", "layer", "measure", "value", "n_images", "n_features"])
+    return pd.DataFrame(rows, columns=["split", "layer", "layer_number", "measure", "value", "n_images", "n_features"])
 
 
 # ----------------------------------------------------------------------------- HP-FT energy

@@ -23,6 +23,7 @@ import torch
 from ftlens import io
 from ftlens.models import ModelWrapper, load_model, run_checkpoints
 from ftlens.settings import PAPER
+from ftlens.vocabulary import upgrade_columns
 
 
 def run_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
@@ -31,6 +32,11 @@ def run_metrics(run_dir: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame()
     return pd.read_csv(path)
+
+
+def read_dynamics(path: str | os.PathLike) -> pd.DataFrame:
+    """A ``dynamics.csv`` written by :func:`dynamics`, with the column names of earlier versions mapped."""
+    return upgrade_columns(pd.read_csv(path))
 
 
 def dynamics(
@@ -65,7 +71,7 @@ def dynamics(
         raise FileNotFoundError(f"no checkpoints in {run_dir}/checkpoints; is it a finetuning run directory?")
     wanted = sorted(ckpts) if epochs is None else [e for e in epochs if e in ckpts]
     table_path = Path(out) / "dynamics.csv" if out is not None else None
-    done = pd.read_csv(table_path) if table_path is not None and table_path.exists() else pd.DataFrame()
+    done = read_dynamics(table_path) if table_path is not None and table_path.exists() else pd.DataFrame()
     frames = [done] if len(done) else []
     have = set(done["epoch"].unique()) if len(done) else set()
     from ftlens.progress import track
@@ -84,8 +90,8 @@ def dynamics(
                                  n_images=compare_kwargs.get("n_images", PAPER.images))
         frame["subspace_similarity"] = frame["layer"].map(sub)
         frames.append(frame)
-        tracker.log({f"{metric}/layer_{k + 1}": v for metric in ("learning", "forgetting", "cka_divergence")
-                     for k, v in enumerate(frame[metric])}, epoch, prefix="dynamics/")
+        tracker.log({f"{metric}/layer_{k}": v for metric in ("learning", "forgetting", "cka_divergence")
+                     for k, v in zip(frame["layer_number"], frame[metric], strict=True)}, epoch, prefix="dynamics/")
         if table_path is not None:
             io.write_table(table_path, pd.concat(frames, ignore_index=True).set_index("epoch"))
     tracker.close()

@@ -10,6 +10,7 @@ from ftlens.cli import app, common
 from ftlens.cli.common import console, fail_on_ftlens_error
 from ftlens.errors import ConfigError
 from ftlens.settings import PAPER
+from ftlens.vocabulary import FINETUNED, PRETRAINED, residual_column, stir_column
 
 
 def print_summary(comparison, title: str | None = None) -> None:
@@ -31,7 +32,7 @@ def print_summary(comparison, title: str | None = None) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for col in ("layer", "learning", "forgetting", "cka\ndivergence", "STIR\npt|pt", "STIR\nft|ft",
+    for col in ("layer", "learning", "forgetting", "cka\ndivergence", "STIR\n(pt | pt)", "STIR\n(ft | ft)",
                 "residual\npt/ft", "converged"):
         table.add_column(col, justify="right", no_wrap=True)
 
@@ -45,9 +46,9 @@ def print_summary(comparison, title: str | None = None) -> None:
             pm(row, "learning"),
             pm(row, "forgetting"),
             pm(row, "cka_divergence"),
-            fmt_num(row["stir_pt_pt"]),
-            fmt_num(row["stir_ft_ft"]),
-            f"{fmt_num(row['residual_pt'], 2)}/{fmt_num(row['residual_ft'], 2)}",
+            fmt_num(row[stir_column(PRETRAINED, PRETRAINED)]),
+            fmt_num(row[stir_column(FINETUNED, FINETUNED)]),
+            f"{fmt_num(row[residual_column(PRETRAINED)], 2)}/{fmt_num(row[residual_column(FINETUNED)], 2)}",
             "yes" if row.get("converged", True) else "[red]no[/red]",
         )
     console.print(table)

@@ -58,8 +58,8 @@ def layers_cmd(
 @app.command("cka")
 @fail_on_ftlens_error
 def cka_cmd(
-    model_a: str = typer.Argument(..., help="First model spec."),
-    model_b: str = typer.Argument(..., help="Second model spec."),
+    first: str = typer.Argument(..., help="First model spec (the rows)."),
+    second: str = typer.Argument(..., help="Second model spec (the columns)."),
     out: Path = typer.Option(None, "--out", help="Output folder for cka.csv, cka.json and cka.png "
                              "(`ftlens report OUT` reads it)."),
     data: str = common.data_option(),
@@ -73,7 +73,7 @@ def cka_cmd(
     tokens: str = common.tokens_option(),
     data_dir: Path = common.data_dir_option(),
 ) -> None:
-    """Linear CKA between every layer of MODEL_A and every layer of MODEL_B on the same images."""
+    """Linear CKA between every layer of FIRST and every layer of SECOND on the same images."""
     from ftlens.checks import cli_options
 
     cli_options(out=out, images=images, batch_size=batch_size)
@@ -84,15 +84,15 @@ def cka_cmd(
 
     device = common.resolve_device(device)
     layer_list = common.layer_list(layers)
-    data = data or common.default_data(model_b, model_a)
-    progress.stage(f"loading {model_a} and {model_b}")
+    data = data or common.default_data(second, first)
+    progress.stage(f"loading {first} and {second}")
     from ftlens.models import load_model
 
     size = common.image_size_kwargs(image_size)
-    cka = CKA(load_model(model_a, layers=layer_list, device=device, tokens=tokens, **size),
-              load_model(model_b, layers=layer_list, device=device, tokens=tokens, **size), debiased=debiased,
+    cka = CKA(load_model(first, layers=layer_list, device=device, tokens=tokens, **size),
+              load_model(second, layers=layer_list, device=device, tokens=tokens, **size), debiased=debiased,
               device=device)
-    a = cka.model_a
+    a = cka.first
     dataset = get_dataset(data, split="test", image_size=a.input_size[1:], data_dir=data_dir, seed=seed)
     n = common.images_for(images, len(dataset), data)
     x, _ = sample_images(dataset, n, seed=seed)

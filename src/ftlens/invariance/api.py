@@ -171,11 +171,11 @@ def compare(
     stir_df = score(plan, invs, images, {PRETRAINED: (pt, layer_list), FINETUNED: (ft, layer_list)},
                     debiased=debiased, batch_size=batch_size, clean_grams=clean, bootstrap=bootstrap,
                     bootstrap_rows=boot_rows)
-    cka_df = cka_table(clean, plan.seeds, layer_list, debiased, bootstrap=bootstrap, bootstrap_rows=boot_rows,
-                       n_images=plan.n_images)
+    numbers = layer_numbers(pt, layer_list)
+    cka_df = cka_table(clean, plan.seeds, layer_list, debiased, numbers=numbers, bootstrap=bootstrap,
+                       bootstrap_rows=boot_rows, n_images=plan.n_images)
     boot_df = pd.DataFrame(boot_rows, columns=BOOTSTRAP_COLUMNS) if boot_rows else None
     t_score = time.perf_counter()
-    numbers = layer_numbers(pt, layer_list)
     estimator = "debiased" if debiased else "biased"
     config: dict[str, Any] = {
         "kind": "ftlens.compare",
@@ -276,8 +276,9 @@ def stir(
             paper) or a mapping (:func:`ftlens.inversion.schedule_fields`).
 
     Returns:
-        Tidy DataFrame with columns ``target, reference, target_layer, reference_layer, seed,
-        stir, residual, estimator`` (``residual``: mean relative residual of the inversion).
+        Tidy DataFrame with columns ``target, reference, target_layer, target_layer_number,
+        reference_layer, reference_layer_number, seed, stir, residual, estimator``
+        (``residual``: mean relative residual of the inversion; layer numbers 1-based).
     """
     ref = as_model(reference, "reference")
     ref_label = reference_name or ref.name

@@ -1,7 +1,7 @@
 """The pure metric derivations: tidy STIR and CKA tables -> per-layer metrics and flows.
 
-Definitions (ALGORITHMS.md §4; ``m^[i]`` is layer ``i`` of model ``m``, pt/ft the pretrained and
-finetuned roles):
+Definitions (ALGORITHMS.md §4; ``m^[i]`` is layer ``i`` of model ``m``, pt/ft abbreviate the
+pretrained and finetuned roles in formulas; column names spell them out, :mod:`ftlens.vocabulary`):
 
 - ``forgetting_i = STIR(pt^[i] | pt^[i]) - STIR(ft^[i] | pt^[i])`` (eq. 2);
 - ``learning_i = STIR(ft^[i] | ft^[i]) - STIR(pt^[i] | ft^[i])`` (eq. 3); the first terms are
@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 
 from ftlens.errors import ConfigError
-from ftlens.invariance.score import FINETUNED, PRETRAINED
 from ftlens.settings import PAPER
 from ftlens.stats import bootstrap_interval, t_interval
+from ftlens.vocabulary import FINETUNED, PRETRAINED, ROLES, residual_column, stir_column
 
-__all__ = ["FIRST_TERMS", "FLOW_TABLES", "METRICS", "derive_metrics"]
+__all__ = ["FIRST_TERMS", "FLOW_TABLES", "METRICS", "STIR_TERMS", "derive_metrics"]
 
 #: the per-layer metrics that carry intervals
 METRICS = ("learning", "forgetting", "cka_divergence")
@@ -46,6 +46,11 @@ FLOW_TABLES = ("flow", "flow_relative", "flow_baseline", "flow_relative_baseline
                "flow_relative_corrected")
 
 FIRST_TERMS = ("measured", "one")
+#: the per-layer STIR columns, ``stir_<target>_given_<reference>`` for the four role pairs
+STIR_TERMS = tuple(stir_column(t, r) for t, r in ((PRETRAINED, PRETRAINED), (FINETUNED, FINETUNED),
+                                                   (FINETUNED, PRETRAINED), (PRETRAINED, FINETUNED)))
+#: the per-layer mean inversion residual of each role
+RESIDUALS = tuple(residual_column(role) for role in ROLES)
 
 
 def _matrix(stir_df: pd.DataFrame, target: str, reference: str, seed: int, layers: list[str]) -> np.ndarray:
@@ -77,7 +82,8 @@ def derive_metrics(
 
     Args:
         stir_df: tidy STIR table with targets and references ``pretrained``/``finetuned``.
-        cka_df: tidy clean-image CKA table (``model_a, layer_a, model_b, layer_b, seed, cka``).
+        cka_df: tidy clean-image CKA table (``model, layer, pretrained_layer, seed, cka``; the
+            number columns are optional).
         layers: the layers, in order.
         first_term: ``"measured"`` (STIR of the layer with itself, from the same inversions) or
             ``"one"`` (the paper's ``1 - STIR`` form).
@@ -96,6 +102,7 @@ def derive_metrics(
     layers = list(layers)
     seeds = sorted(stir_df["seed"].unique().tolist())
     L = len(layers)
+    numbers = list(range(1, L + 1)) if layer_numbers is None else [int(k) for k in layer_numbers]
     diag = np.arange(L)
     per_seed_rows = []
     per_seed_flows: dict[str, list[np.ndarray]] = {name: [] for name in FLOW_TABLES}
@@ -115,8 +122,8 @@ def derive_metrics(
             per_seed_flows[name].append(value)
         res = stir_df[stir_df["seed"] == seed].drop_duplicates(["reference", "reference_layer"])
         res = res.set_index(["reference", "reference_layer"])["residual"]
-        cka = cka_df[(cka_df["seed"] == seed) & (cka_df["model_a"] == FINETUNED) & (cka_df["model_b"] == PRETRAINED)]
-        cka = cka[cka["layer_a"] == cka["layer_b"]].set_index("layer_a")["cka"]
+        cka = cka_df[(cka_df["seed"] == seed) & (cka_df["model"] == FINETUNED)]
+        cka = cka[cka["layer"] == cka["pretrained_layer"]].set_index("layer")["cka"]
         for k, layer in enumerate(layers):
             s_pp, s_fp, s_ff, s_pf = m_pp[k, k], m_fp[k, k], m_ff[k, k], m_pf[k, k]
             first_f = s_pp if first_term == "measured" else 1.0
@@ -124,24 +131,21 @@ def derive_metrics(
             c = float(cka.get(layer, np.nan))
             per_seed_rows.append({
                 "layer": layer,
+                "layer_number": numbers[k],
                 "seed": seed,
                 "learning": first_l - s_pf,
                 "forgetting": first_f - s_fp,
                 "cka_divergence": 1.0 - c,
                 "cka": c,
-                "stir_pt_pt": s_pp,
-                "stir_ft_ft": s_ff,
-                "stir_ft_given_pt": s_fp,
-                "stir_pt_given_ft": s_pf,
-                "residual_pt": float(res.get((PRETRAINED, layer), np.nan)),
-                "residual_ft": float(res.get((FINETUNED, layer), np.nan)),
+                **dict(zip(STIR_TERMS, (s_pp, s_ff, s_fp, s_pf), strict=True)),
+                **{residual_column(role): float(res.get((role, layer), np.nan)) for role in ROLES},
             })
     per_seed = pd.DataFrame(per_seed_rows)
-    value_cols = [c for c in per_seed.columns if c not in ("layer", "seed")]
+    value_cols = [c for c in per_seed.columns if c not in ("layer", "layer_number", "seed")]
     stacked = {c: np.stack([per_seed[per_seed["seed"] == s].set_index("layer").loc[layers, c].to_numpy(float)
                             for s in seeds]) for c in value_cols}
     per_layer = pd.DataFrame(index=pd.Index(layers, name="layer"))
-    per_layer["layer_number"] = np.arange(1, L + 1) if layer_numbers is None else [int(k) for k in layer_numbers]
+    per_layer["layer_number"] = numbers
     boot = _bootstrap_means(bootstrap, layers, seeds, first_term) if bootstrap is not None and len(bootstrap) else {}
     for c in METRICS:
         per_layer[c] = stacked[c].mean(axis=0)
@@ -151,9 +155,9 @@ def derive_metrics(
             b_lo, b_hi = bootstrap_interval(per_layer[c].to_numpy(), boot[c], confidence)
             lo, hi = np.fmin(lo, b_lo), np.fmax(hi, b_hi)  # the wider of the two (fmin/fmax skip NaN)
         per_layer[f"{c}_lo"], per_layer[f"{c}_hi"] = lo, hi
-    for c in ("stir_pt_pt", "stir_ft_ft", "stir_ft_given_pt", "stir_pt_given_ft", "cka", "residual_pt", "residual_ft"):
+    for c in (*STIR_TERMS, "cka", *RESIDUALS):
         per_layer[c] = stacked[c].mean(axis=0)
-    worst = np.fmax(stacked["residual_pt"], stacked["residual_ft"]).max(axis=0)
+    worst = np.fmax(*(stacked[c] for c in RESIDUALS)).max(axis=0)
     per_layer["residual_max"] = worst
     per_layer["converged"] = worst <= residual_threshold
     per_layer["n_seeds"] = len(seeds)

@@ -12,19 +12,21 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import torch
 
+from ftlens.invariance.inputs import layer_numbers
 from ftlens.invariance.plan import Plan
 from ftlens.inversion import Inversion
 from ftlens.models import ModelWrapper
 from ftlens.similarity import cka_from_grams, gram_linear
+from ftlens.vocabulary import FINETUNED, PRETRAINED
 
 __all__ = ["BOOTSTRAP_COLUMNS", "CKA_COLUMNS", "FINETUNED", "PRETRAINED", "STIR_COLUMNS", "bootstrap_cka",
            "bootstrap_indices", "cka_table", "grams", "score"]
 
-#: Role labels used in the tables of a comparison.
-PRETRAINED = "pretrained"
-FINETUNED = "finetuned"
-STIR_COLUMNS = ["target", "reference", "target_layer", "reference_layer", "seed", "stir", "residual"]
-CKA_COLUMNS = ["model_a", "layer_a", "model_b", "layer_b", "seed", "cka"]
+#: the tidy STIR table (``PRETRAINED`` / ``FINETUNED``, the role labels, come from :mod:`ftlens.vocabulary`)
+STIR_COLUMNS = ["target", "reference", "target_layer", "target_layer_number", "reference_layer",
+                "reference_layer_number", "seed", "stir", "residual"]
+#: the clean-image CKA table: ``CKA(model^[layer], pretrained^[pretrained_layer])``
+CKA_COLUMNS = ["model", "layer", "layer_number", "pretrained_layer", "pretrained_layer_number", "seed", "cka"]
 #: one row per bootstrap replicate of a per-layer (diagonal) STIR or clean CKA value
 BOOTSTRAP_COLUMNS = ["quantity", "target", "reference", "layer", "seed", "replicate", "value"]
 _BOOTSTRAP_SEED = 104_729  # offset of the resampling generator's seed (independent of the start noise)
@@ -118,7 +120,8 @@ def score(
 
     ``STIR(target^[i] | reference^[j]) = CKA(target^[i](X), target^[i](X'_j))`` (linear CKA,
     float64, biased unless ``debiased``), one row per (target, reference, target_layer,
-    reference_layer, seed), with the mean residual of the inversion.
+    reference_layer, seed), with the mean residual of the inversion and each layer's 1-based
+    number in its own model.
 
     Args:
         targets: ``{label: (model, layers)}``; a target may be one of the references.
@@ -136,6 +139,10 @@ def score(
             "run them first (run_plan) or load them from the cache"
         )
     estimator = "debiased" if debiased else "biased"
+    numbers = {label: dict(zip(layers, layer_numbers(model, list(layers)), strict=True))
+               for label, (model, layers) in targets.items()}
+    ref_numbers = {label: dict(zip(plan.layers[label], layer_numbers(model, plan.layers[label]), strict=True))
+                   for label, model in plan.references.items()}
     rows = []
     for seed in plan.seeds:
         x = plan.sample(images, seed)
@@ -152,7 +159,8 @@ def score(
                                            names=(f"layer {layer} of the {label} model",
                                                   f"layer {layer} of the {label} model on images inverted through "
                                                   f"layer {item.layer} of the {item.reference} model"))
-                    rows.append((label, item.reference, layer, item.layer, seed, value, residual))
+                    rows.append((label, item.reference, layer, numbers[label][layer], item.layer,
+                                 ref_numbers[item.reference][item.layer], seed, value, residual))
                 if bootstrap and bootstrap_rows is not None and item.layer in layers:
                     index = bootstrap_indices(plan.n_images, bootstrap, seed)
                     values = bootstrap_cka(clean[(label, seed)][item.layer], inverted[item.layer], index,
@@ -171,15 +179,18 @@ def cka_table(
     layers: Sequence[str],
     debiased: bool,
     *,
+    numbers: Sequence[int] | None = None,
     bootstrap: int = 0,
     bootstrap_rows: list | None = None,
     n_images: int | None = None,
 ) -> pd.DataFrame:
     """Tidy clean-image CKA: ``CKA(ft^[a], pt^[b])`` and ``CKA(pt^[a], pt^[b])`` for all a, b.
 
-    With ``bootstrap``, the per-layer ``CKA(ft^[i], pt^[i])`` of each resample of the seed's
+    One row per (model, layer a, pretrained_layer b, seed) (:data:`CKA_COLUMNS`); ``numbers``
+    are the layers' 1-based positions (default ``1..L``). With ``bootstrap``, the per-layer ``CKA(ft^[i], pt^[i])`` of each resample of the seed's
     ``n_images`` images is appended to ``bootstrap_rows`` (quantity ``"cka"``).
     """
+    number = dict(zip(layers, numbers if numbers is not None else range(1, len(layers) + 1), strict=True))
     rows = []
     for seed in seeds:
         if bootstrap and bootstrap_rows is not None:
@@ -190,13 +201,13 @@ def cka_table(
                 bootstrap_rows.extend(("cka", FINETUNED, PRETRAINED, layer, seed, b, float(v))
                                       for b, v in enumerate(values.tolist()))
         pt = clean_grams[(PRETRAINED, seed)]
-        for model_a in (FINETUNED, PRETRAINED):
-            grams_a = clean_grams[(model_a, seed)]
+        for model in (FINETUNED, PRETRAINED):
+            own = clean_grams[(model, seed)]
             for la in layers:
                 for lb in layers:
-                    value = cka_from_grams(grams_a[la], pt[lb], debiased=debiased,
-                                           names=(f"layer {la} of the {model_a} model", f"layer {lb} of the {PRETRAINED} model"))
-                    rows.append((model_a, la, PRETRAINED, lb, seed, value))
+                    value = cka_from_grams(own[la], pt[lb], debiased=debiased,
+                                           names=(f"layer {la} of the {model} model", f"layer {lb} of the {PRETRAINED} model"))
+                    rows.append((model, la, number[la], lb, number[lb], seed, value))
     df = pd.DataFrame(rows, columns=CKA_COLUMNS)
     df["estimator"] = "debiased" if debiased else "biased"
     return df

@@ -32,6 +32,7 @@ from ftlens.report.figures import (
 )
 from ftlens.report.html import Figure, Section, Table, Text, esc
 from ftlens.report.inputs import NothingToReportError, Source, discover
+from ftlens.vocabulary import FINETUNED, PRETRAINED, residual_column, stir_column
 
 __all__ = ["NothingToReportError", "build_report"]
 
@@ -51,9 +52,11 @@ def _read_json(path: Path | None) -> Any:
 
 
 def _layer_index(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` indexed by layer name, shown as "number (name)"; the ``layer_number`` column (if any) gives the number."""
     df = df.copy()
     names = [str(i) for i in df.index]
-    df.index = [layer_title(name, n) for name, n in zip(names, layer_numbers(names), strict=True)]
+    numbers = df.pop("layer_number").astype(int).tolist() if "layer_number" in df.columns else layer_numbers(names)
+    df.index = [layer_title(name, n) for name, n in zip(names, numbers, strict=True)]
     df.index.name = "layer"
     return df
 
@@ -252,14 +255,15 @@ def _comparisons(sources: Sequence[Source], label: _Labels) -> Section | None:
                                      _flow_caption(lab, cmp)
                                      + (" Same colour scale for every run." if len(cmps) > 1 else "")))
     for lab, (_, cmp) in loaded.items():
-        cols = [c for c in cmp.per_layer.columns if not c.startswith("residual") and c != "layer_number"]
+        cols = [c for c in cmp.per_layer.columns if not c.startswith("residual")]
         s.blocks.append(Table(_layer_index(cmp.per_layer[cols]), f"{lab}: per-layer metrics (linear CKA, {cmp.estimator} "
                               "HSIC); *_std is over seeds, *_lo / *_hi the 95% interval (seeds and a bootstrap over "
                               "images); converged: every inversion of the layer ended below the residual threshold "
-                              "(unconverged layers are hatched in the figures); stir_pt_pt / stir_ft_ft are the "
-                              "measured first terms (inversion quality; 1 = perfect).", f"{lab}: per layer",
+                              "(unconverged layers are hatched in the figures); stir_pretrained_given_pretrained / "
+                              "stir_finetuned_given_finetuned are the measured first terms (inversion quality; 1 = perfect).", f"{lab}: per layer",
                               collapsed=True))
         res = [c for c in cmp.per_layer.columns if c.startswith("residual")]
+        res = ["layer_number", *res] if res else res
         if res:
             s.blocks.append(Table(_layer_index(cmp.per_layer[res]), f"{lab}: mean final relative inversion residual "
                                   "||r(x') - r(x)|| / ||r(x)|| per layer and reference model (0 = converged).",
@@ -289,11 +293,13 @@ def _inversion_quality(comparisons: dict) -> str:
     first = next(iter(comparisons.values()))
     pl = first.per_layer
     parts = []
-    if "residual_pt" in pl.columns:
-        parts.append(f"final relative residual of the pretrained-side inversions: {fmt_value(pl['residual_pt'].iloc[0])} "
-                     f"at layer {_layer_no(pl, 0)} to {fmt_value(pl['residual_pt'].iloc[-1])} at layer "
+    res = residual_column(PRETRAINED)
+    if res in pl.columns:
+        parts.append(f"final relative residual of the pretrained-side inversions: {fmt_value(pl[res].iloc[0])} "
+                     f"at layer {_layer_no(pl, 0)} to {fmt_value(pl[res].iloc[-1])} at layer "
                      f"{_layer_no(pl, len(pl) - 1)}")
-    selfs = [c.per_layer[col] for c in comparisons.values() for col in ("stir_pt_pt", "stir_ft_ft")
+    selfs = [c.per_layer[col] for c in comparisons.values()
+             for col in (stir_column(PRETRAINED, PRETRAINED), stir_column(FINETUNED, FINETUNED))
              if col in c.per_layer.columns]
     if selfs:
         lo = min(float(v.min()) for v in selfs)
@@ -390,7 +396,7 @@ def _accuracy_caption(acc: pd.DataFrame) -> str:
 
 
 def _dynamics(sources: Sequence[Source], label: _Labels) -> Section | None:
-    from ftlens.analysis.dynamics import run_metrics, severity_accuracy
+    from ftlens.analysis.dynamics import read_dynamics, run_metrics, severity_accuracy
     from ftlens.report import dynamics_plots as dp
 
     items = [(label(src, name), src, name, folder) for src in sources for name, folder in src.dynamics.items()]
@@ -401,7 +407,7 @@ def _dynamics(sources: Sequence[Source], label: _Labels) -> Section | None:
                 "reused), next to clean and corrupted accuracy.")
     means = {}
     for lab, src, name, folder in items:
-        dyn = pd.read_csv(folder / MARKERS["dynamics"])
+        dyn = read_dynamics(folder / MARKERS["dynamics"])
         means[lab] = dyn.groupby("epoch")[["learning", "forgetting", "cka_divergence"]].mean()
         s.blocks.append(_fig(dp.metric_over_epochs(dyn), _dynamics_caption(lab, dyn)))
         run = src.run_of(name)
@@ -454,7 +460,7 @@ def _accuracy_epochs_caption(label: str, metrics: pd.DataFrame) -> str:
 
 def _correlation(sources: Sequence[Source], label: _Labels) -> Section | None:
     from ftlens.analysis import correlation as corr
-    from ftlens.analysis.dynamics import corrupted_accuracy, run_metrics
+    from ftlens.analysis.dynamics import corrupted_accuracy, read_dynamics, run_metrics
     from ftlens.report import analysis_plots as ap
 
     items = [(label(src, name), src, name, path) for src in sources for name, path in src.correlation.items()]
@@ -472,7 +478,7 @@ def _correlation(sources: Sequence[Source], label: _Labels) -> Section | None:
         dyn_folder = src.dynamics.get(name)
         run = src.run_of(name)
         if dyn_folder is not None and run is not None:
-            dyn = pd.read_csv(dyn_folder / MARKERS["dynamics"])
+            dyn = read_dynamics(dyn_folder / MARKERS["dynamics"])
             acc = corrupted_accuracy(run_metrics(run))
             s.blocks.append(_fig(ap.plot_correlation_scatter(dyn, acc), _headline_caption(lab, head)))
             try:
@@ -549,6 +555,7 @@ def _distortion_caption(pl: pd.DataFrame, measure: str, words: str) -> str:
 
 
 def _cka(sources: Sequence[Source], label: _Labels) -> Section | None:
+    from ftlens.cka import load_cka
     from ftlens.report.figures import cka_heatmap
 
     items = [(label(src, name), folder) for src in sources for name, folder in src.cka.items()]
@@ -557,9 +564,9 @@ def _cka(sources: Sequence[Source], label: _Labels) -> Section | None:
     s = Section("CKA between layers", "Linear CKA between every layer of one model and every layer of another on the "
                 "same images (1 = identical up to rotation and scale).")
     for lab, folder in items:
-        matrix = pd.read_csv(folder / "cka.csv", index_col=0)
-        meta = _read_json(folder / "cka.json") or {}
-        a, b = meta.get("model_a", "model A"), meta.get("model_b", "model B")
+        result = load_cka(folder)
+        matrix, meta = result.matrix, result.config
+        a, b = meta.get("first", "the first model"), meta.get("second", "the second model")
         est = meta.get("estimator", "biased")
         fig = cka_heatmap(matrix, title=f"linear CKA ({est}): {lab}", xlabel=f"layer of {b}", ylabel=f"layer of {a}")
         values = matrix.to_numpy(dtype=float)
