@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-import ftlens.similarity as sim
+import ftlens.similarity.pairwise as engine
 from ftlens.errors import LayerError, NumericalError
 from ftlens.similarity import (
     DegenerateRepresentationWarning,
@@ -142,9 +142,9 @@ def test_gram_blocks_match_reference():
 
 
 def test_route_choice_by_shape():
-    assert sim._choose_route(500, [38_400], [38_400], "linear", "auto") == "gram"
-    assert sim._choose_route(100_000, [64], [64], "linear", "auto") == "features"
-    assert sim._choose_route(100_000, [64], [64], "rbf", "auto") == "gram"
+    assert engine.choose_route(500, [38_400], [38_400], "linear", "auto") == "gram"
+    assert engine.choose_route(100_000, [64], [64], "linear", "auto") == "features"
+    assert engine.choose_route(100_000, [64], [64], "rbf", "auto") == "gram"
 
 
 # --- properties -------------------------------------------------------------------------------
@@ -336,8 +336,8 @@ def test_cka_matrix_equals_pairwise(kernel, debiased):
 def test_cka_matrix_prepares_each_layer_once(monkeypatch):
     reps_a, reps_b = layer_dicts(20, [30, 30, 30], [30, 30, 30, 30], seed=16)
     calls = []
-    original = sim._centre
-    monkeypatch.setattr(sim, "_centre", lambda x: calls.append(1) or original(x))
+    original = engine.centre
+    monkeypatch.setattr(engine, "centre", lambda x: calls.append(1) or original(x))
     cka_matrix(reps_a, reps_b)
     assert len(calls) == 3 + 4  # L_a + L_b, not L_a * L_b
 

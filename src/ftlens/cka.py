@@ -1,8 +1,9 @@
 """The CKA one-liner: ``ftlens.CKA(first, second).compare(loader).plot()``.
 
 Linear CKA between every layer of one model (``first``, the rows) and every layer of another
-(``second``, the columns) on the same images (:func:`ftlens.similarity.cka_matrix`). The result saves in the layout of ``ftlens cka``
-(``cka.csv`` + ``cka.json``), so ``ftlens report`` reads it.
+(``second``, the columns) on the same images (:func:`ftlens.similarity.cka_matrix`), or any
+registered similarity measure (``measure=NAME``, :mod:`ftlens.similarity.registry`). The result
+saves in the layout of ``ftlens cka`` (``cka.csv`` + ``cka.json``), so ``ftlens report`` reads it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,30 @@ import pandas as pd
 import torch
 
 from ftlens import io
+from ftlens.errors import ConfigError
+from ftlens.similarity.measure import Measure
+from ftlens.similarity.registry import get_measure, measure_names
 from ftlens.vocabulary import upgrade_keys
 
-__all__ = ["CKA", "CKAResult", "load_cka"]
+__all__ = ["CKA", "CKAResult", "load_cka", "resolve_measure"]
+
+
+def resolve_measure(measure: str | Measure | None, debiased: bool = False) -> Measure:
+    """The measure to compare layers with: ``measure`` (a registered name or a :class:`Measure`),
+    or by default linear CKA, debiased if ``debiased``."""
+    if measure is None:
+        return get_measure("linear_cka_debiased" if debiased else "linear_cka")
+    m = get_measure(measure)
+    if debiased and not m.name.endswith("_debiased"):
+        raise ConfigError(f"debiased=True (--debiased) selects linear_cka_debiased, but the measure {m.name!r} "
+                          f"was given: name one measure (known: {', '.join(measure_names())}).")
+    return m
 
 
 @dataclass
 class CKAResult:
-    """``matrix``: CKA, rows ``first_layer`` (layers of the first model), columns ``second_layer``; ``config``: what was run."""
+    """``matrix``: CKA (or the ``config["measure"]`` chosen), rows ``first_layer`` (layers of the first
+    model), columns ``second_layer``; ``config``: what was run."""
 
     matrix: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
@@ -33,13 +50,23 @@ class CKAResult:
     def estimator(self) -> str:
         return str(self.config.get("estimator", "biased"))
 
+    @property
+    def title(self) -> str:
+        """What the numbers are, e.g. ``linear CKA (biased)`` or the measure's label."""
+        if str(self.config.get("measure", "linear_cka")).startswith("linear_cka"):
+            return f"linear CKA ({self.estimator})"
+        return str(self.config.get("similarity", self.config["measure"])).removesuffix(", float64")
+
     def plot(self, *, title: str | None = None):
         """Heat map with an adaptive colour scale and the values in the cells (a matplotlib Figure)."""
         from ftlens.report.figures import cka_heatmap
 
         a, b = self.config.get("first", "the first model"), self.config.get("second", "the second model")
-        return cka_heatmap(self.matrix, title=title or f"linear CKA ({self.estimator}): {a} vs {b}",
-                           xlabel=f"layer of {b}", ylabel=f"layer of {a}")
+        measure = str(self.config.get("measure", "linear_cka"))
+        colorbar = ("linear CKA" if measure.startswith("linear_cka") else measure) + (
+            " (0 = identical)" if self.config.get("measure_kind") == "distance" else " (1 = identical)")
+        return cka_heatmap(self.matrix, title=title or f"{self.title}: {a} vs {b}",
+                           xlabel=f"layer of {b}", ylabel=f"layer of {a}", colorbar=colorbar)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``cka.csv`` and ``cka.json`` (atomic) into ``directory``."""
@@ -52,12 +79,12 @@ class CKAResult:
         from ftlens.display import frame_html
 
         a, b = self.config.get("first", "first"), self.config.get("second", "second")
-        head = (f"linear CKA ({self.estimator}) of {a} (rows) vs {b} (columns), "
+        head = (f"{self.title} of {a} (rows) vs {b} (columns), "
                 f"{self.config.get('images', '?')} images")
         return frame_html(self.matrix, head)
 
     def __repr__(self) -> str:
-        return f"CKAResult({self.matrix.shape[0]}x{self.matrix.shape[1]} layers, {self.estimator})"
+        return f"CKAResult({self.matrix.shape[0]}x{self.matrix.shape[1]} layers, {self.title})"
 
 
 def load_cka(directory: str | os.PathLike) -> CKAResult:
@@ -81,6 +108,8 @@ class CKA:
         first_layers, second_layers: layers (names or globs; default: every block).
         debiased: debiased (unbiased-HSIC) CKA instead of the biased one.
         device: where the forward passes run (default: the models' device).
+        measure: another registered similarity measure by name (``ftlens.similarity.measure_names()``)
+            or a :class:`ftlens.similarity.Measure`; default linear CKA.
 
     Example:
         >>> result = ftlens.CKA("ftlens:vit-micro", "runs/x@last").compare(loader)  # doctest: +SKIP
@@ -89,14 +118,15 @@ class CKA:
 
     def __init__(self, first: Any, second: Any, *, first_layers: Sequence[str] | None = None,
                  second_layers: Sequence[str] | None = None, debiased: bool = False,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, measure: str | Measure | None = None) -> None:
         from ftlens.models import ModelWrapper, load_model
 
+        self.measure = resolve_measure(measure, debiased)  # before loading: a wrong name fails fast
         self.first = first if isinstance(first, ModelWrapper) else load_model(first, layers=first_layers)
         self.second = second if isinstance(second, ModelWrapper) else load_model(second, layers=second_layers)
         self.first_layers = list(first_layers) if first_layers is not None else None
         self.second_layers = list(second_layers) if second_layers is not None else None
-        self.debiased = debiased
+        self.debiased = self.measure.name.endswith("_debiased")
         self.device = device
         self.result: CKAResult | None = None
 
@@ -105,7 +135,6 @@ class CKA:
         """CKA of every layer pair on ``images`` (a tensor, Dataset or DataLoader; at most ``n_images``)."""
         from ftlens.errors import ImageError
         from ftlens.images import as_images
-        from ftlens.similarity import cka_matrix
 
         a, b = self.first, self.second
         if tuple(a.input_size) != tuple(b.input_size):
@@ -113,14 +142,15 @@ class CKA:
         x = as_images(images, n_images)
         ra = a.representations(x, self.first_layers, batch_size=batch_size, device=self.device, progress=progress)
         rb = b.representations(x, self.second_layers, batch_size=batch_size, device=self.device, progress=progress)
-        estimator = "debiased" if self.debiased else "biased"
-        matrix = cka_matrix(ra, rb, debiased=self.debiased)
+        m = self.measure
+        matrix = m.matrix(ra, rb)
         matrix.index.name, matrix.columns.name = "first_layer", "second_layer"
-        self.result = CKAResult(matrix, {
-            "kind": "ftlens.cka", "first": a.name, "second": b.name, "first_spec": str(a.spec),
-            "second_spec": str(b.spec),
-            "images": int(x.shape[0]), "estimator": estimator, "similarity": f"linear CKA ({estimator} HSIC), float64",
-            "versions": io.versions()})
+        config = {"kind": "ftlens.cka", "first": a.name, "second": b.name, "first_spec": str(a.spec),
+                  "second_spec": str(b.spec), "images": int(x.shape[0]), "measure": m.name, "measure_kind": m.kind}
+        if "cka" in m.name:  # the HSIC estimator is a CKA notion
+            config["estimator"] = "debiased" if m.name.endswith("_debiased") else "biased"
+        config.update(similarity=f"{m.label}, float64", versions=io.versions())
+        self.result = CKAResult(matrix, config)
         return self.result
 
     def plot(self, **kwargs: Any):

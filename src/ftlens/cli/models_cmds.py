@@ -66,6 +66,8 @@ def cka_cmd(
     layers: list[str] = common.layers_option(),
     images: int = common.images_option(),
     debiased: bool = common.debiased_option(),
+    measure: str = typer.Option(None, "--measure", help="A registered similarity measure instead of linear "
+                                "CKA, e.g. rbf_cka or procrustes_distance (an unknown name lists them all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image sample."),
     batch_size: int = common.batch_size_option(),
     device: str = common.device_option(),
@@ -73,12 +75,14 @@ def cka_cmd(
     tokens: str = common.tokens_option(),
     data_dir: Path = common.data_dir_option(),
 ) -> None:
-    """Linear CKA between every layer of FIRST and every layer of SECOND on the same images."""
+    """Linear CKA (or --measure) between every layer of FIRST and every layer of SECOND on the same images."""
     from ftlens.checks import cli_options
 
     cli_options(out=out, images=images, batch_size=batch_size)
     from ftlens import progress
-    from ftlens.cka import CKA
+    from ftlens.cka import CKA, resolve_measure
+
+    chosen = resolve_measure(measure, debiased)  # an unknown name fails before anything is loaded
     from ftlens.data import get_dataset, sample_images
     from ftlens.report.figures import save_figure
 
@@ -90,7 +94,7 @@ def cka_cmd(
 
     size = common.image_size_kwargs(image_size)
     cka = CKA(load_model(first, layers=layer_list, device=device, tokens=tokens, **size),
-              load_model(second, layers=layer_list, device=device, tokens=tokens, **size), debiased=debiased,
+              load_model(second, layers=layer_list, device=device, tokens=tokens, **size), measure=chosen,
               device=device)
     a = cka.first
     dataset = get_dataset(data, split="test", image_size=a.input_size[1:], data_dir=data_dir, seed=seed)
@@ -100,7 +104,7 @@ def cka_cmd(
     result = cka.compare(x, batch_size=batch_size or 256, progress=True)
     result.config.update(data=data, seed=seed)
     matrix = result.matrix
-    console.print(f"[bold]linear CKA ({result.estimator}), {n} images of {data}[/bold]")
+    console.print(f"[bold]{result.title}, {n} images of {data}[/bold]")
     from ftlens.report.figures import fmt_num
 
     console.print(matrix.map(fmt_num).to_string())

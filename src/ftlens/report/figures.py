@@ -112,11 +112,13 @@ def decimals_for(span: float) -> int:
 
 
 @styled
-def cka_heatmap(matrix: pd.DataFrame, *, title: str, xlabel: str, ylabel: str, annotate: bool | None = None):
+def cka_heatmap(matrix: pd.DataFrame, *, title: str, xlabel: str, ylabel: str, annotate: bool | None = None,
+                colorbar: str = "linear CKA (1 = identical)"):
     """Heat map of a layer x layer similarity matrix (rows = ``ylabel`` side), with numbers.
 
     The colour scale spans the values present (so 0.91-0.97 is not one uniform colour); the
-    colour bar says so. ``annotate`` writes each value in its cell (default: up to 16 layers).
+    colour bar (labelled ``colorbar``) says so. ``annotate`` writes each value in its cell
+    (default: up to 16 layers).
     """
     values = matrix.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
@@ -142,7 +144,7 @@ def cka_heatmap(matrix: pd.DataFrame, *, title: str, xlabel: str, ylabel: str, a
                     dark = (values[i, j] - lo) / (hi - lo) < 0.55
                     ax.text(j, i, fmt_num(values[i, j], digits), ha="center", va="center", fontsize=MIN_FONT,
                             color="white" if dark else "black")
-    fig.colorbar(im, ax=ax, label="linear CKA (1 = identical)")
+    fig.colorbar(im, ax=ax, label=colorbar)
     fig.tight_layout()
     return fig
 
