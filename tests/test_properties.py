@@ -7,7 +7,9 @@ measure is in this table as soon as it is registered."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
+import re
 from functools import partial
 
 import numpy as np
@@ -97,6 +99,27 @@ def test_the_registry_holds_the_measures_with_their_kind():
                "subspace_features": "similarity", "subspace_samples": "similarity"}
     assert {name: measures()[name].kind for name in builtin} == builtin
     assert set(TRANSFORMS) == set(TRANSFORMATIONS)
+
+
+def test_the_docs_table_matches_the_registry():
+    """docs/quantities.md lists every built-in measure with its kind and declared invariances."""
+    from pathlib import Path
+
+    from ftlens.similarity.registry import BUILTIN
+
+    text = (Path(__file__).parents[1] / "docs" / "quantities.md").read_text()
+    head = next(line for line in text.splitlines() if line.startswith("| measure | kind |"))
+    assert [c.strip().replace(" ", "_") for c in head.strip("|").split("|")[2:]] == list(TRANSFORMATIONS)
+    documented = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 2 + len(TRANSFORMATIONS):
+            for name in re.findall(r"`(\w+)`", cells[0]):
+                documented[name] = (cells[1], {t for t, c in zip(TRANSFORMATIONS, cells[2:], strict=True) if c == "+"})
+    builtin = [getattr(importlib.import_module(module), attr) for module, attr in (e.split(":") for e in BUILTIN)]
+    assert set(documented) == {m.name for m in builtin}
+    for m in builtin:
+        assert documented[m.name] == (m.kind, set(m.invariant_to)), m.name
 
 
 def test_every_measure_declares_every_transformation():
