@@ -37,6 +37,7 @@ import contextlib
 import json
 import platform
 import random
+import tempfile
 import time
 
 import numpy as np
@@ -133,6 +134,38 @@ def _peer_call(pt, ft, x, i, j, steps, step_size, seed):
     return float(ft_given_pt), float(pt_given_ft)
 
 
+def _flops(pt, x1) -> tuple[list[float], list[float]]:
+    """Useful FLOPs (matmul/attention/conv, ``FlopCounterMode``) of one image-step per layer ``k``.
+
+    ftlens runs blocks ``0..k`` forward and back to the input (one truncated inversion per layer
+    and model); the peer runs the whole network forward and back from block ``k`` (two
+    full-depth inversions per pair ``(i, j)``: at ``j`` on one model, at ``i`` on the other).
+    Returns ``(ftlens per layer, peer per layer)``.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ours, peer = [], []
+    # gradients w.r.t. the input only (as both packages take them); ``backward`` because
+    # FlopCounterMode's module hooks do not support ``autograd.grad``
+    flags = [q.requires_grad for q in pt.module.parameters()]
+    for q in pt.module.parameters():
+        q.requires_grad_(False)
+    for k, layer in enumerate(pt.layers):
+        x = x1.clone().requires_grad_(True)
+        with FlopCounterMode(display=False) as c:
+            rep = pt.forward_layers(x, [layer], clone=False)[layer]
+            rep.square().sum().backward()
+        ours.append(float(c.get_total_flops()))
+        x = x1.clone().requires_grad_(True)
+        with FlopCounterMode(display=False) as c:
+            _, rep = PeerModel(pt.module)(Normalizer(pt.mean, pt.std)(x), layer_num=k)
+            rep.square().sum().backward()
+        peer.append(float(c.get_total_flops()))
+    for q, f in zip(pt.module.parameters(), flags, strict=True):
+        q.requires_grad_(f)
+    return ours, peer
+
+
 def _models(spec: str, embed_dim: int | None):
     from ftlens.models import load_model
 
@@ -155,6 +188,8 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3, help="peer calls to time, extrapolated to L^2 (0: all)")
     p.add_argument("--no-peer", action="store_true", help="only ftlens: the default against the fixed schedule")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--processes", type=int, default=None,
+                   help="ftlens: split its inversions over N local processes (a fresh temporary cache)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -168,8 +203,10 @@ def main() -> None:
 
     def ours(schedule):
         t0 = time.perf_counter()
-        r = compare(pt, ft, x, seeds=[args.seed], n_images=args.images, steps=args.steps,
-                    step_size=args.step_size, cache=None, progress=False, schedule=schedule)
+        with tempfile.TemporaryDirectory() as tmp:  # processes share a cache; fresh: nothing cached
+            r = compare(pt, ft, x, seeds=[args.seed], n_images=args.images, steps=args.steps,
+                        step_size=args.step_size, cache=tmp if args.processes else None, progress=False,
+                        schedule=schedule, processes=args.processes)
         return r, time.perf_counter() - t0
 
     # warm-up of both packages (first-call costs: imports, allocator, thread pools)
@@ -184,7 +221,8 @@ def main() -> None:
         r, seconds = ours(schedule)
         runs[label] = {"result": r, "seconds": seconds, "settings": r.config["inversion"],
                        "image_steps": int(r.inversions["image_steps"].sum()),
-                       "residual_mean": float(r.inversions["residual_mean"].mean())}
+                       "residual_mean": float(r.inversions["residual_mean"].mean()),
+                       "inversion_table": r.inversions}
 
     pairs = [(i, j) for i in range(L) for j in range(L)]
     if args.no_peer:
@@ -201,7 +239,7 @@ def main() -> None:
     out = {
         "benchmark": "bench_peer",
         "model": args.model, "embed_dim": args.embed_dim, "layers": L, "images": args.images,
-        "steps": args.steps, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "steps": args.steps, "torch_threads": torch.get_num_threads(), "ftlens_processes": args.processes or 1, "torch": torch.__version__,
         "platform": platform.platform(),
         "peer": {
             "package": "stir-invariance", "calls_timed": len(pairs), "pairs": pairs,
@@ -211,8 +249,19 @@ def main() -> None:
         },
         "ftlens": {},
     }
+    ours_k, peer_k = _flops(pt, x[:1])
+    index = {name: k for k, name in enumerate(pt.layers)}
+    # the peer evaluates steps + 1 iterates per image of every inversion (it has no early stop)
+    peer_flops = sum(peer_k[i] + peer_k[j] for i in range(L) for j in range(L)) * (args.steps + 1) * len(x)
+    out["flops"] = {"peer_all_pairs": peer_flops, "ftlens_per_image_step": ours_k, "peer_per_image_step": peer_k,
+                    "note": "useful FLOPs (FlopCounterMode): the peer's for all pairs; ftlens' from the image-steps "
+                            "each of its inversions took. flop_ratio = peer / ftlens, the speed-up at equal FLOP "
+                            "rates; per_flop_advantage = speed-up / flop_ratio"}
     for label, run in runs.items():
         r = run["result"]
+        inv = run.pop("inversion_table")
+        run["flops"] = float(sum(ours_k[index[name]] * steps for name, steps in
+                                 zip(inv["reference_layer"], inv["image_steps"], strict=True)))
         diffs = []
         for (i, j), (ft_pt, pt_ft) in zip(pairs, peer_values, strict=True):
             ours_ft_pt = float(r.stir_matrix("finetuned", "pretrained").iloc[i, j])
@@ -224,6 +273,8 @@ def main() -> None:
             "image_steps": run["image_steps"], "residual_mean": run["residual_mean"],
             "settings": run["settings"],
             "speedup_vs_peer_all_pairs": peer_full / run["seconds"],
+            "flop_ratio": peer_flops / run["flops"],
+            "per_flop_advantage": peer_full / run["seconds"] / (peer_flops / run["flops"]),
             "max_abs_diff_stir_vs_peer": max(diffs, default=float("nan")),
             "mean_abs_diff_stir_vs_peer": float(np.mean(diffs)) if diffs else float("nan"),
         }
