@@ -144,6 +144,23 @@ def test_identical_representations_give_one_or_zero(measure):
     check_identical(table()[measure])
 
 
+@pytest.mark.parametrize("measure", sorted(table()))
+def test_every_layer_pair_at_once_equals_each_pair(measure):
+    """``Measure.matrix`` (a measure's own fast route, or one call per pair) equals the measure of
+    each pair of layers, and ``reps_b=None`` compares the layers with themselves."""
+    m = table()[measure]
+    reps_a = {"a0": A, "a1": B, "a2": A.cos() @ _M}
+    reps_b = {"b0": B, "b1": A @ _Q + 1.0}
+    df = m.matrix(reps_a, reps_b)
+    assert list(df.index) == list(reps_a) and list(df.columns) == list(reps_b) and df.attrs["measure"] == measure
+    expected = [[m(xa, xb) for xb in reps_b.values()] for xa in reps_a.values()]
+    np.testing.assert_allclose(df.to_numpy(), expected, rtol=1e-10, atol=1e-12)
+    same = m.matrix(reps_a).to_numpy()
+    np.testing.assert_allclose(np.diag(same), m.identical, atol=1e-9)
+    with pytest.raises(ConfigError, match="non-empty dict"):
+        m.matrix({}, reps_b)
+
+
 def test_a_measure_with_a_wrong_declaration_cannot_be_built():
     ok = dict(fn=lambda a, b: 0.0, kind="distance", label="x")
     with pytest.raises(ConfigError, match="missing"):

@@ -51,22 +51,30 @@ class CKAResult:
         return str(self.config.get("estimator", "biased"))
 
     @property
+    def measure(self) -> str:
+        """The registered name of the measure in ``matrix`` (results of earlier versions: ``linear_cka``)."""
+        return str(self.config.get("measure", "linear_cka"))
+
+    @property
     def title(self) -> str:
         """What the numbers are, e.g. ``linear CKA (biased)`` or the measure's label."""
-        if str(self.config.get("measure", "linear_cka")).startswith("linear_cka"):
+        if self.measure.startswith("linear_cka"):
             return f"linear CKA ({self.estimator})"
-        return str(self.config.get("similarity", self.config["measure"])).removesuffix(", float64")
+        return str(self.config.get("similarity", self.measure)).removesuffix(", float64")
+
+    @property
+    def colorbar(self) -> str:
+        """The colour-bar label of a heat map: the measure and its value for identical layers."""
+        name = "linear CKA" if self.measure.startswith("linear_cka") else self.measure
+        return name + (" (0 = identical)" if self.config.get("measure_kind") == "distance" else " (1 = identical)")
 
     def plot(self, *, title: str | None = None):
         """Heat map with an adaptive colour scale and the values in the cells (a matplotlib Figure)."""
         from ftlens.report.figures import cka_heatmap
 
         a, b = self.config.get("first", "the first model"), self.config.get("second", "the second model")
-        measure = str(self.config.get("measure", "linear_cka"))
-        colorbar = ("linear CKA" if measure.startswith("linear_cka") else measure) + (
-            " (0 = identical)" if self.config.get("measure_kind") == "distance" else " (1 = identical)")
         return cka_heatmap(self.matrix, title=title or f"{self.title}: {a} vs {b}",
-                           xlabel=f"layer of {b}", ylabel=f"layer of {a}", colorbar=colorbar)
+                           xlabel=f"layer of {b}", ylabel=f"layer of {a}", colorbar=self.colorbar)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``cka.csv`` and ``cka.json`` (atomic) into ``directory``."""

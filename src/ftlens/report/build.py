@@ -561,18 +561,19 @@ def _cka(sources: Sequence[Source], label: _Labels) -> Section | None:
     items = [(label(src, name), folder) for src in sources for name, folder in src.cka.items()]
     if not items:
         return None
-    s = Section("CKA between layers", "Linear CKA between every layer of one model and every layer of another on the "
-                "same images (1 = identical up to rotation and scale).")
+    s = Section("CKA between layers", "Linear CKA (or the measure named in the figure) between every layer of one "
+                "model and every layer of another on the same images (CKA: 1 = identical up to rotation and scale).")
     for lab, folder in items:
         result = load_cka(folder)
         matrix, meta = result.matrix, result.config
         a, b = meta.get("first", "the first model"), meta.get("second", "the second model")
-        est = meta.get("estimator", "biased")
-        fig = cka_heatmap(matrix, title=f"linear CKA ({est}): {lab}", xlabel=f"layer of {b}", ylabel=f"layer of {a}")
+        what = "CKA" if "cka" in result.measure else result.measure  # ftlens cka --measure NAME
+        fig = cka_heatmap(matrix, title=f"{result.title}: {lab}", xlabel=f"layer of {b}", ylabel=f"layer of {a}",
+                          colorbar=result.colorbar)
         values = matrix.to_numpy(dtype=float)
         lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
         digits = decimals_for(hi - lo)
-        caption = (f"{lab}: CKA from {fmt_num(lo, digits)} to {fmt_num(hi, digits)} (the colour scale spans this "
+        caption = (f"{lab}: {what} from {fmt_num(lo, digits)} to {fmt_num(hi, digits)} (the colour scale spans this "
                    "range)")
         if values.shape[0] == values.shape[1]:
             caption += f"; mean on the diagonal (same layer) {fmt_num(np.nanmean(np.diag(values)), digits)}"
@@ -580,8 +581,8 @@ def _cka(sources: Sequence[Source], label: _Labels) -> Section | None:
             caption += f"; {meta['images']} images of {meta.get('data', '?')}"
         s.blocks.append(_fig(fig, caption + "."))
         s.blocks.append(Table(matrix.rename(index=layer_label, columns=layer_label).rename_axis(f"{a} \\ {b}"),
-                              f"{lab}: CKA values (rows: layers of {a}; columns: layers of {b}; 1-based).",
-                              f"{lab}: CKA", digits=digits, collapsed=True))
+                              f"{lab}: {what} values (rows: layers of {a}; columns: layers of {b}; 1-based).",
+                              f"{lab}: {what}", digits=digits, collapsed=True))
     return s
 
 
