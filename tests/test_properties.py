@@ -117,9 +117,10 @@ def test_the_docs_table_matches_the_registry():
             for name in re.findall(r"`(\w+)`", cells[0]):
                 documented[name] = (cells[1], {t for t, c in zip(TRANSFORMATIONS, cells[2:], strict=True) if c == "+"})
     builtin = [getattr(importlib.import_module(module), attr) for module, attr in (e.split(":") for e in BUILTIN)]
-    assert set(documented) == {m.name for m in builtin}
     for m in builtin:
-        assert documented[m.name] == (m.kind, set(m.invariant_to)), m.name
+        row = f"| `{m.name}` | {m.kind} | " + " | ".join("+" if t in m.invariant_to else "-" for t in TRANSFORMATIONS) + " |"
+        assert documented.get(m.name) == (m.kind, set(m.invariant_to)), f"docs/quantities.md needs the row {row}"
+    assert set(documented) == {m.name for m in builtin}, "docs/quantities.md lists a measure that is not registered"
 
 
 def test_every_measure_declares_every_transformation():
