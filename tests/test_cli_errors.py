@@ -21,7 +21,8 @@ def nothing_computed(monkeypatch):
     """Loading a model or a dataset is an error: the checks must come first."""
     import ftlens.data
     import ftlens.experiment
-    import ftlens.finetune.run
+    import ftlens.finetune.build
+    import ftlens.finetune.training
     import ftlens.models
 
     def boom(*args, **kwargs):
@@ -29,8 +30,8 @@ def nothing_computed(monkeypatch):
 
     monkeypatch.setattr(ftlens.models, "load_model", boom)
     monkeypatch.setattr(ftlens.data, "get_dataset", boom)
-    monkeypatch.setattr(ftlens.finetune.run, "load_model", boom)
-    monkeypatch.setattr(ftlens.finetune.run, "start_model", boom)
+    monkeypatch.setattr(ftlens.finetune.build, "load_model", boom)
+    monkeypatch.setattr(ftlens.finetune.training, "start_model", boom)
 
 
 def _one_line_error(args, *words):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ftlens import clip
 from ftlens.errors import FtlensError, MissingDependencyError, RandomWeightsWarning
 from ftlens.finetune import ConfigError, FinetuneConfig, finetune
-from ftlens.finetune.flyp import contrastive_loss
+from ftlens.finetune.strategies.flyp import contrastive_loss
 from ftlens.invariance import compare
 from ftlens.models import load_model
 

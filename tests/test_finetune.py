@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from ftlens.errors import CheckpointError, DatasetError
 from ftlens.finetune import ConfigError, FinetuneConfig, finetune
 from ftlens.finetune.config import DEFAULT_LP_GRID
-from ftlens.finetune.strategies import l2sp_penalty, l2sp_reference
+from ftlens.finetune.strategies.l2_sp import l2sp_penalty, l2sp_reference
 from ftlens.finetune.tasks import PatchDecoder, TaskModel, reset_classifier
 from ftlens.models import checkpoint_path, load_model, save_checkpoint
 
@@ -268,8 +268,8 @@ def test_cli_runs_and_rejects_unknown_strategy(workdir, pretrained):
 
 def test_lpft_probe_features_include_the_training_augmentation(make_vit, make_pool):
     """LP-FT fits its head on the features FT trains on: an augmented view of each image."""
+    from ftlens.finetune.evaluation import source_features as _features
     from ftlens.finetune.loop import DataSource, augment_batch
-    from ftlens.finetune.run import _features
     from ftlens.models import PRE_LOGITS
 
     m = make_vit(0)

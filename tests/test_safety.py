@@ -206,7 +206,7 @@ def test_finished_run_without_state_is_reused_not_retrained(tiny_run, tmp_path):
 def test_checkpoints_and_states_respect_the_umask(tmp_path):
     import os
 
-    from ftlens.finetune.run import _save_state
+    from ftlens.finetune.rundir import save_state as _save_state
 
     old = os.umask(0o027)
     try:

@@ -218,7 +218,7 @@ class Experiment:
             return
         saved = self.out / "config.yaml"
         if not saved.exists():
-            from ftlens.finetune.run import describe_folder
+            from ftlens.finetune.rundir import describe_folder
 
             raise OutputError(f"{self.out} is not empty ({describe_folder(self.out)}) and is not an ftlens experiment "
                               "(no config.yaml); choose another --out")
@@ -247,11 +247,12 @@ class Experiment:
 
     def stage_finetune(self) -> None:
         from ftlens.finetune import finetune
+        from ftlens.finetune.strategies import get_strategy
 
         for run in self.config.runs:
             kwargs = self.run_config(run)
-            strategy = kwargs.get("strategy", "ft")
-            model = self.config.model if strategy == "scratch" else self.pretrained_spec
+            from_scratch = get_strategy(kwargs.get("strategy", "ft")).from_scratch
+            model = self.config.model if from_scratch else self.pretrained_spec
             finetune(model=model, data=self.config.data, out=str(self.run_dir(run["name"])),
                      device=self.config.device, data_dir=self.config.data_dir, pretrained=self.config.pretrained,
                      **kwargs)
@@ -280,9 +281,11 @@ class Experiment:
         return kw
 
     def compare_names(self) -> list[str]:
+        from ftlens.finetune.strategies import get_strategy
+
         if self.config.analysis.compare is not None:
             return list(self.config.analysis.compare)
-        return [r["name"] for r in self.config.runs if r.get("strategy", "ft") not in ("lp", "wise-ft")]
+        return [r["name"] for r in self.config.runs if get_strategy(r.get("strategy", "ft")).compared]
 
     def stage_compare(self) -> None:
         from ftlens.invariance import compare

@@ -34,7 +34,7 @@ def finetune_cmd(
     train_size: int | None = typer.Option(None, "--train-size", help="Use a seeded subset of this many training images.", rich_help_panel=_MODEL),
     test_size: int | None = typer.Option(None, "--test-size", help="Use a seeded subset of this many test images.", rich_help_panel=_MODEL),
     task: str | None = typer.Option(None, "--task", help="classification | reconstruction.", rich_help_panel=_TASK),
-    strategy: str | None = typer.Option(None, "--strategy", help="scratch | ft | lp | lp-ft | hp-ft | l2-sp | surgical | wise-ft | flyp (image-text models).", rich_help_panel=_TASK),
+    strategy: str | None = typer.Option(None, "--strategy", help="A registered finetuning strategy (ftlens.finetune.strategies.STRATEGIES: ft by default, scratch, lp, lp-ft, ...; an unknown name lists them all).", rich_help_panel=_TASK),
     head_init: str | None = typer.Option(None, "--head-init", help="random (default) | zero-shot (clip: models: the head from class-prompt text embeddings).", rich_help_panel=_TASK),
     prompts: list[str] | None = typer.Option(None, "--prompt", help="Class-prompt template, repeatable, {} = class name (default 'a photo of a {}.').", rich_help_panel=_TASK),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs of finetuning (hp-ft adds --hp-epochs before them).", rich_help_panel=_TASK),

@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ftlens.errors import ConfigError
+from ftlens.finetune.strategies import STRATEGIES, canonical_name, get_strategy
 
 TASKS = ("classification", "reconstruction")
-#: Strategies defined in a module of their own (``build_task_model(cfg, wrapper, classes)``).
-STRATEGY_MODULES = {"flyp": "ftlens.finetune.flyp"}
-STRATEGIES = ("scratch", "ft", "lp", "lp-ft", "hp-ft", "l2-sp", "surgical", "wise-ft", *STRATEGY_MODULES)
 HEAD_INITS = ("random", "zero-shot")
 #: Class-prompt template of zero-shot heads and FLYP (``{}`` is the class name).
 DEFAULT_PROMPTS = ("a photo of a {}.",)
@@ -39,16 +37,12 @@ DEFAULT_SEVERITIES = (1, 2, 3, 4, 5)
 PAPER_WARMUP_STEPS = 100
 #: Peak learning rate when ``lr`` is None (the paper's recipe, ALGORITHMS.md §5).
 DEFAULT_LR = 1e-3
-#: ``lp-ft``'s default lr relative to FT's, as in the literature (Living-17: FT 1e-3, LP-FT 1e-4).
-#: Measured here: at FT's lr the probe's large weights (C up to 100) turn the first backbone
-#: steps into large logit changes and FT's first epoch undoes the probe (README command: train
-#: loss 1.47 -> 2.31 -> 4.07, test accuracy below LP's); at a tenth it starts where LP ended.
-LP_FT_LR_SCALE = 0.1
 
 
 def default_lr(strategy: str) -> float:
-    """The peak learning rate of ``strategy`` when none is given: 1e-3, a tenth of it for ``lp-ft``."""
-    return DEFAULT_LR * (LP_FT_LR_SCALE if strategy == "lp-ft" else 1.0)
+    """The peak learning rate of ``strategy`` when none is given: 1e-3 times the strategy's
+    ``lr_scale`` (a tenth for ``lp-ft``)."""
+    return DEFAULT_LR * get_strategy(strategy).lr_scale
 
 #: Fields that may change between a killed run and its resumption (they do not change results
 #: on the same device).
@@ -76,8 +70,9 @@ class FinetuneConfig:
     Task and strategy:
         task: ``classification`` (timm's own head, cross-entropy) or ``reconstruction``
             (decoder from the ViT patch tokens, L1 loss).
-        strategy: ``scratch``, ``ft``, ``lp``, ``lp-ft``, ``hp-ft``, ``l2-sp``, ``surgical``,
-            ``wise-ft`` or ``flyp`` (image-text models only; ALGORITHMS.md §7).
+        strategy: a name of :data:`ftlens.finetune.strategies.STRATEGIES`: ``scratch``, ``ft``,
+            ``lp``, ``lp-ft``, ``hp-ft``, ``l2-sp``, ``surgical``, ``wise-ft`` or ``flyp``
+            (image-text models only; ALGORITHMS.md §7).
         head_init: ``random`` (a fresh head) or ``zero-shot`` (image-text models: the head from
             the class-prompt text embeddings, so that epoch 0 is the zero-shot classifier, the
             WiSE-FT starting point, and FT starts from a good head as in LP-FT).
@@ -239,7 +234,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         """Normalise spellings and check every field; :class:`ConfigError` names the problem."""
         self.task = _choice("task", self.task, TASKS)
-        self.strategy = _choice("strategy", self.strategy, STRATEGIES)
+        self.strategy = _choice("strategy", self.strategy, tuple(STRATEGIES))
         self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)
         self.head_init = _choice("head_init", self.head_init, HEAD_INITS)
         self.prompts = [str(p) for p in (self.prompts if isinstance(self.prompts, (list, tuple)) else [self.prompts])]
@@ -307,33 +302,22 @@ class FinetuneConfig:
         self._check_combinations()
 
     def _check_combinations(self) -> None:
-        if self.strategy == "wise-ft":
-            if not self.wise_to:
-                raise ConfigError(
-                    "strategy wise-ft needs wise_to (--wise-to RUN@last), the finetuned endpoint, and "
-                    "optionally wise_from (default: epoch 0 of the same run)"
-                )
+        """Checks across options; then the strategy checks its own (:meth:`Strategy.check`)."""
+        strategy = get_strategy(self.strategy)
+        if not strategy.needs_model:
+            strategy.check(self)
             return
         if self.model is None and self.pretrained_from is None:
             raise ConfigError("give a model (--model timm:NAME | ftlens:PRESET) or --pretrained-from RUN@last")
-        if self.strategy == "surgical" and not self.surgical_blocks and not self.surgical_layers:
-            raise ConfigError(
-                "strategy surgical needs surgical_blocks (ViT blocks, e.g. --surgical-blocks 0-3) or "
-                "surgical_layers (module-name patterns, e.g. --surgical-layers 'layer1,layer2')"
-            )
         if self.surgical_blocks and self.surgical_layers:
             raise ConfigError("give surgical_blocks or surgical_layers, not both")
-        if (self.strategy == "flyp" or self.head_init == "zero-shot") and self.task != "classification":
-            raise ConfigError("flyp and head_init zero-shot are for classification (class prompts); use --task "
-                              "classification")
-        if self.head_init == "zero-shot" and self.strategy in ("lp", "lp-ft", "scratch"):
+        if self.head_init == "zero-shot" and self.task != "classification":
+            raise ConfigError("head_init zero-shot is for classification (class prompts); use --task classification")
+        if self.head_init == "zero-shot" and not strategy.zero_shot_head:
+            fits = [name for name in STRATEGIES if get_strategy(name).zero_shot_head and get_strategy(name).needs_model]
             raise ConfigError(f"head_init zero-shot does not apply to {self.strategy} (its head is fitted by "
-                              "logistic regression or the backbone is random); use strategy ft, hp-ft, l2-sp or surgical")
-        if self.strategy == "lp-ft" and self.task == "reconstruction":
-            raise ConfigError(
-                "lp-ft is a classification strategy (logistic regression head); for reconstruction "
-                "use hp-ft --hp-epochs K (the decoder is probed by gradient descent first)"
-            )
+                              f"logistic regression or the backbone is random); use strategy {', '.join(fits)}")
+        strategy.check(self)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -408,9 +392,7 @@ def _as_list(value: Any) -> list[Any]:
 def _choice(name: str, value: Any, options: Sequence[str]) -> str:
     text = str(value).strip().lower().replace("_", "-")
     if name == "strategy":
-        text = {"l2sp": "l2-sp", "lpft": "lp-ft", "hpft": "hp-ft", "wiseft": "wise-ft", "wise": "wise-ft"}.get(
-            text, text
-        )
+        text = canonical_name(text)
     if name == "head_init":
         text = {"zeroshot": "zero-shot", "zs": "zero-shot"}.get(text, text)
     if text in options:

@@ -35,3 +35,8 @@ def corrupted_test_sets(cfg: FinetuneConfig, test: DataSource, image_size: tuple
             )
             out[f"{corruption}_s{severity}"] = DataSource(ds)
     return out
+
+
+def corrupted_sources(cfg: FinetuneConfig, test: DataSource, image_size: tuple[int, int]) -> dict[str, DataSource]:
+    """:func:`corrupted_test_sets`, or ``{}`` when no corruption is configured."""
+    return corrupted_test_sets(cfg, test, image_size) if cfg.corruptions else {}

@@ -30,9 +30,28 @@ import torch
 import torch.nn.functional as F
 
 from ftlens import clip
-from ftlens.errors import CheckpointError, FtlensError
-from ftlens.finetune.tasks import TaskModel
+from ftlens.errors import CheckpointError, ConfigError, FtlensError
+from ftlens.finetune.strategies.base import Strategy
+from ftlens.finetune.tasks import TaskModel, reset_classifier
 from ftlens.models import TASK_HEAD_PREFIX, ModelWrapper
+
+
+class Flyp(Strategy):
+    name = "flyp"
+    summary = "finetune both towers of an image-text model with CLIP's contrastive loss"
+    model_loss = True
+    checkpoint_options = ("prompts",)  # the zero-shot head of its checkpoints uses the run's prompts
+
+    def check(self, cfg):
+        if cfg.task != "classification":
+            raise ConfigError("strategy flyp is for classification (class prompts); use --task classification")
+
+    def build_task_model(self, cfg, wrapper, classes):
+        return build_task_model(cfg, wrapper, classes)
+
+    def checkpoint_model(self, cfg, wrapper, task, classes):
+        # both towers are interpolated; the head is the zero-shot head of the interpolated text tower
+        return FlypTaskModel(wrapper, classes, cfg.prompts)
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, targets: torch.Tensor,
@@ -129,13 +148,14 @@ class FlypTaskModel(TaskModel):
 
 
 def build_task_model(cfg, wrapper: ModelWrapper, classes: Sequence[str] | None) -> FlypTaskModel:
-    """The FLYP task model of a run (the strategy hook :func:`ftlens.finetune.run.build_task_model` calls)."""
+    """The FLYP task model of a run (a fresh head of ``len(classes)`` classes, then the zero-shot weights)."""
     if cfg.task != "classification":
         raise FtlensError("FLYP is a classification strategy (class prompts); use --task classification")
     if not classes:
         raise FtlensError(f"dataset {cfg.data!r} has no class names; FLYP needs them for its prompts")
-    from ftlens.finetune.tasks import reset_classifier
-
     clip.check_image_text(wrapper)  # a clear error for models without a text tower, before anything changes
     reset_classifier(wrapper, len(classes))
     return FlypTaskModel(wrapper, classes, cfg.prompts)
+
+
+STRATEGY = Flyp()
