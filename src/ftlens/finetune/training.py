@@ -234,8 +234,8 @@ class TrainingRun:
         # first FT steps start from a head that fits them (an un-augmented fit collapses FT's first epoch)
         augment = (int(cfg.crop_padding), bool(cfg.flip)) if cfg.augment and self.strategy.probe_sees_augmentation \
             else None
-        feats, labels = source_features(self.wrapper, self.train_src, cfg.eval_batch_size, rt.device, augment=augment,
-                                  seed=cfg.seed)
+        feats, labels = source_features(self.wrapper, self.train_src, cfg.eval_batch_size, rt.device,
+                                        augment=augment, seed=cfg.seed)
         probe = fit_linear_probe(feats, labels, self.num_classes, grid=cfg.lp_grid, val_fraction=cfg.lp_val_fraction,
                                  seed=cfg.seed, max_iter=cfg.lp_max_iter)
         probe.install(self.model.backbone)
