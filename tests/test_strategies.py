@@ -23,6 +23,10 @@ class BitFit(Strategy):
     aliases = ("bias-only",)
     summary = "train the bias terms alone"
 
+    def check(self, cfg):  # its own option check, called by the configuration's validation
+        if cfg.freeze_bn:
+            raise ConfigError("bitfit trains the BatchNorm biases; drop freeze_bn")
+
     def ft_names(self, task_model, cfg, names):
         return [n for n in names if n.endswith(".bias")]
 
@@ -57,6 +61,8 @@ def test_a_registered_strategy_runs_end_to_end_and_trains_only_what_it_says(tmp_
     start = _start(tmp_path, spec, 5, **kwargs)
     cfg = FinetuneConfig(pretrained_from=str(start), strategy="BIAS_ONLY", data="digits")
     assert cfg.strategy == "bitfit"  # the alias and the name are read from the registry
+    with pytest.raises(ConfigError, match="bitfit trains the BatchNorm biases"):
+        cfg.replace(freeze_bn=True)
     run = finetune(pretrained_from=str(start), strategy="bitfit", data="digits", data_dir=str(tmp_path / "data"),
                    epochs=2, lr=0.05, batch_size=32, warmup_steps=1, train_size=64, test_size=32, augment=False,
                    out=str(tmp_path / "run"), progress=False)

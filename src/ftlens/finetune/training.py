@@ -250,7 +250,7 @@ class TrainingRun:
         cfg, rt = self.cfg, self.runtime
         names = self.strategy.trainable_names(self.model, cfg, phase)
         params = set_trainable(self.model, names)
-        lr = cfg.hp_lr if phase == "hp" and cfg.hp_lr is not None else cfg.lr
+        lr = self.strategy.learning_rate(cfg, phase)
         optimizer = make_optimizer(params, cfg.optimizer, lr=lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, betas=cfg.betas)
         total = self._phase_steps(phase)
@@ -276,7 +276,7 @@ class TrainingRun:
                 task=cfg.task, batch_size=cfg.batch_size, augment=cfg.augment, padding=int(cfg.crop_padding),
                 flip=bool(cfg.flip),
                 frozen_backbone=head_only,
-                label_smoothing=cfg.hp_label_smoothing if phase == "hp" else cfg.label_smoothing,
+                label_smoothing=self.strategy.label_smoothing(cfg, phase),
                 grad_clip=cfg.grad_clip, penalty=penalty, model_loss=self.strategy.model_loss,
             )
             set_train_mode(self.model, phase, cfg.freeze_bn)

@@ -112,6 +112,14 @@ class Strategy:
             return [n for n in names if not task_model.is_head(n)]
         return names
 
+    def learning_rate(self, cfg: FinetuneConfig, phase: str) -> float:
+        """Peak learning rate of ``phase`` (``lr``)."""
+        return cfg.lr
+
+    def label_smoothing(self, cfg: FinetuneConfig, phase: str) -> float:
+        """Label smoothing of the loss in ``phase`` (``label_smoothing``)."""
+        return cfg.label_smoothing
+
     def penalty(self, cfg: FinetuneConfig, task_model: TaskModel, phase: str,
                 start: Mapping[str, torch.Tensor] | None) -> Penalty | None:
         """A term added to the loss in ``phase`` (None: none). ``start``: the backbone parameters

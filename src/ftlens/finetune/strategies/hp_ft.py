@@ -15,5 +15,11 @@ class HeadProbeThenFinetune(Strategy):
     def plan_phases(self, cfg):
         return ["hp"] * cfg.hp_epochs + ["ft"] * cfg.epochs
 
+    def learning_rate(self, cfg, phase):
+        return cfg.hp_lr if phase == "hp" and cfg.hp_lr is not None else cfg.lr
+
+    def label_smoothing(self, cfg, phase):
+        return cfg.hp_label_smoothing if phase == "hp" else cfg.label_smoothing
+
 
 STRATEGY = HeadProbeThenFinetune()
