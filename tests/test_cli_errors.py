@@ -80,6 +80,21 @@ def test_out_under_a_file_or_read_only(tmp_path, nothing_computed, monkeypatch):
     _one_line_error(_compare(tmp_path), "--out", "read-only")
 
 
+def test_errors_raised_deep_in_the_library_are_one_line(tmp_path):
+    """Inputs that pass the command's own checks and fail in the library (a damaged checkpoint,
+    a layer glob that matches nothing, a run folder without checkpoints): still one line, exit 2."""
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # a header that ends too early
+    _one_line_error(["compare", "--pretrained", str(bad), "--finetuned", MODEL, "--data", "digits",
+                     "--out", str(tmp_path / "c")], str(bad))
+    _one_line_error(["cka", MODEL, MODEL, "--layers", "nothing.*", "--data", "digits", "--images", "8"],
+                    "nothing.*", "ftlens layers")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    _one_line_error(["dynamics", str(run), "--pretrained", MODEL, "--data", "digits", "--out", str(tmp_path / "d")],
+                    "checkpoints")
+
+
 def test_finetune_options(tmp_path, nothing_computed):
     base = ["finetune", "--model", MODEL, "--data", "digits", "--out", str(tmp_path / "r")]
     _one_line_error(base + ["--batch-size", "0"], "batch_size")

@@ -17,6 +17,14 @@ class ConfigError(FtlensError, ValueError):
     """An invalid option or configuration (unknown key, wrong type, value out of range, conflict)."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``)."""
+
+
+class ResultNotFoundError(FtlensError, FileNotFoundError):
+    """A result folder or file that is not there (a path that was not written by the command that makes it)."""
+
+
 class OutputError(FtlensError):
     """An output folder that cannot be written, or that holds something ftlens must not overwrite."""
 

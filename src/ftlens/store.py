@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from ftlens import io
-from ftlens.errors import CacheWarning
+from ftlens.errors import CacheWarning, ConfigTypeError
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -343,4 +343,4 @@ def resolve_cache(cache: Cache | str | os.PathLike | bool | None) -> Cache | Non
         return cache
     if isinstance(cache, (str, os.PathLike)):
         return Cache(cache)
-    raise TypeError(f"cache must be a Cache, a directory, True (default directory) or None, got {cache!r}")
+    raise ConfigTypeError(f"cache must be a Cache, a directory, True (default directory) or None, got {cache!r}")

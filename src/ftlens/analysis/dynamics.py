@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from ftlens import io
+from ftlens.errors import CorrelationError, ResultNotFoundError
 from ftlens.models import ModelWrapper, load_model, run_checkpoints
 from ftlens.settings import PAPER
 from ftlens.vocabulary import upgrade_columns
@@ -68,7 +69,8 @@ def dynamics(
     pt = load_model(pretrained) if not isinstance(pretrained, ModelWrapper) else pretrained
     ckpts = run_checkpoints(run_dir)
     if not ckpts:
-        raise FileNotFoundError(f"no checkpoints in {run_dir}/checkpoints; is it a finetuning run directory?")
+        raise ResultNotFoundError(f"no checkpoints in {run_dir}/checkpoints; is it a finetuning run directory "
+                                  "(the --out of `ftlens finetune`)?")
     wanted = sorted(ckpts) if epochs is None else [e for e in epochs if e in ckpts]
     table_path = Path(out) / "dynamics.csv" if out is not None else None
     done = read_dynamics(table_path) if table_path is not None and table_path.exists() else pd.DataFrame()
@@ -129,7 +131,7 @@ def with_accuracy(dyn: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
 def corrupted_accuracy(metrics: pd.DataFrame) -> pd.Series:
     """Per-epoch mean corrupted accuracy (``corrupted_acc_mean``), indexed by epoch."""
     if "corrupted_acc_mean" not in metrics.columns:
-        raise KeyError("metrics.csv has no corrupted_acc_mean column: finetune with --corruptions")
+        raise CorrelationError("metrics.csv has no corrupted_acc_mean column: finetune with --corruptions")
     m = metrics.drop_duplicates("epoch", keep="last").set_index("epoch")
     return m["corrupted_acc_mean"].astype(float)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ftlens.errors import LayerError
+from ftlens.errors import ConfigError, LayerError
 from ftlens.invariance.inputs import check_input_sizes, check_pool, seed_list
 from ftlens.invariance.pool import sample_indices
 from ftlens.inversion import InversionSettings, inversion_key
@@ -104,7 +104,7 @@ def plan_inversions(
     settings = settings or InversionSettings()
     refs = dict(references)
     if not refs:
-        raise ValueError("plan_inversions needs at least one reference model")
+        raise ConfigError("plan_inversions needs at least one reference model: pass {name: model}")
     check_input_sizes(refs, images)
     first = next(iter(refs.values()))
     n_images = check_pool(images, first, n_images)

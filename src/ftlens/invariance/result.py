@@ -18,7 +18,7 @@ import pandas as pd
 
 from ftlens import io
 from ftlens.display import ComparisonDisplay
-from ftlens.errors import ConfigError
+from ftlens.errors import ConfigError, ResultNotFoundError
 from ftlens.invariance.metrics import FLOW_TABLES, derive_metrics
 from ftlens.invariance.plan import Plan
 from ftlens.inversion import Inversion
@@ -174,7 +174,7 @@ class Comparison(ComparisonDisplay):
 
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; is {path.parent} a directory written by Comparison.save?")
+        raise ResultNotFoundError(f"{path} is missing; is {path.parent} a directory written by Comparison.save?")
     return pd.read_csv(path, float_precision="round_trip")
 
 
@@ -188,7 +188,7 @@ def load_comparison(directory: str | os.PathLike) -> Comparison:
     d = Path(directory)
     config = io.read_json(d / "comparison.json") if (d / "comparison.json").exists() else None
     if config is None:
-        raise FileNotFoundError(f"{d / 'comparison.json'} is missing; is {d} a directory written by Comparison.save?")
+        raise ResultNotFoundError(f"{d / 'comparison.json'} is missing; is {d} a directory written by Comparison.save?")
     stir_df = _read_csv(d / "stir.csv")
     cka_df = _read_csv(d / "cka.csv")
     inv_df = _read_csv(d / "inversions.csv")

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ftlens.errors import ConfigError
 from ftlens.inversion.loop import _invert_batch, _layer_rep, _one_layer
 from ftlens.inversion.settings import InversionSettings, _autocast_dtype
 from ftlens.models import ModelWrapper
@@ -105,9 +106,9 @@ class Runtime:
 
     def __post_init__(self) -> None:
         if not (0.0 < float(self.memory_fraction) <= 1.0):
-            raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction!r}")
+            raise ConfigError(f"memory_fraction must be in (0, 1], got {self.memory_fraction!r}")
         if int(self.max_batch_size) < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size!r}")
+            raise ConfigError(f"max_batch_size must be >= 1, got {self.max_batch_size!r}")
 
     @property
     def compile_backend(self) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ftlens.errors import NumericalError
+from ftlens.errors import ConfigError, ConfigTypeError, NumericalError
 from ftlens.inversion.settings import InversionSettings
 from ftlens.models import ModelWrapper
 
@@ -39,11 +39,11 @@ def _layer_rep(model: ModelWrapper, x: torch.Tensor, layer: str) -> torch.Tensor
 
 def _one_layer(model: ModelWrapper, layer: str) -> list[str]:
     if not isinstance(layer, str):
-        raise TypeError(f"layer must be one layer name (a str), got {type(layer).__name__}; "
-                        "use invert_many for several layers")
+        raise ConfigTypeError(f"layer must be one layer name (a str), got {type(layer).__name__}; "
+                              "use invert_many for several layers")
     layers = model.resolve_layers(layer)
     if len(layers) != 1:
-        raise ValueError(f"layer {layer!r} matches {len(layers)} layers ({layers}); invert one layer at a time")
+        raise ConfigError(f"layer {layer!r} matches {len(layers)} layers ({layers}); invert one layer at a time")
     return layers
 
 

@@ -164,12 +164,12 @@ def schedule_fields(schedule: str | Mapping[str, Any] | InversionSettings | None
         return {k: getattr(schedule, k) for k in _SCHEDULE_FIELDS}
     if isinstance(schedule, str):
         if schedule not in SCHEDULE_PRESETS:
-            raise ValueError(f"schedule must be one of {tuple(SCHEDULE_PRESETS)} or a mapping of "
+            raise ConfigError(f"schedule must be one of {tuple(SCHEDULE_PRESETS)} or a mapping of "
                              f"{_SCHEDULE_FIELDS}, got {schedule!r}")
         return dict(SCHEDULE_PRESETS[schedule])
     unknown = sorted(set(schedule) - set(_SCHEDULE_FIELDS))
     if unknown:
-        raise ValueError(f"unknown schedule field(s) {unknown}; known: {_SCHEDULE_FIELDS}")
+        raise ConfigError(f"unknown schedule field(s) {unknown}; known: {_SCHEDULE_FIELDS}")
     return dict(schedule)
 
 
