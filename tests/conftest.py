@@ -28,7 +28,7 @@ def _one_thread():
 # ----------------------------------------------------------------------------- shared models and images
 
 
-def _make_vit(seed: int, **kwargs):
+def _make_vit(seed: int = 0, **kwargs):
     """The small ViT (``ftlens:vit-micro``: 4 blocks, 16x16 inputs) with weights drawn from ``seed``."""
     from ftlens.models import load_model
 
@@ -43,7 +43,7 @@ def _make_pool(n: int, seed: int, size: int = 16) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def make_vit():
-    """Factory: ``make_vit(seed, **load_model_kwargs)`` -> a vit-micro wrapper (same seed, same weights)."""
+    """Factory: ``make_vit(seed=0, **load_model_kwargs)`` -> a vit-micro wrapper (same seed, same weights)."""
     return _make_vit
 
 

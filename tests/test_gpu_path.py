@@ -28,15 +28,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 BF16_STIR_TOLERANCE = 0.02  # the documented tolerance of bf16 against float32 (absolute, per STIR value)
 
 
-
-def _vit(seed: int):
-    torch.manual_seed(seed)
-    return load_model("ftlens:vit-micro")
-
-
 @pytest.fixture(scope="module")
-def images():
-    return torch.rand(12, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+def images(make_pool):
+    return make_pool(12, 3)
 
 
 # ------------------------------------------------------------------------------ CPU-testable
@@ -79,18 +73,18 @@ def test_batch_size_from_memory():
         batch_size_from_memory(0, mib, mib)
 
 
-def test_auto_batch_size_on_cpu_is_the_default(images):
-    m = _vit(0)
+def test_auto_batch_size_on_cpu_is_the_default(images, make_vit):
+    m = make_vit(0)
     assert auto_batch_size(m, "blocks.1", 1000) == inversion.DEFAULT_BATCH_SIZE
     assert auto_batch_size(m, "blocks.1", 12) == 12
     with runtime(max_batch_size=5):
         assert auto_batch_size(m, "blocks.1", 1000) == 5
 
 
-def test_compiled_block_stack_is_the_eager_computation_and_compiles_once(images):
+def test_compiled_block_stack_is_the_eager_computation_and_compiles_once(images, make_vit):
     from torch._dynamo.utils import counters
 
-    m = _vit(0)
+    m = make_vit(0)
     torch._dynamo.reset()
     counters.clear()
     for layer in m.layers:  # all four blocks, batches of 5, 5 and 2 images
@@ -113,13 +107,13 @@ def test_compile_falls_back_for_other_models(images):
     assert torch.equal(eager.images, compiled.images)
 
 
-def test_bf16_within_tolerance_cpu_proxy(monkeypatch):
+def test_bf16_within_tolerance_cpu_proxy(monkeypatch, make_vit):
     """bf16 autocast of the inversion forward (on CUDA in real use) against float32.
 
     The CPU path ignores autocast, so CPU autocast stands in for it here: the same ops run in
     bfloat16, the residual stays float32 and CKA float64, as on the GPU.
     """
-    pt, ft = _vit(0), _vit(1)
+    pt, ft = make_vit(0), make_vit(1)
     pool = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     kw = dict(seeds=1, n_images=24, steps=6, cache=None, progress=False)
     ref = compare(pt, ft, pool, **kw)
@@ -139,8 +133,8 @@ def test_bf16_within_tolerance_cpu_proxy(monkeypatch):
 
 
 @cuda
-def test_cuda_float32_matches_cpu(images):
-    m = _vit(0)
+def test_cuda_float32_matches_cpu(images, make_vit):
+    m = make_vit(0)
     cpu = invert(m, "blocks.3", images, steps=5, seed=0)
     gpu = invert(m.copy(), "blocks.3", images, steps=5, seed=0, device="cuda")
     assert (cpu.residual - gpu.residual).abs().max() < 5e-3
@@ -148,8 +142,8 @@ def test_cuda_float32_matches_cpu(images):
 
 
 @cuda
-def test_cuda_bf16_stir_within_tolerance():
-    pt, ft = _vit(0).to("cuda"), _vit(1).to("cuda")
+def test_cuda_bf16_stir_within_tolerance(make_vit):
+    pt, ft = make_vit(0).to("cuda"), make_vit(1).to("cuda")
     pool = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     kw = dict(seeds=1, n_images=64, steps=10, cache=None, progress=False, device="cuda")
     ref = compare(pt, ft, pool, **kw)

@@ -16,15 +16,13 @@ STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return load_model("ftlens:vit-micro")
+def model(make_vit):
+    return make_vit(0)
 
 
 @pytest.fixture(scope="module")
-def images():
-    g = torch.Generator().manual_seed(123)
-    return torch.rand(N_IMAGES, 3, 16, 16, generator=g)
+def images(make_pool):
+    return make_pool(N_IMAGES, 123)
 
 
 def _residual(model, layer, x, x_prime):

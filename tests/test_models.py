@@ -6,20 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-import ftlens
 from ftlens.errors import CheckpointError, ImageError, LayerError, NumericalError, OfflineError
 from ftlens.models import load_model, resolve_run_checkpoint, save_checkpoint
 
 ATOL = 1e-6
 
 
-def _micro(seed: int = 0, **kw) -> ftlens.ModelWrapper:
-    torch.manual_seed(seed)
-    return load_model("ftlens:vit-micro", **kw)
-
-
-def test_block_outputs_equal_timm_forward_intermediates():
-    w = _micro()
+def test_block_outputs_equal_timm_forward_intermediates(make_vit):
+    w = make_vit()
     x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     reps = w.representations(x)
     normed = (x - 0.5) / 0.5  # timm's ViT mean/std
@@ -34,8 +28,8 @@ def test_block_outputs_equal_timm_forward_intermediates():
         torch.testing.assert_close(reps[layer], tokens.reshape(6, -1), atol=ATOL, rtol=0)
 
 
-def test_pre_logits_is_cls_after_norm():
-    w = _micro()
+def test_pre_logits_is_cls_after_norm(make_vit):
+    w = make_vit()
     x = torch.rand(3, 3, 16, 16)
     r = w.representations(x, ["pre_logits"])["pre_logits"]
     with torch.no_grad():
@@ -44,8 +38,8 @@ def test_pre_logits_is_cls_after_norm():
     assert w.num_features == r.shape[1] == 32
 
 
-def test_forward_stops_after_deepest_requested_layer():
-    w = _micro()
+def test_forward_stops_after_deepest_requested_layer(make_vit):
+    w = make_vit()
     ran: list[str] = []
     hooks = [b.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, b in enumerate(w.module.blocks)]
     try:
@@ -58,8 +52,8 @@ def test_forward_stops_after_deepest_requested_layer():
     assert all(len(m._forward_hooks) == 0 for m in w.module.modules())
 
 
-def test_forward_layers_is_differentiable_and_clamps_before_normalising():
-    w = _micro()
+def test_forward_layers_is_differentiable_and_clamps_before_normalising(make_vit):
+    w = make_vit()
     x = torch.rand(2, 3, 16, 16, requires_grad=True)
     out = w.forward_layers(x, ["blocks.0"])["blocks.0"]
     (g,) = torch.autograd.grad(out.square().sum(), x)
@@ -71,9 +65,9 @@ def test_forward_layers_is_differentiable_and_clamps_before_normalising():
     torch.testing.assert_close(a, b)
 
 
-def test_copy_and_different_models():
-    a = _micro(0)
-    b = _micro(1)
+def test_copy_and_different_models(make_vit):
+    a = make_vit(0)
+    b = make_vit(1)
     assert a.fingerprint != b.fingerprint
     c = a.copy()
     assert c.fingerprint == a.fingerprint
@@ -83,22 +77,22 @@ def test_copy_and_different_models():
     assert any(not torch.allclose(ra[k], rb[k]) for k in ra)
 
 
-def test_unknown_layer_lists_close_matches():
-    w = _micro()
+def test_unknown_layer_lists_close_matches(make_vit):
+    w = make_vit()
     with pytest.raises(LayerError, match="blocks.1"):
         w.resolve_layers(["blocks.l"])
     with pytest.raises(LayerError, match="matches no module"):
         w.resolve_layers(["decoder.*"])
 
 
-def test_glob_layers_in_execution_order():
-    w = _micro()
+def test_glob_layers_in_execution_order(make_vit):
+    w = make_vit()
     assert w.resolve_layers(["blocks.3", "blocks.?"]) == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
     assert w.resolve_layers(["blocks.*.mlp"]) == [f"blocks.{i}.mlp" for i in range(4)]
 
 
-def test_images_of_wrong_shape_or_range():
-    w = _micro()
+def test_images_of_wrong_shape_or_range(make_vit):
+    w = make_vit()
     with pytest.raises(ImageError, match="shape"):
         w.representations(torch.rand(2, 3, 32, 32))
     with pytest.raises(ImageError, match=r"\[0, 1\]"):
@@ -107,8 +101,8 @@ def test_images_of_wrong_shape_or_range():
         w.representations(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
 
 
-def test_nan_weights_are_reported_with_the_layer():
-    w = _micro()
+def test_nan_weights_are_reported_with_the_layer(make_vit):
+    w = make_vit()
     with torch.no_grad():
         w.module.blocks[2].mlp.fc1.weight[0, 0] = float("nan")
     with pytest.raises(NumericalError, match="blocks.2"):
@@ -149,8 +143,8 @@ def test_generic_module_with_named_layers_and_reuse_error():
         lazy.representations(torch.rand(2, 3, 10, 10))
 
 
-def test_checkpoint_roundtrip_and_run_spec(tmp_path):
-    w = _micro(3)
+def test_checkpoint_roundtrip_and_run_spec(tmp_path, make_vit):
+    w = make_vit(3)
     path = tmp_path / "run" / "checkpoints" / "epoch_002.safetensors"
     save_checkpoint(w, path, extra_tensors={"decoder.weight": torch.ones(2)})
     back = load_model(str(path))
@@ -164,8 +158,8 @@ def test_checkpoint_roundtrip_and_run_spec(tmp_path):
         resolve_run_checkpoint(f"{run}@5")
 
 
-def test_checkpoint_mismatch_lists_keys(tmp_path):
-    w = _micro()
+def test_checkpoint_mismatch_lists_keys(tmp_path, make_vit):
+    w = make_vit()
     path = save_checkpoint(w, tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match="missing keys: blocks.4"):
         load_model(str(path), arch="ftlens:vit-tiny-16")  # 12 blocks, other width
@@ -175,8 +169,8 @@ def test_checkpoint_mismatch_lists_keys(tmp_path):
         load_model(str(pt), arch="ftlens:vit-micro")
 
 
-def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-    path = save_checkpoint(_micro(), tmp_path / "m.safetensors")
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, make_vit):
+    path = save_checkpoint(make_vit(), tmp_path / "m.safetensors")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
@@ -201,8 +195,8 @@ def test_timm_kwargs_build_a_small_vit():
     assert w.layer_shapes()["blocks.0"] == (65, 24)
 
 
-def test_layer_fingerprint_covers_exactly_the_weights_before_the_layer():
-    a = _micro(0)
+def test_layer_fingerprint_covers_exactly_the_weights_before_the_layer(make_vit):
+    a = make_vit(0)
     b = a.copy()
     with torch.no_grad():
         b.module.blocks[2].mlp.fc1.weight.add_(1.0)
@@ -225,10 +219,10 @@ def test_layer_fingerprint_covers_exactly_the_weights_before_the_layer():
     assert d.layer_fingerprint("blocks.0") != a.layer_fingerprint("blocks.0")
 
 
-def test_gradient_reaches_pixels_on_the_bounds():
+def test_gradient_reaches_pixels_on_the_bounds(make_vit):
     # the clamp before normalising is straight-through for inputs that need a gradient:
     # torch.clamp's own gradient is 0 at exactly 0 and 1, which would freeze inversions
-    w = _micro()
+    w = make_vit()
     x = torch.rand(2, 3, 16, 16)
     x[:, :, :4] = 0.0
     x[:, :, -4:] = 1.0

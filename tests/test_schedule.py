@@ -29,9 +29,8 @@ N = 12
 
 
 @pytest.fixture(scope="module")
-def vit():
-    torch.manual_seed(0)
-    return load_model("ftlens:vit-micro")
+def vit(make_vit):
+    return make_vit(0)
 
 
 class _SmallCNN(nn.Module):
@@ -59,8 +58,8 @@ def cnn():
 
 
 @pytest.fixture(scope="module")
-def images():
-    return torch.rand(N, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+def images(make_pool):
+    return make_pool(N, 5)
 
 
 def _rep(model, x, layer):

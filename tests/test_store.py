@@ -8,7 +8,6 @@ import torch
 
 from ftlens.inversion import cached as inversion_mod  # where cached_inversion looks up _invert
 from ftlens.inversion import cached_inversion
-from ftlens.models import load_model
 from ftlens.store import (
     CACHE_DIR_ENV,
     Cache,
@@ -24,14 +23,13 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return load_model("ftlens:vit-micro")
+def model(make_vit):
+    return make_vit(0)
 
 
 @pytest.fixture(scope="module")
-def images():
-    return torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+def images(make_pool):
+    return make_pool(8, 1)
 
 
 @pytest.fixture
