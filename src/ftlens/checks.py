@@ -7,6 +7,8 @@ same value is refused the same way everywhere.
 
 from __future__ import annotations
 
+import difflib
+import errno
 import math
 import numbers
 import os
@@ -14,7 +16,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ftlens.errors import ConfigError, OutputError
+from ftlens.settings import PAPER
 
 #: Largest inversion step size accepted: the L2 diameter of a 3x512x512 image in [0, 1] is ~887;
 #: a step longer than that leaves the image cube in one step and means nothing.
@@ -102,7 +107,6 @@ def check_writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
 
 def os_error_message(exc: OSError) -> str:
     """One line for an OSError met while writing results (disk full, read-only, permissions)."""
-    import errno
 
     where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
     advice = {
@@ -123,7 +127,6 @@ def os_error_message(exc: OSError) -> str:
 
 def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
     """The YAML document in ``path``; ConfigError (one line) when it is missing or not valid YAML."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():
@@ -145,7 +148,6 @@ def _keys(where: str, d: Any, known: tuple[str, ...]) -> dict:
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(d).__name__} {d!r:.60}")
     unknown = sorted(str(k) for k in d if k not in known)
     if unknown:
-        import difflib
 
         close = difflib.get_close_matches(unknown[0], known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -211,7 +213,9 @@ def check_experiment(d: Any) -> dict[str, Any]:
     defaults = d.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"defaults must be a mapping of finetuning options, got {defaults!r:.60}")
-    from ftlens.finetune.config import FinetuneConfig
+    from ftlens.finetune.config import (
+        FinetuneConfig,  # here, not at the top: ftlens.finetune imports this module
+    )
 
     base = {"model": d["model"], "data": d["data"], "out": "unused"}
     if d.get("image_size") is not None:
@@ -235,7 +239,6 @@ def check_experiment(d: Any) -> dict[str, Any]:
     if "batch_size" in a and a["batch_size"] is not None:
         integer("analysis.batch_size", a["batch_size"], minimum=1)
     if "steps" in a or "step_size" in a:
-        from ftlens.settings import PAPER
 
         try:
             inversion_options(a.get("steps", PAPER.steps), a.get("step_size", PAPER.step_size), PAPER.start)

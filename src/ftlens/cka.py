@@ -18,7 +18,9 @@ import pandas as pd
 import torch
 
 from ftlens import io
-from ftlens.errors import ConfigError
+from ftlens.errors import ConfigError, FtlensError, ImageError
+from ftlens.images import as_images
+from ftlens.models import ModelWrapper, load_model
 from ftlens.similarity.measure import Measure
 from ftlens.similarity.registry import get_measure, measure_names
 from ftlens.vocabulary import upgrade_keys
@@ -127,8 +129,6 @@ class CKA:
     def __init__(self, first: Any, second: Any, *, first_layers: Sequence[str] | None = None,
                  second_layers: Sequence[str] | None = None, debiased: bool = False,
                  device: str | torch.device | None = None, measure: str | Measure | None = None) -> None:
-        from ftlens.models import ModelWrapper, load_model
-
         self.measure = resolve_measure(measure, debiased)  # before loading: a wrong name fails fast
         self.first = first if isinstance(first, ModelWrapper) else load_model(first, layers=first_layers)
         self.second = second if isinstance(second, ModelWrapper) else load_model(second, layers=second_layers)
@@ -141,8 +141,6 @@ class CKA:
     def compare(self, images: Any, n_images: int | None = None, *, batch_size: int = 256,
                 progress: bool = False) -> CKAResult:
         """CKA of every layer pair on ``images`` (a tensor, Dataset or DataLoader; at most ``n_images``)."""
-        from ftlens.errors import ImageError
-        from ftlens.images import as_images
 
         a, b = self.first, self.second
         if tuple(a.input_size) != tuple(b.input_size):
@@ -164,8 +162,6 @@ class CKA:
     def plot(self, **kwargs: Any):
         """The last result's heat map (after :meth:`compare`)."""
         if self.result is None:
-            from ftlens.errors import FtlensError
-
             raise FtlensError("nothing to plot yet: call .compare(images) first")
         return self.result.plot(**kwargs)
 

@@ -23,7 +23,9 @@ Zero-shot head (ALGORITHMS.md §7, the WiSE-FT starting point): for class ``c`` 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib
 import json
 import os
 from collections.abc import Sequence
@@ -48,7 +50,6 @@ _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def require(module: str, extra: str, package: str):
     """Import an optional dependency or raise :class:`MissingDependencyError` naming the extra."""
-    import importlib
 
     try:
         return importlib.import_module(module)
@@ -489,7 +490,6 @@ def zero_shot_head(wrapper, classes: Sequence[str], templates: Sequence[str] = D
     ``wrapper`` (a :class:`ModelWrapper`) then classifies with ``logits = w @ normalize(image
     embedding)``; its recorded architecture gets ``num_classes = len(classes)``.
     """
-    import dataclasses
 
     pair = image_text_of(wrapper)
     weights = zero_shot_weights(pair, classes, templates)

@@ -7,6 +7,9 @@ from typing import Any
 
 import pandas as pd
 
+from ftlens.errors import FtlensError
+from ftlens.layers import layer_numbers, layer_title
+
 
 def frame_html(frame: pd.DataFrame, heading: str, digits: int = 3) -> str:
     """A small HTML table (numbers with ``digits`` decimals, never ``-0.000``) under a heading."""
@@ -36,12 +39,10 @@ class ComparisonDisplay:
 
             return cka_heatmap(self.cka_matrix(), title=kwargs.get("title", "linear CKA, finetuned vs pretrained"),  # type: ignore[attr-defined]
                                xlabel="pretrained layer", ylabel="finetuned layer")
-        from ftlens.errors import FtlensError
 
         raise FtlensError(f"unknown plot kind {kind!r}; kinds: per_layer, flow, flow_relative, cka")
 
     def _repr_html_(self) -> str:
-        from ftlens.layers import layer_numbers, layer_title
 
         table = self.summary()  # type: ignore[attr-defined]
         table = table.drop(columns=[c for c in ("layer_number",) if c in table.columns])

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
+import torch.multiprocessing as mp
 
 from ftlens import inversion
 from ftlens.errors import ConfigError
@@ -463,7 +464,6 @@ def launch_local(fn: Callable[..., T], nprocs: int, *args: Any, threads: int | N
     """
     if nprocs <= 1:
         return fn(Context(), *args)
-    import torch.multiprocessing as mp
 
     threads = int(threads) if threads else max(1, (os.cpu_count() or 1) // nprocs)
     with tempfile.TemporaryDirectory(prefix="ftlens-dist-") as result_dir:

@@ -25,12 +25,35 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 import yaml
 
-from ftlens import io, progress
-from ftlens.errors import ConfigError
+from ftlens import (  # models.load_model, data.get_dataset: looked up when called
+    data,
+    io,
+    models,
+    progress,
+)
+from ftlens.analysis.correlation import correlation_table
+from ftlens.analysis.distortion import feature_distortion
+from ftlens.analysis.dynamics import corrupted_accuracy, dynamics, read_dynamics, run_metrics
+from ftlens.checks import check_experiment, check_writable_dir, read_yaml
+from ftlens.data.base import float_to_uint8, uint8_to_float
+from ftlens.data.corruptions import corrupt
+from ftlens.distributed import context
+from ftlens.errors import ConfigError, OutputError
+from ftlens.findings import compute_findings
+from ftlens.finetune import finetune
+from ftlens.finetune.loop import check_device
+from ftlens.finetune.rundir import describe_folder
+from ftlens.finetune.strategies import get_strategy
+from ftlens.invariance import compare
+from ftlens.invariance.pool import image_pool
 from ftlens.layout import ROLES, ExperimentLayout, resolve_roles
+from ftlens.models import takes_pretrained
+from ftlens.report.build import build_report, read_config
 from ftlens.settings import PAPER
+from ftlens.weights import WEIGHTS
 
 STAGES = ("pretrain", "finetune", "compare", "dynamics", "correlation", "distortion", "findings", "report")
 _ALL_RANKS = ("pretrain", "finetune", "compare", "dynamics")  # the stages that use every process
@@ -77,7 +100,6 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
         """Build from a mapping, checked whole first (:func:`ftlens.checks.check_experiment`)."""
-        from ftlens.checks import check_experiment
 
         d = copy.deepcopy(check_experiment(d))
         analysis = d.pop("analysis", {}) or {}
@@ -93,8 +115,6 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> ExperimentConfig:
-        from ftlens.checks import read_yaml
-
         return cls.from_dict(read_yaml(path, "experiment config"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +135,6 @@ def quick(config: ExperimentConfig) -> ExperimentConfig:
     """A tiny variant of any config (seconds, for tests): few epochs, images and steps. The model
     becomes ``ftlens:vit-micro``, except real pretrained weights (``ftlens:efficientnet-lite0-in1k``),
     which are the point of their config and small enough."""
-    from ftlens.weights import WEIGHTS
 
     c = copy.deepcopy(config)
     if c.model.removeprefix("ftlens:") not in WEIGHTS:
@@ -158,15 +177,13 @@ class Experiment:
         return self.config.model
 
     def load_pretrained(self):
-        from ftlens.models import load_model, takes_pretrained
-
         size = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
         if self.config.pretrain:
-            return load_model(self.pretrained_spec, layers=self.config.analysis.layers, **size)
+            return models.load_model(self.pretrained_spec, layers=self.config.analysis.layers, **size)
         if takes_pretrained(self.config.model):
-            return load_model(self.config.model, pretrained=self.config.pretrained, layers=self.config.analysis.layers,
+            return models.load_model(self.config.model, pretrained=self.config.pretrained, layers=self.config.analysis.layers,
                               **size)
-        return load_model(self.config.model, layers=self.config.analysis.layers, **size)
+        return models.load_model(self.config.model, layers=self.config.analysis.layers, **size)
 
     def run_config(self, run: dict[str, Any]) -> dict[str, Any]:
         """The finetune kwargs of one run: defaults, then the run's own settings."""
@@ -182,8 +199,6 @@ class Experiment:
     def run(self, stages: tuple[str, ...] = STAGES) -> Path:
         """Run ``stages`` in order. Under a launcher (``accelerate launch`` / ``torchrun``) every
         rank trains (DDP) and inverts its share of the work items; rank 0 writes the results."""
-        from ftlens.distributed import context
-        from ftlens.finetune.loop import check_device
 
         check_device(self.config.device)
         self.check_out()
@@ -208,9 +223,6 @@ class Experiment:
     def check_out(self) -> None:
         """Before any work: ``out`` is writable, and either new, empty, or this experiment's own
         folder (its config.yaml holds the same configuration); OutputError otherwise."""
-        from ftlens.checks import check_experiment, check_writable_dir
-        from ftlens.errors import OutputError
-        from ftlens.report.build import read_config
 
         check_experiment(self.config.to_dict())  # also when the config object was built in Python
         check_writable_dir(self.out, "--out")
@@ -218,8 +230,6 @@ class Experiment:
             return
         saved = self.out / "config.yaml"
         if not saved.exists():
-            from ftlens.finetune.rundir import describe_folder
-
             raise OutputError(f"{self.out} is not empty ({describe_folder(self.out)}) and is not an ftlens experiment "
                               "(no config.yaml); choose another --out")
         old = read_config(saved)
@@ -236,7 +246,6 @@ class Experiment:
     def stage_pretrain(self) -> None:
         if not self.config.pretrain:
             return
-        from ftlens.finetune import finetune
 
         kwargs = {"strategy": "scratch", **self.config.pretrain}
         kwargs.setdefault("seed", self.config.defaults.get("seed", 0))
@@ -246,9 +255,6 @@ class Experiment:
                  data_dir=self.config.data_dir, pretrained=False, **kwargs)
 
     def stage_finetune(self) -> None:
-        from ftlens.finetune import finetune
-        from ftlens.finetune.strategies import get_strategy
-
         for run in self.config.runs:
             kwargs = self.run_config(run)
             from_scratch = get_strategy(kwargs.get("strategy", "ft")).from_scratch
@@ -259,11 +265,9 @@ class Experiment:
 
     def _image_pool(self, n: int, seeds: int = 1):
         """The test-split pool for ``seeds`` seeds of ``n`` images (:func:`ftlens.invariance.pool.image_pool`)."""
-        from ftlens.data import get_dataset
-        from ftlens.invariance.pool import image_pool
 
         pt = self.load_pretrained()
-        ds = get_dataset(self.config.data, split="test", image_size=pt.input_size[1:], data_dir=self.config.data_dir)
+        ds = data.get_dataset(self.config.data, split="test", image_size=pt.input_size[1:], data_dir=self.config.data_dir)
         pool = image_pool(ds, min(n, len(ds)), seeds)
         return pool.images, pool.labels
 
@@ -281,30 +285,23 @@ class Experiment:
         return kw
 
     def compare_names(self) -> list[str]:
-        from ftlens.finetune.strategies import get_strategy
-
         if self.config.analysis.compare is not None:
             return list(self.config.analysis.compare)
         return [r["name"] for r in self.config.runs if get_strategy(r.get("strategy", "ft")).compared]
 
     def stage_compare(self) -> None:
-        from ftlens.invariance import compare
-        from ftlens.models import load_model
-
         pt = self.load_pretrained()
         images, _ = self._image_pool(self.config.analysis.images, self.config.analysis.seeds)
         for name in self.compare_names():
             target = self.layout.compare(name)
             if (target / "comparison.json").exists():
                 continue
-            ft = load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
+            ft = models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
             cmp = compare(pt, ft, images, **self._compare_kwargs())
             if cmp is not None:  # None on ranks other than 0 under a launcher
                 cmp.save(target)
 
     def stage_dynamics(self) -> None:
-        from ftlens.analysis.dynamics import dynamics
-
         if not self.config.analysis.dynamics:
             return
         pt = self.load_pretrained()
@@ -314,9 +311,6 @@ class Experiment:
                      out=self.layout.dynamics(name), **self._compare_kwargs())
 
     def stage_correlation(self) -> None:
-        from ftlens.analysis.correlation import correlation_table
-        from ftlens.analysis.dynamics import corrupted_accuracy, read_dynamics, run_metrics
-
         for name in self.config.analysis.dynamics:
             dyn_path = self.layout.dynamics(name) / "dynamics.csv"
             metrics = run_metrics(self.run_dir(name))
@@ -327,9 +321,6 @@ class Experiment:
             io.write_table(self.layout.correlation(name), grid)
 
     def stage_distortion(self) -> None:
-        from ftlens.analysis.distortion import feature_distortion
-        from ftlens.models import load_model
-
         names = self.config.analysis.distortion
         if not names:
             return
@@ -337,7 +328,7 @@ class Experiment:
         splits = self._distortion_splits(pt)
         frames = []
         for name in names:
-            ft = load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
+            ft = models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
             df = feature_distortion(pt, ft, splits, layers=list(pt.layers) + ["pre_logits"],
                                     device=None if self.config.device == "cpu" else self.config.device)
             df.insert(0, "run", name)
@@ -345,9 +336,6 @@ class Experiment:
         io.write_table(self.layout.distortion, pd.concat(frames, ignore_index=True).set_index("run"))
 
     def _distortion_splits(self, pt) -> dict[str, Any]:
-        from ftlens.data.base import float_to_uint8, uint8_to_float
-        from ftlens.data.corruptions import corrupt
-
         n = self.config.analysis.distortion_images
         images, _ = self._image_pool(n)
         images = images[:n]
@@ -356,19 +344,14 @@ class Experiment:
         raw = float_to_uint8(images)
         ood = [uint8_to_float(corrupt(raw, c, sev, seed=0)) for c in corruptions]
         per = max(1, n // len(ood))
-        import torch
 
         ood_images = torch.cat([o[:per] for o in ood])
         return {"ID": images, "OOD": ood_images}
 
     def stage_findings(self) -> None:
-        from ftlens.findings import compute_findings
-
         io.write_json(self.layout.findings, compute_findings(self.out, self.config))
 
     def stage_report(self) -> None:
-        from ftlens.report.build import build_report
-
         build_report(self.out)
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from ftlens.analysis.distortion import energy_trend_check, energy_vs_distortion
+from ftlens.invariance import load_comparison
 from ftlens.layout import ExperimentLayout, resolve_roles
 from ftlens.settings import PAPER, Settings
 from ftlens.stats import HELD, INCONCLUSIVE, NOT_HELD, decide, t_interval, welch_interval
@@ -39,7 +41,6 @@ def _early(index: pd.Index) -> list:
 
 
 def _load(out: Path, name: str | None):
-    from ftlens.invariance import load_comparison
 
     if name is None:
         return None
@@ -286,7 +287,6 @@ def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dic
 
 def energy_sweep(out: Path, distortion: pd.DataFrame) -> pd.DataFrame | None:
     """Distortion of the runs that logged an "energy" (HP-FT, LP-FT) against that energy."""
-    from ftlens.analysis.distortion import energy_vs_distortion
 
     runs = []
     for name in distortion["run"].unique():
@@ -305,7 +305,6 @@ def energy_sweep(out: Path, distortion: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def _energy_findings(out: Path, distortion: pd.DataFrame, settings: Settings) -> list[dict[str, Any]]:
-    from ftlens.analysis.distortion import energy_trend_check
 
     ev = energy_sweep(out, distortion)
     if ev is None:

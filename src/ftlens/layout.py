@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from ftlens.errors import ConfigError
+
 #: marker file of each kind of result folder (see the module docstring)
 MARKERS: dict[str, str] = {
     "compare": "comparison.json",
@@ -136,7 +138,6 @@ class ExperimentLayout:
 
 def read_yaml_config(path: Path) -> dict[str, Any]:
     """A config.yaml as a dict ({} when absent); ConfigError when it is not a readable mapping."""
-    from ftlens.errors import ConfigError
 
     if not path.exists():
         return {}
@@ -189,7 +190,6 @@ def resolve_roles(config: Any = None, runs: Iterable[Mapping[str, Any]] | None =
     explicit = dict(config.get("roles") or {})
     unknown = sorted(set(explicit) - set(ROLES))
     if unknown:
-        from ftlens.errors import ConfigError
 
         raise ConfigError(f"unknown run role(s) {unknown} in the experiment config; roles: {', '.join(ROLES)}")
     defaults = dict(config.get("defaults") or {})

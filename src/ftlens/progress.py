@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from rich.progress import track as rich_track
+
 T = TypeVar("T")
 
 #: a task with more units than this logs only every tenth of the way (and its last unit)
@@ -182,7 +184,6 @@ def track(iterable: Iterable[T], description: str = "", total: int | None = None
         yield from iterable
         return
     if m == "bar":
-        from rich.progress import track as rich_track
 
         yield from rich_track(iterable, description=description, total=total, transient=True)
         return

@@ -46,7 +46,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ftlens import io
 from ftlens.errors import CacheWarning, ConfigTypeError
@@ -92,7 +96,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.dtype):
         return str(obj)
     try:
-        import numpy as np
 
         if isinstance(obj, np.integer):
             return int(obj)
@@ -177,7 +180,6 @@ class Cache:
             self.misses += 1
             return None
         try:
-            from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
@@ -210,7 +212,6 @@ class Cache:
         """Write entry ``key`` atomically (safetensors; metadata values must be strings).
 
         Returns the path, or None (with a warning) when the cache folder cannot be written."""
-        from safetensors.torch import save_file
 
         path = self.path(key, kind)
         state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -295,7 +296,6 @@ class Cache:
     # ------------------------------------------------------------------ tables
     def get_table(self, key: str, kind: str = "tables"):
         """A DataFrame stored under ``key``, or ``None`` (absent, unreadable or for another key)."""
-        import pandas as pd
 
         path = self.path(key, kind, ".parquet")
         if not path.exists():

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ftlens.errors import TrackingError  # noqa: F401 (re-exported)
 
 TENSORBOARD_DIR = "tensorboard"
@@ -94,7 +96,6 @@ class Tracker:
 
 def run_tracker(run_dir: str | os.PathLike) -> Tracker:
     """A tracker for an existing run, opened the way the run was (its ``config.yaml``)."""
-    import yaml
 
     path = Path(run_dir) / "config.yaml"
     cfg = yaml.safe_load(path.read_text()) if path.exists() else {}

@@ -22,8 +22,13 @@ import torch
 
 from ftlens import io
 from ftlens.errors import CorrelationError, ResultNotFoundError
+from ftlens.invariance import compare
+from ftlens.invariance.pool import sample_indices
 from ftlens.models import ModelWrapper, load_model, run_checkpoints
+from ftlens.progress import track
 from ftlens.settings import PAPER
+from ftlens.similarity import subspace_similarity
+from ftlens.tracking import Tracker, run_tracker
 from ftlens.vocabulary import upgrade_columns
 
 
@@ -64,7 +69,6 @@ def dynamics(
     Returns:
         tidy DataFrame with columns ``epoch, layer, learning, forgetting, cka_divergence, ...``.
     """
-    from ftlens.invariance import compare
 
     pt = load_model(pretrained) if not isinstance(pretrained, ModelWrapper) else pretrained
     ckpts = run_checkpoints(run_dir)
@@ -76,8 +80,6 @@ def dynamics(
     done = read_dynamics(table_path) if table_path is not None and table_path.exists() else pd.DataFrame()
     frames = [done] if len(done) else []
     have = set(done["epoch"].unique()) if len(done) else set()
-    from ftlens.progress import track
-    from ftlens.tracking import Tracker, run_tracker
 
     tracker = run_tracker(run_dir) if Path(run_dir, "config.yaml").exists() else Tracker(run_dir)
     for epoch in track([e for e in wanted if e not in have], description=f"dynamics {Path(run_dir).name}"):
@@ -110,8 +112,6 @@ def subspace_per_layer(pt: ModelWrapper, ft: ModelWrapper, images: torch.Tensor,
 
     The paper's baseline next to cka divergence in the robustness correlation.
     """
-    from ftlens.invariance.pool import sample_indices
-    from ftlens.similarity import subspace_similarity
 
     idx = sample_indices(images.shape[0], min(n_images, images.shape[0]), 0)
     x = images[idx]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ftlens.errors import DatasetError
 
@@ -123,7 +124,6 @@ def available_photos() -> tuple[tuple[str, Path], ...]:
 @cache
 def _load_photo(path: str) -> torch.Tensor:
     """A photo as float32 ``(3, H, W)`` in [0, 1] (greyscale replicated to 3 channels)."""
-    from PIL import Image
 
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ftlens.errors import DatasetError
@@ -76,7 +77,6 @@ def mnist5k_file() -> Path:
 @lru_cache(maxsize=1)
 def _mnist5k_raw() -> tuple[np.ndarray, np.ndarray]:
     """``(images (5000, 28, 28) uint8, labels (5000,) int64)`` in the file's order."""
-    import pandas as pd
 
     path = mnist5k_file()
     try:

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from ftlens import io
 from ftlens.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -69,8 +72,6 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 state = {k: f.get_tensor(k) for k in f.keys()}
@@ -118,10 +119,6 @@ def save_checkpoint(
     so that ``load_model(path)`` rebuilds the same model alone. Written to a temporary file in
     the same directory, then renamed, so a killed process never leaves a half-written checkpoint.
     """
-    from safetensors.torch import save_file
-
-    from ftlens.io import atomic_path
-
     if wrapper.source.spec == "module":
         raise CheckpointError(
             "save_checkpoint needs a model loaded from a spec (timm:, torchvision:, hf:, open_clip:, ftlens:); "
@@ -142,6 +139,6 @@ def save_checkpoint(
         **({"ftlens_info": json.dumps(wrapper.info, sort_keys=True, default=str)} if wrapper.info else {}),
         **(metadata or {}),
     }
-    with atomic_path(path) as tmp:
+    with io.atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return path

@@ -32,6 +32,7 @@ from ftlens.models.families import family_named
 from ftlens.models.families.base import INPUT_OF, PRE_LOGITS, Defaults, Source
 from ftlens.models.fingerprint import tensor_bytes, weights_fingerprint
 from ftlens.models.trace import ExecutionTrace, trace_module
+from ftlens.progress import track
 
 _Source = Source  # the name older code and pickles use
 
@@ -488,7 +489,6 @@ class ModelWrapper:
         out: dict[str, torch.Tensor] = {}
         batches = range(0, n, batch_size)
         if progress:
-            from ftlens.progress import track
 
             batches = track(batches, description=f"capture {self.name}", total=len(batches))
         with torch.inference_mode(), _autocast(device, autocast), self.eval_mode():

@@ -21,6 +21,7 @@ matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator
 
 from ftlens import io  # noqa: E402
 from ftlens.layers import layer_label, layer_title  # noqa: E402,F401  (re-exported)
@@ -241,7 +242,6 @@ def overlay_per_layer(
 @styled
 def overlay_epochs(tables: Mapping[str, pd.DataFrame], metric: str, *, ylabel: str, title: str):
     """One line per run over epochs (``tables``: ``{run: frame indexed by epoch with a metric column}``)."""
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8.6, 3.9))
     styles = line_styles(list(tables))

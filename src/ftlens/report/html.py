@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ftlens import io
+from ftlens.report.figures import EMBED_DPI, fmt_num
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;
@@ -79,7 +81,6 @@ def esc(text: object) -> str:
 
 def _column_digits(column: pd.Series, digits: int) -> int:
     """Decimals for a column: ``digits``, more when its largest |value| is small (two significant digits)."""
-    import math
 
     values = pd.to_numeric(column, errors="coerce").abs()
     values = values[values > 0]
@@ -97,7 +98,6 @@ def _header(name: object) -> str:
 
 
 def _table_html(table: Table) -> str:
-    from ftlens.report.figures import fmt_num
 
     df = table.frame
     digits = {c: _column_digits(df[c], table.digits) for c in df.columns}
@@ -137,7 +137,6 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 
 def _figure_html(fig: Figure) -> str:
-    from ftlens.report.figures import EMBED_DPI
 
     data = base64.b64encode(fig.png).decode("ascii")
     alt = esc(fig.title or fig.caption)

@@ -11,6 +11,8 @@ Needs ``pip install 'ftlens[clip]'``.
 
 from __future__ import annotations
 
+import copy
+import difflib
 from typing import Any
 
 from torch import nn
@@ -40,7 +42,6 @@ class OpenClipFamily(Family):
         open_clip = self.require()
         arch, _, tag = name.partition("/")
         if arch not in open_clip.list_models():
-            import difflib
 
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=5)
             raise ModelError(f"unknown open_clip model {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
@@ -66,7 +67,6 @@ class OpenClipFamily(Family):
         return type(module).__module__.startswith("open_clip.")
 
     def adopt(self, module: nn.Module) -> nn.Module:
-        import copy
 
         if isinstance(module, FeatureClassifier):
             return module

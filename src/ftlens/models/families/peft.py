@@ -15,6 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
 from torch import nn
 
 from ftlens.errors import ModelError
@@ -66,7 +67,6 @@ def lora_info(config: Any, adapter: str, base: str, where: str = "") -> dict[str
 
 
 def _read_adapter(directory: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
 
     path = directory / "adapter_model.safetensors"
     if not path.is_file():

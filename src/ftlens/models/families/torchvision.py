@@ -11,6 +11,8 @@ classifier ``Linear`` becomes the ``head``, the rest the ``body`` (state-dict ke
 
 from __future__ import annotations
 
+import copy
+import difflib
 from typing import Any
 
 from torch import nn
@@ -40,7 +42,6 @@ class TorchvisionFamily(Family):
 
         known = torchvision.models.list_models()
         if name not in known:
-            import difflib
 
             close = difflib.get_close_matches(name, known, n=5)
             raise ModelError(f"unknown torchvision model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
@@ -69,7 +70,6 @@ class TorchvisionFamily(Family):
         """A user's torchvision model: a copy, split into body and head (the original is untouched)."""
         if isinstance(module, FeatureClassifier):
             return module
-        import copy
 
         return adapt(copy.deepcopy(module))
 
