@@ -148,7 +148,6 @@ def _keys(where: str, d: Any, known: tuple[str, ...]) -> dict:
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(d).__name__} {d!r:.60}")
     unknown = sorted(str(k) for k in d if k not in known)
     if unknown:
-
         close = difflib.get_close_matches(unknown[0], known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown {where} keys {unknown}{hint}; known: {', '.join(known)}")
@@ -239,7 +238,6 @@ def check_experiment(d: Any) -> dict[str, Any]:
     if "batch_size" in a and a["batch_size"] is not None:
         integer("analysis.batch_size", a["batch_size"], minimum=1)
     if "steps" in a or "step_size" in a:
-
         try:
             inversion_options(a.get("steps", PAPER.steps), a.get("step_size", PAPER.step_size), PAPER.start)
         except ConfigError as exc:

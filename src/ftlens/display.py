@@ -43,10 +43,9 @@ class ComparisonDisplay:
         raise FtlensError(f"unknown plot kind {kind!r}; kinds: per_layer, flow, flow_relative, cka")
 
     def _repr_html_(self) -> str:
-
         table = self.summary()  # type: ignore[attr-defined]
-        table = table.drop(columns=[c for c in ("layer_number",) if c in table.columns])
         names = [str(n) for n in table.index]
-        table.index = [layer_title(n, k) for n, k in zip(names, layer_numbers(names), strict=True)]
+        numbers = table.pop("layer_number").tolist() if "layer_number" in table.columns else layer_numbers(names)
+        table.index = [layer_title(n, int(k)) for n, k in zip(names, numbers, strict=True)]
         table.index.name = "layer"
         return frame_html(table, repr(self))

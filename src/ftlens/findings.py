@@ -41,7 +41,6 @@ def _early(index: pd.Index) -> list:
 
 
 def _load(out: Path, name: str | None):
-
     if name is None:
         return None
     path = ExperimentLayout(out).compare(name)
@@ -305,7 +304,6 @@ def energy_sweep(out: Path, distortion: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def _energy_findings(out: Path, distortion: pd.DataFrame, settings: Settings) -> list[dict[str, Any]]:
-
     ev = energy_sweep(out, distortion)
     if ev is None:
         return []

@@ -14,7 +14,6 @@ written by                 marker                           also in the folder
 =========================  ===============================  ==========================================
 
 An experiment (:class:`ExperimentLayout`) nests the same result folders::
-
     OUT/config.yaml              the resolved experiment configuration
     OUT/runs/<run>/              finetuning runs (a finetune folder each)
     OUT/compare/<run>/           a compare folder: the run's last epoch vs the pretrained model
@@ -190,7 +189,6 @@ def resolve_roles(config: Any = None, runs: Iterable[Mapping[str, Any]] | None =
     explicit = dict(config.get("roles") or {})
     unknown = sorted(set(explicit) - set(ROLES))
     if unknown:
-
         raise ConfigError(f"unknown run role(s) {unknown} in the experiment config; roles: {', '.join(ROLES)}")
     defaults = dict(config.get("defaults") or {})
     run_list = list(runs if runs is not None else config.get("runs") or [])

@@ -3,7 +3,6 @@
 When stderr is a terminal, live rich bars. When it is not (``nohup``, cluster logs, pipes),
 one plain line per stage and per finished unit of work (an inversion, an epoch, a
 checkpoint), each with the elapsed time and an ETA::
-
     [ftlens 12:03:04] inversions: 3/24 (12%) elapsed 0:00:41 eta 0:04:47 | last: blocks.0 seed 0 ...
 
 ``FTLENS_PROGRESS=0`` silences both, ``=1`` forces the live bars, ``=log`` forces plain lines.
@@ -184,7 +183,6 @@ def track(iterable: Iterable[T], description: str = "", total: int | None = None
         yield from iterable
         return
     if m == "bar":
-
         yield from rich_track(iterable, description=description, total=total, transient=True)
         return
     if total is None and hasattr(iterable, "__len__"):

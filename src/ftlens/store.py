@@ -24,7 +24,6 @@ cache folder that cannot be written (read-only, full) is used for reading only: 
 computed and returned without being stored, with a warning.
 
 Layout under the root (``$FTLENS_CACHE_DIR`` or ``~/.cache/ftlens``)::
-
     inversions/ab/ab12....safetensors   tensors + metadata (the key's content as JSON)
     inversions/ab/.ab12....lock         the lock file of a key (empty)
     tables/cd/cd34....parquet           pandas tables
@@ -96,7 +95,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.dtype):
         return str(obj)
     try:
-
         if isinstance(obj, np.integer):
             return int(obj)
         if isinstance(obj, np.floating):
@@ -180,7 +178,6 @@ class Cache:
             self.misses += 1
             return None
         try:
-
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}

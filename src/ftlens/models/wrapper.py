@@ -489,7 +489,6 @@ class ModelWrapper:
         out: dict[str, torch.Tensor] = {}
         batches = range(0, n, batch_size)
         if progress:
-
             batches = track(batches, description=f"capture {self.name}", total=len(batches))
         with torch.inference_mode(), _autocast(device, autocast), self.eval_mode():
             for start in batches:

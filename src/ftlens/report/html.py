@@ -98,7 +98,6 @@ def _header(name: object) -> str:
 
 
 def _table_html(table: Table) -> str:
-
     df = table.frame
     digits = {c: _column_digits(df[c], table.digits) for c in df.columns}
 
@@ -137,7 +136,6 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 
 def _figure_html(fig: Figure) -> str:
-
     data = base64.b64encode(fig.png).decode("ascii")
     alt = esc(fig.title or fig.caption)
     width, height = _png_size(fig.png)

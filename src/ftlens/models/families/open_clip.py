@@ -42,7 +42,6 @@ class OpenClipFamily(Family):
         open_clip = self.require()
         arch, _, tag = name.partition("/")
         if arch not in open_clip.list_models():
-
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=5)
             raise ModelError(f"unknown open_clip model {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
         if pretrained and not tag:
@@ -67,7 +66,6 @@ class OpenClipFamily(Family):
         return type(module).__module__.startswith("open_clip.")
 
     def adopt(self, module: nn.Module) -> nn.Module:
-
         if isinstance(module, FeatureClassifier):
             return module
         return adapt(copy.deepcopy(getattr(module, "visual", module)))

@@ -67,7 +67,6 @@ def lora_info(config: Any, adapter: str, base: str, where: str = "") -> dict[str
 
 
 def _read_adapter(directory: Path) -> dict[str, Any]:
-
     path = directory / "adapter_model.safetensors"
     if not path.is_file():
         raise ModelError(f"{directory} holds no adapter_model.safetensors (ftlens reads safetensors adapters only)")

@@ -42,7 +42,6 @@ class TorchvisionFamily(Family):
 
         known = torchvision.models.list_models()
         if name not in known:
-
             close = difflib.get_close_matches(name, known, n=5)
             raise ModelError(f"unknown torchvision model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
         weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
