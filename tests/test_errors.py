@@ -35,10 +35,12 @@ def test_user_input_errors_of_the_api_are_ftlens_errors_and_keep_their_old_base(
     """Arguments a user passes to the API: one FtlensError each (the CLI would print one line),
     still catchable as the ValueError / TypeError / FileNotFoundError they were before."""
     import pytest
+    import torch
 
     from ftlens.analysis.dynamics import corrupted_accuracy, dynamics
     from ftlens.invariance import compare, load_comparison, plan_inversions
     from ftlens.inversion import Runtime, invert, schedule_fields
+    from ftlens.similarity import MinibatchCKA, cka_matrix, linear_cka
     from ftlens.store import resolve_cache
 
     x = make_pool(4, 0)
@@ -55,6 +57,9 @@ def test_user_input_errors_of_the_api_are_ftlens_errors_and_keep_their_old_base(
         (lambda: load_comparison(tmp_path), FileNotFoundError, "comparison.json"),
         (lambda: dynamics(tmp_path, pt, x), FileNotFoundError, "no checkpoints"),
         (lambda: corrupted_accuracy(__import__("pandas").DataFrame({"epoch": [0]})), ValueError, "--corruptions"),
+        (lambda: linear_cka(x.flatten(1).to(torch.complex64), x.flatten(1)), TypeError, "complex"),
+        (lambda: cka_matrix([x], {"a": x}), TypeError, "must be a dict"),
+        (lambda: MinibatchCKA().compute(), RuntimeError, "before any update"),
     ]
     for call, old_base, words in cases:
         with pytest.raises(errors.FtlensError, match=words) as info:

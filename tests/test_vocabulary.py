@@ -30,6 +30,10 @@ def test_every_table_names_its_layers_and_their_true_numbers(cmp, tmp_path):
             assert dict(zip(table[side], table[f"{side}_number"], strict=True)) == numbers, side
     assert set(cmp.cka["model"]) == {"pretrained", "finetuned"}
     assert "4 (blocks.3)" in cmp._repr_html_() and "2 (blocks.1)" in cmp._repr_html_()
+    from ftlens.similarity import cka_matrix
+
+    pair = cka_matrix({"a": cmp.flow.to_numpy()}, {"b": cmp.flow.to_numpy()})
+    assert (pair.index.name, pair.columns.name) == ("first_layer", "second_layer")
     assert cmp.flow.index.name == "pretrained_layer" and cmp.flow.columns.name == "finetuned_layer"
     m = cmp.stir_matrix("finetuned", "pretrained")
     assert (m.index.name, m.columns.name) == ("target_layer", "reference_layer")

@@ -21,6 +21,10 @@ class ConfigTypeError(ConfigError, TypeError):
     """An argument of the wrong type (also a ``TypeError``)."""
 
 
+class UsageError(FtlensError, RuntimeError):
+    """A method called in the wrong order (e.g. a result asked for before anything was computed)."""
+
+
 class ResultNotFoundError(FtlensError, FileNotFoundError):
     """A result folder or file that is not there (a path that was not written by the command that makes it)."""
 

@@ -7,7 +7,8 @@
 - A layer is named by ``layer`` (its module name) and ``layer_number`` (its 1-based position
   in the model); a table with two layers prefixes both with the side, e.g. ``target_layer`` /
   ``target_layer_number``.
-- Two arbitrary models (the CKA one-liner): ``first`` and ``second``, in the order given.
+- Two arbitrary models (the CKA one-liner, layer x layer similarity matrices): ``first`` and
+  ``second``, in the order given; the matrices' axes are ``first_layer`` and ``second_layer``.
 
 Tables written by earlier versions used other names; :func:`upgrade_columns` maps them on read.
 """

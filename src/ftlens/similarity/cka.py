@@ -115,8 +115,8 @@ def cka_matrix(
     )
     df = pd.DataFrame(
         values.cpu().numpy(),
-        index=pd.Index(names_a, name="layer_a"),
-        columns=pd.Index(names_b, name="layer_b"),
+        index=pd.Index(names_a, name="first_layer"),
+        columns=pd.Index(names_b, name="second_layer"),
     )
     describe(df, kernel, debiased)
     return df

@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftlens.errors import ConfigError, DegenerateRepresentationWarning, NumericalError
+from ftlens.errors import (
+    ConfigError,
+    ConfigTypeError,
+    DegenerateRepresentationWarning,
+    NumericalError,
+)
 
 DTYPE = torch.float64
 # A representation whose centred Frobenius norm is below this fraction of its raw norm is
@@ -47,10 +52,10 @@ def as_matrix(x: Any, name: str, device: torch.device | None = None) -> torch.Te
         if arr.dtype == object or not (
             np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
         ):
-            raise TypeError(f"{name} must be a numeric tensor or array, got dtype {arr.dtype}.")
+            raise ConfigTypeError(f"{name} must be a numeric tensor or array, got dtype {arr.dtype}.")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.is_complex():
-        raise TypeError(f"{name} is complex; similarity needs real-valued representations.")
+        raise ConfigTypeError(f"{name} is complex; similarity needs real-valued representations.")
     if t.ndim == 0:
         raise ConfigError(f"{name} is a scalar; expected a representation of shape (n, features).")
     if t.ndim == 1:

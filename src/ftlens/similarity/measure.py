@@ -104,7 +104,7 @@ class Measure:
             other = reps_a if reps_b is None else reps_b
             values = np.array([[self(xa, xb) for xb in other.values()] for xa in reps_a.values()],
                               dtype=np.float64).reshape(len(reps_a), len(other))
-            df = pd.DataFrame(values, index=pd.Index(list(reps_a), name="layer_a"),
-                              columns=pd.Index(list(other), name="layer_b"))
+            df = pd.DataFrame(values, index=pd.Index(list(reps_a), name="first_layer"),
+                              columns=pd.Index(list(other), name="second_layer"))
         df.attrs["measure"] = self.name
         return df

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ftlens.errors import ConfigError
+from ftlens.errors import ConfigError, ConfigTypeError, UsageError
 from ftlens.similarity.cka import describe
 from ftlens.similarity.inputs import check_debiased_n, check_kernel
 from ftlens.similarity.pairwise import as_items, cka_from_hsic, common_rows, pairwise_hsic
@@ -55,9 +55,9 @@ class MinibatchCKA:
         """Add one minibatch: tensors (n, ...) or dicts ``{layer: (n, ...)}`` of the same n inputs."""
         mode = "dict" if isinstance(reps_a, Mapping) else "tensor"
         if reps_b is not None and isinstance(reps_b, Mapping) != (mode == "dict"):
-            raise TypeError("reps_a and reps_b must both be dicts or both be tensors.")
+            raise ConfigTypeError("reps_a and reps_b must both be dicts or both be tensors.")
         if self._mode is not None and mode != self._mode:
-            raise TypeError(f"this accumulator was fed {self._mode}s before; got a {mode} now.")
+            raise ConfigTypeError(f"this accumulator was fed {self._mode}s before; got a {mode} now.")
         if mode == "dict":
             items_a = as_items(reps_a, "reps_a")
             items_b = None if reps_b is None else as_items(reps_b, "reps_b")
@@ -88,7 +88,7 @@ class MinibatchCKA:
     def compute(self) -> float | pd.DataFrame:
         """CKA from the averaged HSIC_1 terms: a float (tensor mode) or a DataFrame (dict mode)."""
         if self._cross is None:
-            raise RuntimeError("MinibatchCKA.compute() called before any update().")
+            raise UsageError("MinibatchCKA.compute() called before any update(); feed it batches first.")
         k = float(self.n_batches)
         values = cka_from_hsic(
             self._cross / k, self._self_a / k, self._self_b / k, self._names_a, self._names_b
@@ -97,8 +97,8 @@ class MinibatchCKA:
             return float(values[0, 0])
         df = pd.DataFrame(
             values.cpu().numpy(),
-            index=pd.Index(self._names_a, name="layer_a"),
-            columns=pd.Index(self._names_b, name="layer_b"),
+            index=pd.Index(self._names_a, name="first_layer"),
+            columns=pd.Index(self._names_b, name="second_layer"),
         )
         describe(df, self.kernel, True, minibatch=True, n_batches=self.n_batches)
         return df

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ftlens.errors import ConfigError
+from ftlens.errors import ConfigError, ConfigTypeError
 from ftlens.similarity.gram import centred_gram, hsic_norm, rbf_from_centred
 from ftlens.similarity.inputs import (
     DTYPE,
@@ -156,7 +156,7 @@ def cka_from_hsic(
 
 def as_items(reps: Any, what: str) -> list[tuple[str, Any]]:
     if not isinstance(reps, Mapping):
-        raise TypeError(
+        raise ConfigTypeError(
             f"{what} must be a dict {{layer name: representation}}, got {type(reps).__name__}."
         )
     if len(reps) == 0:
