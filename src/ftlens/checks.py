@@ -212,9 +212,8 @@ def check_experiment(d: Any) -> dict[str, Any]:
     defaults = d.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"defaults must be a mapping of finetuning options, got {defaults!r:.60}")
-    from ftlens.finetune.config import (
-        FinetuneConfig,  # here, not at the top: ftlens.finetune imports this module
-    )
+    # imported here, not at the top: ftlens.finetune imports this module (a cycle)
+    from ftlens.finetune.config import FinetuneConfig
 
     base = {"model": d["model"], "data": d["data"], "out": "unused"}
     if d.get("image_size") is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ftlens.errors import ImageError
 
@@ -56,7 +57,6 @@ def as_images(images: Any, n: int | None = None) -> torch.Tensor:
     Raises:
         ImageError: something that holds no image tensors.
     """
-    from torch.utils.data import DataLoader, Dataset
 
     if isinstance(images, (torch.Tensor, np.ndarray)):
         x = _tensor(images)

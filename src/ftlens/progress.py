@@ -16,6 +16,14 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import track as rich_track
 
 T = TypeVar("T")
@@ -204,14 +212,6 @@ def make_progress():
         return None
     if m == "log":
         return LogProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),
