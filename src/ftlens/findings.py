@@ -27,6 +27,7 @@ from scipy import stats as sps
 
 from ftlens.analysis.distortion import energy_trend_check, energy_vs_distortion
 from ftlens.invariance import load_comparison
+from ftlens.layers import layer_numbers
 from ftlens.layout import ExperimentLayout, resolve_roles
 from ftlens.settings import PAPER, Settings
 from ftlens.stats import HELD, INCONCLUSIVE, NOT_HELD, decide, t_interval, welch_interval
@@ -124,7 +125,8 @@ def _gate(cmp, layers: list, name: str, settings: Settings) -> list[str]:
 def _layer_numbers(cmp, layers: list) -> str:
     if "layer_number" in cmp.per_layer:
         return ", ".join(str(int(cmp.per_layer.loc[layer, "layer_number"])) for layer in layers)
-    return ", ".join(str(i + 1) for i in range(len(layers)))
+    numbers = dict(zip(map(str, cmp.per_layer.index), layer_numbers([str(n) for n in cmp.per_layer.index]), strict=True))
+    return ", ".join(str(numbers[str(layer)]) for layer in layers)
 
 
 def _one_sample(values: np.ndarray, level: float) -> tuple[float, tuple[float, float]]:

@@ -34,7 +34,7 @@ import torch
 from scipy import stats
 
 from ftlens.errors import DistortionError, NumericalError
-from ftlens.invariance.inputs import layer_numbers
+from ftlens.layers import layer_numbers
 
 MEASURES: tuple[str, ...] = (
     "mean_squared_difference",
@@ -176,7 +176,7 @@ def feature_distortion(
             f"the two models order the layers differently ({wanted} vs {ft_layers}); "
             "compare models of the same architecture"
         )
-    number = dict(zip(wanted, layer_numbers(pretrained, wanted), strict=True))
+    number = dict(zip(wanted, layer_numbers(wanted, pretrained), strict=True))
     rows = []
     for split, images in images_by_split.items():
         z0 = pretrained.representations(images, wanted, batch_size=batch_size, device=device)

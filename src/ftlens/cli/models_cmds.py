@@ -26,11 +26,11 @@ def layers_cmd(
     """
     from rich.table import Table
 
-    from ftlens.layers import layer_number
+    from ftlens.layers import layer_numbers
     from ftlens.models import load_model
 
     wrapper = load_model(model, device=common.resolve_device(device), **common.image_size_kwargs(image_size))
-    default = list(wrapper.layers)
+    default = list(wrapper.default_layers)
     if all_modules:
         ran = set(wrapper.trace.order)  # modules that produce a tensor in a forward pass
         names = [n for n in wrapper.available_layers if n in ran or n == "pre_logits"]
@@ -39,6 +39,7 @@ def layers_cmd(
         names = default + ["pre_logits"]
     names = [n for n in names if n in wrapper.available_layers]
     shapes = wrapper.layer_shapes(names)
+    numbers = dict(zip(names, layer_numbers(names, wrapper), strict=True))
     table = Table(title=f"{wrapper.name}: input {wrapper.input_size}, mean {wrapper.mean}, std {wrapper.std}")
     table.add_column("layer", justify="right")
     table.add_column("name")
@@ -49,7 +50,7 @@ def layers_cmd(
         feats = 1
         for s in shape:
             feats *= s
-        number = str(layer_number(name, default.index(name) + 1)) if name in default else ""
+        number = str(numbers[name]) if name in default else ""
         mark = "" if name in default or name == "pre_logits" else " (not default)"
         table.add_row(number, name + mark, str(tuple(shape)), f"{feats:,}")
     console.print(table)

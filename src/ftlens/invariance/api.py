@@ -25,7 +25,6 @@ from ftlens.invariance.inputs import (
     ModelLike,
     as_model,
     check_input_sizes,
-    layer_numbers,
     resolve_shared_layers,
 )
 from ftlens.invariance.metrics import FIRST_TERMS
@@ -34,6 +33,7 @@ from ftlens.invariance.result import Comparison, build_comparison, inversion_tab
 from ftlens.invariance.run import Executor, run_plan
 from ftlens.invariance.score import BOOTSTRAP_COLUMNS, FINETUNED, PRETRAINED, cka_table, score
 from ftlens.inversion import InversionSettings, schedule_fields
+from ftlens.layers import layer_numbers
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
 from ftlens.store import Cache, resolve_cache, tensor_hash
@@ -171,7 +171,7 @@ def compare(
     stir_df = score(plan, invs, images, {PRETRAINED: (pt, layer_list), FINETUNED: (ft, layer_list)},
                     debiased=debiased, batch_size=batch_size, clean_grams=clean, bootstrap=bootstrap,
                     bootstrap_rows=boot_rows)
-    numbers = layer_numbers(pt, layer_list)
+    numbers = layer_numbers(layer_list, pt)
     cka_df = cka_table(clean, plan.seeds, layer_list, debiased, numbers=numbers, bootstrap=bootstrap,
                        bootstrap_rows=boot_rows, n_images=plan.n_images)
     boot_df = pd.DataFrame(boot_rows, columns=BOOTSTRAP_COLUMNS) if boot_rows else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -12,13 +11,9 @@ import torch
 from ftlens.errors import ConfigError, ImageError, LayerError
 from ftlens.models import ModelWrapper, load_model
 
-__all__ = ["ModelLike", "as_model", "check_input_sizes", "check_pool", "layer_numbers", "resolve_shared_layers",
-           "seed_list"]
+__all__ = ["ModelLike", "as_model", "check_input_sizes", "check_pool", "resolve_shared_layers", "seed_list"]
 
 ModelLike = ModelWrapper | str | os.PathLike
-
-_BLOCK = re.compile(r"(?:.*\.)?blocks\.(\d+)")
-
 
 def as_model(model: ModelLike | torch.nn.Module, what: str) -> ModelWrapper:
     """``model`` as a :class:`~ftlens.models.ModelWrapper` (a spec or a module object is loaded)."""
@@ -93,22 +88,3 @@ def resolve_shared_layers(models: Mapping[str, ModelWrapper], layers) -> list[st
         except LayerError as exc:
             raise LayerError(f"{label} model {m.name}: {exc}") from None
     return resolved
-
-
-def layer_numbers(model: ModelWrapper, layers: Sequence[str]) -> list[int]:
-    """The 1-based position of each layer in ``model`` (its true depth, also for a subset).
-
-    ``blocks.k`` is layer ``k + 1``; another name is numbered by its place in the model's
-    default layers, else as the one after the previous layer of ``layers``.
-    """
-    own = list(model.layers)
-    out = []
-    for layer in layers:
-        m = _BLOCK.fullmatch(layer)
-        if m:
-            out.append(int(m.group(1)) + 1)
-        elif layer in own:
-            out.append(own.index(layer) + 1)
-        else:
-            out.append((out[-1] if out else 0) + 1)
-    return out

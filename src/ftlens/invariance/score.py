@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import torch
 
-from ftlens.invariance.inputs import layer_numbers
 from ftlens.invariance.plan import Plan
 from ftlens.inversion import Inversion
+from ftlens.layers import layer_numbers
 from ftlens.models import ModelWrapper
 from ftlens.similarity import cka_from_grams, gram_linear
 from ftlens.vocabulary import FINETUNED, PRETRAINED
@@ -139,9 +139,9 @@ def score(
             "run them first (run_plan) or load them from the cache"
         )
     estimator = "debiased" if debiased else "biased"
-    numbers = {label: dict(zip(layers, layer_numbers(model, list(layers)), strict=True))
+    numbers = {label: dict(zip(layers, layer_numbers(list(layers), model), strict=True))
                for label, (model, layers) in targets.items()}
-    ref_numbers = {label: dict(zip(plan.layers[label], layer_numbers(model, plan.layers[label]), strict=True))
+    ref_numbers = {label: dict(zip(plan.layers[label], layer_numbers(plan.layers[label], model), strict=True))
                    for label, model in plan.references.items()}
     rows = []
     for seed in plan.seeds:

@@ -302,6 +302,12 @@ class ModelWrapper:
         self._requested = list(value)
         self._layers = None if self.input_size is None else self.resolve_layers(list(value))
 
+    @property
+    def default_layers(self) -> list[str]:
+        """The family's default analysis layers, all of them, in execution order (``layers``
+        may be a subset of them, or other modules); layer numbers count in this list."""
+        return self.resolve_layers(self._default_layers())
+
     def _default_layers(self) -> list[str]:
         if self._defaults.layers:
             return list(self._defaults.layers)

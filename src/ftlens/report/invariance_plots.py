@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
+from ftlens.layers import layer_numbers  # noqa: E402
 from ftlens.report.figures import fmt_num, layer_label, save_figure, styled  # noqa: E402
 
 __all__ = [
@@ -52,7 +53,7 @@ def _estimator(obj: Any, table: pd.DataFrame) -> str:
 
 
 def _numbers(layers: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    return np.arange(1, len(layers) + 1), [layer_label(layer) for layer in layers]
+    return np.asarray(layer_numbers(list(layers)), dtype=float), [layer_label(layer) for layer in layers]
 
 
 @styled

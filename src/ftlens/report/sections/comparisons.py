@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ftlens.invariance import load_comparison
+from ftlens.layers import layer_numbers
 from ftlens.report import invariance_plots as ip
 from ftlens.report.figures import fmt_value, overlay_per_layer
 from ftlens.report.html import Section, Table, esc
@@ -35,7 +36,7 @@ def _layer_no(table: pd.DataFrame, i: int) -> int:
     """The 1-based position in the model of row ``i`` of a per-layer table (not its row number)."""
     if "layer_number" in table.columns:
         return int(table["layer_number"].iloc[i])
-    return i + 1
+    return layer_numbers([str(n) for n in table.index])[i]
 
 
 def _describe_metric(tables: dict[str, pd.DataFrame], metric: str) -> str:
