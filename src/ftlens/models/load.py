@@ -86,14 +86,11 @@ def load_model(
     return wrapper.to(device)
 
 
-#: families whose specs can load hub weights with ``pretrained=True``.
-HUB_FAMILIES = ("timm", "torchvision", "hf", "open_clip")
-
-
 def takes_pretrained(spec: str) -> bool:
     """Whether ``load_model(spec, pretrained=True)`` means hub weights (``timm:``, ``torchvision:``,
     ``hf:`` ids, ``open_clip:``); presets, checkpoints and runs carry their own weights."""
-    return family_prefix(str(spec)) in HUB_FAMILIES
+    prefix = family_prefix(str(spec))
+    return prefix is not None and FAMILIES[prefix].hub
 
 
 def _requested_size(image_size: Any, input_size: Sequence[int] | None) -> tuple[int | None, tuple[int, int] | None]:

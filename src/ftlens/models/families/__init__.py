@@ -1,7 +1,8 @@
 """Model families: one module each, one line each in :data:`FAMILIES`.
 
 A spec ``"PREFIX:NAME"`` is built by ``FAMILIES[PREFIX]``; a module object is described by the
-first family that :meth:`~ftlens.models.families.base.Family.owns` it (:data:`DETECTION_ORDER`).
+first family in :data:`FAMILIES` that :meth:`~ftlens.models.families.base.Family.owns` it (families
+that wrap others come first; the plain ``module`` family, which owns everything, last).
 """
 
 from __future__ import annotations
@@ -22,19 +23,17 @@ from ftlens.models.families.torchvision import TorchvisionFamily
 __all__ = ["FAMILIES", "PRESETS", "Built", "Defaults", "Family", "Source", "family_named", "family_of",
            "family_prefix"]
 
-#: spec prefix -> family.
+#: spec prefix -> family, in detection order (a wrapper before the family it wraps; ``module`` last).
 FAMILIES: dict[str, Family] = {
+    "peft": PeftFamily(),
+    "clip": ClipFamily(),
     "ftlens": PresetFamily(),
     "timm": TimmFamily(),
     "torchvision": TorchvisionFamily(),
     "hf": HFFamily(),
     "open_clip": OpenClipFamily(),
-    "peft": PeftFamily(),
-    "clip": ClipFamily(),
     "module": ModuleFamily(),
 }
-#: which family describes a module object (the first that owns it).
-DETECTION_ORDER = ("peft", "clip", "timm", "torchvision", "hf", "open_clip", "module")
 
 
 def family_named(name: str) -> Family:
@@ -51,8 +50,7 @@ def family_prefix(spec: str) -> str | None:
 
 
 def family_of(module: nn.Module) -> Family:
-    for name in DETECTION_ORDER:
-        family = FAMILIES[name]
-        if family.owns(module):
+    for family in FAMILIES.values():  # ``module`` owns everything: it answers only when no other does
+        if family.prefix != "module" and family.owns(module):
             return family
     return FAMILIES["module"]

@@ -90,6 +90,8 @@ class Family:
     #: the optional dependency (import name) and the pip extra that installs it.
     package: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
+    #: whether ``pretrained=True`` downloads hub weights (presets and checkpoints carry their own).
+    hub: ClassVar[bool] = False
 
     def require(self) -> Any:
         """Import :attr:`package`, or a :class:`MissingDependencyError` naming the extra."""

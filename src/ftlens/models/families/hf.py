@@ -36,6 +36,7 @@ _BLOCK_LISTS = ("layer", "layers", "blocks")
 
 class HFFamily(Family):
     prefix = "hf"
+    hub = True
     package = "transformers"
     extra = "hf"
 

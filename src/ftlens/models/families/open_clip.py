@@ -35,6 +35,7 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class OpenClipFamily(Family):
     prefix = "open_clip"
+    hub = True
     package = "open_clip"
     extra = "clip"
 

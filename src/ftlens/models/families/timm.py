@@ -29,6 +29,7 @@ from ftlens.models.hub import hub_online, is_network_error
 
 class TimmFamily(Family):
     prefix = "timm"
+    hub = True
 
     def build(self, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
         import timm

@@ -36,6 +36,7 @@ _CLASSIFIERS = ("fc", "heads", "classifier", "head")
 
 class TorchvisionFamily(Family):
     prefix = "torchvision"
+    hub = True
 
     def build(self, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
         import torchvision
