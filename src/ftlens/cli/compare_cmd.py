@@ -96,6 +96,8 @@ def compare_cmd(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the ViT block stack (once per model; "
                                   "pays off for long runs on a GPU)."),
     tf32: bool = typer.Option(False, "--tf32", help="TF32 for float32 matmuls on CUDA."),
+    batch_layers: bool = typer.Option(False, "--batch-layers", help="Invert all layers and seeds of a model in "
+                                      "one staged batch per step (speed only; the same results up to rounding)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a comparison of other models already in --out."),
 ) -> None:
     """Learning, forgetting, cka divergence and InvarianceFlow of two models, layer by layer.
@@ -143,7 +145,7 @@ def compare_cmd(
     pool = image_pool(ds, images, seeds)  # enough for every seed to draw its own images (capped by the split)
     progress.stage(f"comparing on {images} images of {data} x {seeds} seed(s), {steps} inversion steps")
     cache = None if no_cache else (cache_dir if cache_dir is not None else True)
-    with inversion.runtime(compile=compile_):
+    with inversion.runtime(compile=compile_, batch_layers=batch_layers):
         result = compare(
             pt, ft, pool.images, processes=processes, threads=threads, layers=layer_list, seeds=seeds, n_images=images,
             steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased, first_term=first_term,

@@ -32,7 +32,7 @@ from ftlens.invariance.plan import Plan, plan_inversions
 from ftlens.invariance.result import Comparison, build_comparison, inversion_table, model_info
 from ftlens.invariance.run import Executor, run_plan
 from ftlens.invariance.score import BOOTSTRAP_COLUMNS, FINETUNED, PRETRAINED, cka_table, score
-from ftlens.inversion import InversionSettings, schedule_fields
+from ftlens.inversion import InversionSettings, runtime, schedule_fields
 from ftlens.layers import layer_numbers
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
@@ -94,6 +94,7 @@ def compare(
     confidence: float = PAPER.confidence,
     residual_threshold: float = PAPER.residual_threshold,
     schedule: str | Mapping[str, Any] | None = None,
+    batch_layers: bool | None = None,
 ) -> Comparison | None:
     """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` vs ``pretrained``.
 
@@ -134,6 +135,9 @@ def compare(
         confidence: level of the intervals (0.95).
         residual_threshold: a layer whose inversions end with a larger mean relative residual
             is marked ``converged = False``.
+        batch_layers: run each model's inversions (all layers and seeds) in one staged batch
+            per step (:mod:`ftlens.inversion.batched`; speed only, same results up to rounding,
+            not in the cache key); default: the current :func:`ftlens.inversion.runtime`'s (off).
 
     Returns:
         a :class:`~ftlens.invariance.result.Comparison` (``None`` on ranks other than 0 under a
@@ -161,7 +165,8 @@ def compare(
         step_size=step_size, start=start, autocast=autocast, device=device, schedule=fields)
     store = resolve_cache(cache)
     t_plan = time.perf_counter()
-    done = executor.run(plan, images, cache=store, batch_size=batch_size, progress=progress)
+    with runtime(**({} if batch_layers is None else {"batch_layers": bool(batch_layers)})):
+        done = executor.run(plan, images, cache=store, batch_size=batch_size, progress=progress)
     if done is None:  # a rank other than 0: its share is in the cache, rank 0 scores
         return None
     invs = done.inversions

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 import torch
 
 from ftlens.invariance.plan import Plan, WorkItem
-from ftlens.inversion import Inversion, cached_inversion
+from ftlens.inversion import Inversion, cached_inversion, current_runtime
+from ftlens.inversion.batched import Job
+from ftlens.inversion.cached import cached_inversions
 from ftlens.models import ModelWrapper
 from ftlens.progress import enabled as progress_enabled
 from ftlens.progress import make_progress
@@ -116,6 +118,9 @@ def run_plan(
     reporter = _Reporter(progress, len(unique))
     out: dict[str, Inversion] = {}
     try:
+        if current_runtime().batch_layers:
+            out.update(_run_batched(plan, unique, images, store, batch_size, reporter))
+            unique = [item for item in unique if item.key not in out]  # models that cannot be staged
         for item in unique:
             callback = reporter.start_item(item, plan.settings.steps)
             inv = run_item(plan, item, images, cache=store, batch_size=batch_size, progress=callback or False)
@@ -123,6 +128,24 @@ def run_plan(
             out[item.key] = inv
     finally:
         reporter.close()
+    return out
+
+
+def _run_batched(plan: Plan, items: Sequence[WorkItem], images: torch.Tensor, store: Cache | None,
+                 batch_size: int | None, reporter: _Reporter) -> dict[str, Inversion]:
+    """The items of each reference model in one staged batch per step (``runtime(batch_layers=True)``,
+    :func:`ftlens.inversion.cached.cached_inversions`); a model that cannot be staged is left out."""
+    out: dict[str, Inversion] = {}
+    for reference in dict.fromkeys(item.reference for item in items):
+        group = [item for item in items if item.reference == reference]
+        jobs = [Job(item.layer, item.seed, plan.sample(images, item.seed)) for item in group]
+        invs = cached_inversions(plan.references[reference], jobs, plan.settings, cache=store,
+                                 images_hashes=[plan.sample_hashes[item.seed] for item in group],
+                                 batch_size=batch_size, device=plan.device)
+        for item, inv in zip(group, invs or [], strict=False):
+            inv.extra["key"] = item.key
+            reporter.end_item(inv)
+            out[item.key] = inv
     return out
 
 

@@ -182,17 +182,36 @@ def invert_many(
     step_size: float = PAPER.step_size,
     start: str = PAPER.start,
     seed: int = 0,
+    *,
+    batch_layers: bool | None = None,
     **kwargs: Any,
 ) -> dict[str, Inversion]:
     """:func:`invert` for each of ``layers`` (default: ``model.layers``) -> ``{layer: Inversion}``.
 
-    Each layer gets its own inversion (same starts for the same seed).
+    Each layer gets its own inversion (same starts for the same seed). ``batch_layers`` (default:
+    the current :class:`Runtime`'s) runs them in one staged batch per step
+    (:mod:`ftlens.inversion.batched`; the same results up to rounding) where the model allows.
     """
-    return {
-        layer: invert(model, layer, images, steps, step_size, start, seed, **kwargs)
-        for layer in model.resolve_layers(layers)
-    }
+    layer_list = model.resolve_layers(layers)
+    if current_runtime().batch_layers if batch_layers is None else batch_layers:
+        from ftlens.inversion.batched import Job, invert_jobs
 
+        settings = InversionSettings(steps=steps, step_size=step_size, start=start,
+                                     autocast=None if kwargs.get("autocast") is None else str(kwargs["autocast"]),
+                                     **schedule_fields(kwargs.get("schedule")))
+        model.check_images(images)
+        n = int(images.shape[0])
+        callback, close = _progress_callback(kwargs.get("progress"), f"invert {model.name} {len(layer_list)} layers",
+                                             (steps + 1) * n * len(layer_list), steps)
+        try:
+            done = invert_jobs(model, [Job(layer, int(seed), images) for layer in layer_list], settings,
+                               batch_size=kwargs.get("batch_size"), device=kwargs.get("device"), progress=callback)
+        finally:
+            if close is not None:
+                close()
+        if done is not None:
+            return {inv.layer: inv for inv in done}
+    return {layer: invert(model, layer, images, steps, step_size, start, seed, **kwargs) for layer in layer_list}
 
 
 def _progress_callback(

@@ -13,7 +13,7 @@ from ftlens.inversion.result import Inversion
 from ftlens.inversion.settings import SCHEDULE_PRESETS, InversionSettings
 from ftlens.settings import PAPER
 
-__all__ = ["CODE_VERSION", "cached_inversion", "inversion_key"]
+__all__ = ["CODE_VERSION", "cached_inversion", "cached_inversions", "inversion_key"]
 
 #: Version of the code that produces cached inversions; bump it when the algorithm's output changes.
 CODE_VERSION = "inversion-2"
@@ -169,3 +169,65 @@ def cached_inversion(
     inv = computed[0] if computed else _inversion_from_entry(tensors, meta)
     inv.extra["key"] = key
     return inv
+
+
+def cached_inversions(
+    model,
+    jobs,
+    settings: InversionSettings,
+    *,
+    cache=True,
+    images_hashes=None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> list[Inversion] | None:
+    """:func:`cached_inversion` for several :class:`~ftlens.inversion.batched.Job` of one model at once.
+
+    The jobs found in ``cache`` are read; the missing ones are computed together in one staged
+    batch per step (:func:`~ftlens.inversion.batched.invert_jobs`) and stored, each under its own
+    key (the same keys as :func:`cached_inversion`: batching is not part of them). Returns
+    ``None`` (nothing computed or read) when the model's layers cannot be staged: the caller
+    then runs :func:`cached_inversion` per job. ``images_hashes[i]`` saves hashing job ``i``'s
+    images again.
+    """
+    from ftlens.inversion.batched import invert_jobs, stageable
+    from ftlens.store import canonical_json, resolve_cache, tensor_hash
+
+    jobs = list(jobs)
+    layers = model.resolve_layers(list(dict.fromkeys(job.layer for job in jobs)))
+    if not stageable(model, layers):
+        return None
+    store = resolve_cache(cache)
+    dev = torch.device(device) if device is not None else model.device
+    results: list[Inversion | None] = [None] * len(jobs)
+    keys: list[tuple[str, dict[str, Any]] | None] = [None] * len(jobs)
+    for i, job in enumerate(jobs):
+        model.check_images(job.images)
+        if store is None:
+            continue
+        digest = images_hashes[i] if images_hashes is not None else tensor_hash(job.images)
+        keys[i] = inversion_key(model, job.layer, digest, job.seed, settings, dev)
+        found = store.get(keys[i][0])
+        if found is not None and _entry_problem(tuple(job.images.shape), settings.steps)(*found) is None:
+            results[i] = _inversion_from_entry(*found)
+    missing = [i for i, inv in enumerate(results) if inv is None]
+    if missing:
+        computed = invert_jobs(model, [jobs[i] for i in missing], settings, batch_size=batch_size, device=dev)
+        if computed is None:  # cannot happen for a subset of a stageable set; the per-job path then
+            computed = [_invert(model, jobs[i].layer, jobs[i].images, settings, jobs[i].seed, batch_size=batch_size,
+                                device=dev) for i in missing]
+        for i, inv in zip(missing, computed, strict=True):
+            results[i] = inv
+            if store is None:
+                continue
+            key, content = keys[i]
+            tensors, meta = _inversion_to_entry(inv)
+            meta["key_content"] = canonical_json(content)
+            got_t, got_m, from_cache = store.compute(key, lambda t=tensors, m=meta: (t, m),
+                                                      check=_entry_problem(tuple(jobs[i].images.shape), settings.steps))
+            if from_cache:  # another process stored it meanwhile: use theirs, as cached_inversion does
+                results[i] = _inversion_from_entry(got_t, got_m)
+    for inv, k in zip(results, keys, strict=True):
+        if k is not None:
+            inv.extra["key"] = k[0]
+    return results  # type: ignore[return-value]

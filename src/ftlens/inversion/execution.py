@@ -97,12 +97,18 @@ class Runtime:
             format during an inversion (the module's 4-d weights and the images; restored after).
             Off by default; on this CPU it made EfficientNet-Lite0 inversions 1.4-2.2x faster at
             most layers (BENCHMARKS.md, ``bench_kernels.py``). ViTs are left alone.
+        batch_layers: run the inversions of several layers (and seeds) of one model in one
+            staged forward and backward per step (:mod:`ftlens.inversion.batched`; used by
+            :func:`~ftlens.inversion.invert_many` and ``compare``); results equal the per-layer
+            path up to rounding. Models whose layers are not a sequence of stages fall back to
+            the per-layer path. Uses the eager forward (not ``compile``). Off by default.
     """
 
     compile: bool | str = False
     memory_fraction: float = 0.8
     max_batch_size: int = 4096
     channels_last: bool = False
+    batch_layers: bool = False
 
     def __post_init__(self) -> None:
         if not (0.0 < float(self.memory_fraction) <= 1.0):
