@@ -153,3 +153,21 @@ def test_batching_computes_only_the_layers_missing_from_the_cache(vit, tmp_path)
     x = pool[full.config["samples"]["0"]]
     again = cached_inversion(vit, "blocks.3", x, seed=0, settings=InversionSettings(steps=4), cache=tmp_path)
     assert again.cached
+
+
+def test_cli_batch_layers_gives_the_same_comparison(tmp_path):
+    from typer.testing import CliRunner
+
+    from ftlens.cli import app
+    from ftlens.invariance import load_comparison
+
+    args = ["compare", "--pretrained", "ftlens:vit-micro", "--finetuned", "ftlens:vit-tiny-16", "--data", "digits",
+            "--images", "8", "--seeds", "1", "--steps", "3", "--no-cache", "--no-plots"]
+    runner = CliRunner()
+    for out, extra in (("plain", []), ("batched", ["--batch-layers"])):
+        torch.manual_seed(0)  # the presets' random weights come from the global generator
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / out), *extra])
+        assert result.exit_code == 0, result.output
+    plain, batched = load_comparison(tmp_path / "plain"), load_comparison(tmp_path / "batched")
+    assert len(plain.stir) == len(batched.stir) > 0
+    assert (plain.stir["stir"] - batched.stir["stir"]).abs().max() <= 1e-5

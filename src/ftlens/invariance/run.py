@@ -39,10 +39,10 @@ class _Reporter:
             self.bar.start()
             self.overall = self.bar.add_task("inversions", total=total, info="")
 
-    def start_item(self, item: WorkItem, steps: int):
+    def start_item(self, item: WorkItem | str, steps: int):
         if self.bar is None:
             return None
-        task = self.bar.add_task(f"  {item.describe()}", total=steps + 1, info="")
+        task = self.bar.add_task(f"  {item if isinstance(item, str) else item.describe()}", total=steps + 1, info="")
         every = max(1, (steps + 1) // 10)
         state = {"calls": 0, "task": task}
         bar = self.bar
@@ -139,9 +139,10 @@ def _run_batched(plan: Plan, items: Sequence[WorkItem], images: torch.Tensor, st
     for reference in dict.fromkeys(item.reference for item in items):
         group = [item for item in items if item.reference == reference]
         jobs = [Job(item.layer, item.seed, plan.sample(images, item.seed)) for item in group]
+        callback = reporter.start_item(f"{reference}: {len(group)} inversions in one batch", plan.settings.steps)
         invs = cached_inversions(plan.references[reference], jobs, plan.settings, cache=store,
                                  images_hashes=[plan.sample_hashes[item.seed] for item in group],
-                                 batch_size=batch_size, device=plan.device)
+                                 batch_size=batch_size, device=plan.device, progress=callback)
         for item, inv in zip(group, invs or [], strict=False):
             inv.extra["key"] = item.key
             reporter.end_item(inv)

@@ -67,9 +67,23 @@ GPU path (same code as the CPU path; the knobs change speed, and results only by
   resets the peak statistics) and takes the largest batch that fits ``memory_fraction`` of the
   free memory (``torch.cuda.mem_get_info``), balanced so that every batch has about the same
   size. An explicit ``batch_size`` overrides it. On the CPU the default stays 256.
+- :attr:`Runtime.batch_layers` (``runtime(batch_layers=True)``, ``compare(batch_layers=True)``,
+  ``--batch-layers``): the inversions of all layers and seeds of one model run in one staged
+  forward and backward per step (:mod:`ftlens.inversion.batched`: the batch shrinks with depth;
+  per-image state as in the per-layer path, so the same results up to rounding); only the
+  inversions missing from the cache are batched; models whose layers are not a sequence of
+  stages fall back to the per-layer path. Off by default.
 - CPU threads: the inner loop uses ``torch.get_num_threads()`` intra-op threads (set them with
   ``torch.set_num_threads`` or ``--threads``); processes started by ``--processes N`` get
   ``cpu_count // N`` each (:mod:`ftlens.distributed`).
+
+The package, in the order data flows: :mod:`~ftlens.inversion.settings` (:class:`InversionSettings`,
+the schedules), :mod:`~ftlens.inversion.starts` (``X'_0``), :mod:`~ftlens.inversion.loop` (one
+batch: the fixed and the adaptive loop), :mod:`~ftlens.inversion.execution` (:class:`Runtime`,
+TF32, compile, channels-last, the batch size from memory), :mod:`~ftlens.inversion.api`
+(:func:`invert`, :func:`invert_many`), :mod:`~ftlens.inversion.batched` (several layers and seeds
+in one staged batch), :mod:`~ftlens.inversion.cached` (cache keys and the cached inversion);
+:mod:`~ftlens.inversion.result` holds the :class:`Inversion` they return.
 """
 
 from ftlens.inversion.api import _invert, _progress_callback, invert, invert_many  # noqa: F401
@@ -79,6 +93,7 @@ from ftlens.inversion.cached import (  # noqa: F401
     _inversion_from_entry,
     _inversion_to_entry,
     cached_inversion,
+    cached_inversions,
     inversion_key,
 )
 from ftlens.inversion.execution import (  # noqa: F401

@@ -29,14 +29,16 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from ftlens.errors import NumericalError
+from ftlens.errors import ConfigError, NumericalError
 from ftlens.inversion import loop
 from ftlens.inversion.execution import (
     DEFAULT_BATCH_SIZE,
     _channels_last,
     _eval_mode,
+    auto_batch_size,
     current_runtime,
 )
 from ftlens.inversion.loop import _TINY, ProgressFn, _layer_rep
@@ -166,8 +168,9 @@ def invert_jobs(
     Returns one :class:`Inversion` per job (as :func:`ftlens.inversion.invert` for its layer,
     images and seed, up to rounding), or ``None`` when the layers cannot be staged
     (:func:`stageable`): the caller then runs them one by one. ``batch_size`` is the number of
-    images *per job* in one batch (default 256; rows per batch = jobs x images); the images of
-    every job are taken in the same chunks. ``seconds`` of each result is the batch's wall time
+    images *per job* in one batch (rows per batch = jobs x images; default: 256 on the CPU, on
+    CUDA the deepest layer's automatic batch size scaled down by the batch's total depth); the
+    images of every job are taken in the same chunks. ``seconds`` of each result is the batch's wall time
     split evenly over the jobs. ``progress(done, total, mean_residual)`` counts image-iterates.
     """
     t0 = time.perf_counter()
@@ -180,11 +183,20 @@ def invert_jobs(
         return None
     for j in jobs:
         model.check_images(j.images)
+        if not isinstance(j.seed, (int, np.integer)) or j.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {j.seed!r}")
+        if j.images.shape[0] == 0:
+            raise ConfigError("invert needs at least one image")
     # rows sorted by layer depth (stable: the given order of seeds within a layer)
     order = sorted(range(len(jobs)), key=lambda i: layers.index(jobs[i].layer))
     depth = [layers.index(jobs[i].layer) for i in order]
     sizes = [int(jobs[i].images.shape[0]) for i in order]
-    bs = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    if batch_size is None:
+        bs = _images_per_job(model, layers, [jobs[i].layer for i in order], max(sizes), device, settings)
+    else:
+        bs = int(batch_size)
+    if bs < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     amp_dtype = _autocast_dtype(settings.effective_autocast(device))
     steps = settings.steps
     n_jobs = len(order)
@@ -238,6 +250,21 @@ def invert_jobs(
             extra={"batch_size": bs, "compile": None, "image_steps": int(image_steps[p]), "batched_layers": len(layers)},
         )
     return results  # type: ignore[return-value]
+
+
+def _images_per_job(model: ModelWrapper, layers: list[str], job_layers: list[str], n: int, device: torch.device,
+                    settings: InversionSettings) -> int:
+    """Images per job in one staged batch. CPU: 256, as for one inversion (rows = jobs x images).
+    CUDA: what one inversion of the deepest layer may take (:func:`auto_batch_size`), scaled by
+    its cost over the batch's (a layer's cost ~ how far into the forward it ends, from the trace)."""
+    if device.type != "cuda":
+        return min(n, DEFAULT_BATCH_SIZE)
+    deepest = layers[-1]
+    alone = auto_batch_size(model, deepest, n, device=device,
+                            autocast=_autocast_dtype(settings.effective_autocast(device)))
+    trace = model.trace
+    cost = {layer: trace.ends[model._target(layer)[0]] for layer in layers}
+    return max(1, min(n, int(alone * cost[deepest] / sum(cost[layer] for layer in job_layers))))
 
 
 def _split_reps(reps: list[torch.Tensor], depths: Sequence[int], rows: Sequence[int]) -> list[torch.Tensor]:

@@ -180,6 +180,7 @@ def cached_inversions(
     images_hashes=None,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
+    progress=None,
 ) -> list[Inversion] | None:
     """:func:`cached_inversion` for several :class:`~ftlens.inversion.batched.Job` of one model at once.
 
@@ -188,7 +189,7 @@ def cached_inversions(
     key (the same keys as :func:`cached_inversion`: batching is not part of them). Returns
     ``None`` (nothing computed or read) when the model's layers cannot be staged: the caller
     then runs :func:`cached_inversion` per job. ``images_hashes[i]`` saves hashing job ``i``'s
-    images again.
+    images again; ``progress(done, total, mean_residual)`` follows the batch.
     """
     from ftlens.inversion.batched import invert_jobs, stageable
     from ftlens.store import canonical_json, resolve_cache, tensor_hash
@@ -212,7 +213,8 @@ def cached_inversions(
             results[i] = _inversion_from_entry(*found)
     missing = [i for i, inv in enumerate(results) if inv is None]
     if missing:
-        computed = invert_jobs(model, [jobs[i] for i in missing], settings, batch_size=batch_size, device=dev)
+        computed = invert_jobs(model, [jobs[i] for i in missing], settings, batch_size=batch_size, device=dev,
+                               progress=progress)
         if computed is None:  # cannot happen for a subset of a stageable set; the per-job path then
             computed = [_invert(model, jobs[i].layer, jobs[i].images, settings, jobs[i].seed, batch_size=batch_size,
                                 device=dev) for i in missing]
