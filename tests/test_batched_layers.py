@@ -76,6 +76,17 @@ def test_batched_equals_per_layer_for_every_layer_and_seed(name, family, vit, re
         assert stopped > 0  # the test exercises the shrinking batch
 
 
+def test_a_layer_without_rows_in_a_batch_is_passed_through(vit):
+    """Jobs of different sizes: the second chunk has no row of the shallow layer (and, with early
+    stopping, whole layers run out of rows): the deeper rows still go through its block."""
+    small, large = _pool(2, 16, 16), _pool(5, 16, 17)
+    settings = InversionSettings(steps=12, stop_residual=0.9, patience=1, min_improvement=0.2)
+    jobs = [Job("blocks.0", 0, small), Job("blocks.1", 0, large), Job("blocks.3", 1, large)]
+    got = invert_jobs(vit, jobs, settings, batch_size=3)
+    for job, inv in zip(jobs, got, strict=True):
+        _assert_same(inv, invert(vit, job.layer, job.images, 12, seed=job.seed, schedule=settings))
+
+
 def test_invert_many_uses_the_runtime_option(vit):
     x = _pool(6, 16, 12)
     ref = invert_many(vit, None, x, steps=4, seed=2)

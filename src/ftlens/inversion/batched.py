@@ -85,6 +85,8 @@ def _staged_forward(model: ModelWrapper, x: torch.Tensor, layers: Sequence[str],
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"layer {layer!r} returns {type(out).__name__}, not a tensor")
             c = counts[k]
+            if c == 0:  # no rows of this layer (all stopped, or none in this chunk): pass on
+                return None
             reps[k] = model._reduce(layer, out[:c])
             return out[c:]
 
