@@ -62,7 +62,7 @@ def _jobs(model, images: int, seeds: int):
             for seed in range(seeds) for layer in model.layers]
 
 
-def _runner(model, jobs, settings, device: str, how: str, batch_size: int | None):
+def _runner(model, jobs, settings, device: str, how: str, batch_size: int | None, batched_size: int | None = None):
     from ftlens.inversion import invert
     from ftlens.inversion.batched import invert_jobs
 
@@ -71,7 +71,8 @@ def _runner(model, jobs, settings, device: str, how: str, batch_size: int | None
                        batch_size=batch_size) for j in jobs]
 
     def batched():
-        out = invert_jobs(model, jobs, settings, device=device, batch_size=batch_size)
+        out = invert_jobs(model, jobs, settings, device=device,
+                          batch_size=batch_size if batched_size is None else batched_size)
         if out is None:
             raise RuntimeError(f"{model.name}: layers cannot be staged")
         return out
@@ -101,7 +102,7 @@ def _cpu_peak(args, key: str, schedule: str, how: str, queue) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     _, model = _load(key, "cpu")
     jobs = _jobs(model, args.images, args.seeds)
-    fn = _runner(model, jobs, _settings(schedule, args.steps), "cpu", how, args.batch_size)
+    fn = _runner(model, jobs, _settings(schedule, args.steps), "cpu", how, args.batch_size, args.batched_batch_size)
     start = _rss()
     peak = [start]
     done = threading.Event()
@@ -130,6 +131,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None, help="images per (layer, seed) per batch")
+    p.add_argument("--batched-batch-size", type=int, default=None,
+                   help="images per (layer, seed) per staged batch of the batched path only (default: --batch-size)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--schedules", nargs="+", default=["fixed", "adaptive"], choices=["fixed", "adaptive"])
     p.add_argument("--no-memory", action="store_true", help="skip the CPU peak-memory processes")
@@ -139,7 +142,8 @@ def main() -> None:
     dev = args.device
     out: dict = {"benchmark": "bench_layers", "device": dev, "torch_threads": torch.get_num_threads(),
                  "torch": torch.__version__, "platform": platform.platform(), "images": args.images,
-                 "steps": args.steps, "seeds": args.seeds, "results": []}
+                 "steps": args.steps, "seeds": args.seeds, "batch_size": args.batch_size,
+                 "batched_batch_size": args.batched_batch_size, "results": []}
     if dev.startswith("cuda"):
         out["gpu"] = torch.cuda.get_device_name()
     for key in args.models:
@@ -147,7 +151,8 @@ def main() -> None:
         jobs = _jobs(model, args.images, args.seeds)
         for schedule in args.schedules:
             settings = _settings(schedule, args.steps)
-            fns = {how: _runner(model, jobs, settings, dev, how, args.batch_size) for how in ("per_layer", "batched")}
+            fns = {how: _runner(model, jobs, settings, dev, how, args.batch_size, args.batched_batch_size)
+                   for how in ("per_layer", "batched")}
             results = {how: fn() for how, fn in fns.items()}  # warm-up, and the agreement
             best = {how: float("inf") for how in fns}
             for _ in range(args.repeat):
