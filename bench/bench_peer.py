@@ -16,12 +16,17 @@ Measured in one process, on the same models, images and steps, printed as one JS
    layer1_num=j, layer2_num=i)`` call per layer pair, each running two full-depth inversions
    (their ``AttackerModel``, ``UnconstrainedStep``, ``use_best``, step size 0.5, ``iterations =
    steps``) and giving ``STIR(ft^[i] | pt^[j])`` and ``STIR(pt^[j] | ft^[i])``. All ``L^2``
-   calls take about 17 minutes at the defaults, so ``--pairs K`` times ``K`` random pairs and
-   extrapolates to ``L^2`` (every call costs the same: full-depth forwards; the JSON says
-   ``"extrapolated": true``); ``--pairs 0`` runs them all.
+   calls take about 10 minutes at the defaults, so ``--pairs K`` times ``K`` random pairs and
+   extrapolates to ``L^2`` by FLOPs (a call runs full-depth forwards, but its backward goes down
+   from its two layers, so deep pairs cost more: the measured time is scaled by the FLOPs of all
+   pairs over those of the sampled ones; the JSON says ``"extrapolated": true`` and also gives
+   the uniform extrapolation); ``--pairs 0`` runs them all.
 3. ``speedup``: extrapolated peer time / ftlens time, and the largest difference between the
    two packages' STIR values on the sampled pairs (different start noise draws: the peer draws
    from torch's global generator, so agreement is statistical, not bitwise).
+4. ``flops``: the useful FLOPs of both pipelines (``FlopCounterMode``; ftlens' from the
+   image-steps its inversions took). ``flop_ratio`` is the speed-up at equal FLOP rates (the
+   algorithm's share); ``per_flop_advantage = speedup / flop_ratio`` is the rest.
 
 The peer hard-codes ``cuda:N`` device strings; :func:`_cpu_shim` maps tensor and module moves
 to ``cuda`` onto the CPU while the peer runs (bench only; nothing in ``ftlens`` imports ``stir``).
@@ -234,7 +239,13 @@ def main() -> None:
     for i, j in pairs:
         peer_values.append(_peer_call(pt, ft, x, i, j, args.steps, args.step_size, args.seed))
     peer_s = time.perf_counter() - t0
-    peer_full = peer_s * L * L / len(pairs) if pairs else float("nan")
+    ours_k, peer_k = _flops(pt, x[:1])
+    # a call's cost grows with the depths of its two layers: extrapolate by the FLOPs of the sampled
+    # pairs against those of all pairs (the uniform extrapolation is kept for reference)
+    all_pairs = [peer_k[i] + peer_k[j] for i in range(L) for j in range(L)]
+    sampled = sum(peer_k[i] + peer_k[j] for i, j in pairs)
+    peer_full = peer_s * sum(all_pairs) / sampled if pairs else float("nan")
+    peer_uniform = peer_s * L * L / len(pairs) if pairs else float("nan")
 
     out = {
         "benchmark": "bench_peer",
@@ -244,15 +255,15 @@ def main() -> None:
         "peer": {
             "package": "stir-invariance", "calls_timed": len(pairs), "pairs": pairs,
             "seconds_measured": peer_s, "seconds_per_call": peer_s / max(1, len(pairs)),
-            "seconds_all_pairs": peer_full, "extrapolated": len(pairs) < L * L,
+            "seconds_all_pairs": peer_full, "seconds_all_pairs_uniform": peer_uniform,
+            "extrapolated": len(pairs) < L * L,
             "full_depth_inversions_all_pairs": 2 * L * L,
         },
         "ftlens": {},
     }
-    ours_k, peer_k = _flops(pt, x[:1])
     index = {name: k for k, name in enumerate(pt.layers)}
     # the peer evaluates steps + 1 iterates per image of every inversion (it has no early stop)
-    peer_flops = sum(peer_k[i] + peer_k[j] for i in range(L) for j in range(L)) * (args.steps + 1) * len(x)
+    peer_flops = sum(all_pairs) * (args.steps + 1) * len(x)
     out["flops"] = {"peer_all_pairs": peer_flops, "ftlens_per_image_step": ours_k, "peer_per_image_step": peer_k,
                     "note": "useful FLOPs (FlopCounterMode): the peer's for all pairs; ftlens' from the image-steps "
                             "each of its inversions took. flop_ratio = peer / ftlens, the speed-up at equal FLOP "
