@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_compare.py
 	$(PY) bench/bench_peer.py
 	$(PY) bench/bench_kernels.py
+	$(PY) bench/bench_layers.py --threads 1
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
