@@ -317,8 +317,6 @@ def _invert_rows(model, layers, depths, counts, x_true, x0, settings, amp_dtype,
     best_hist = torch.zeros((n_q, steps + 1), device=device)
     first_bad = torch.full((n_q,), -1, dtype=torch.long, device=device)
     fixed = not settings.adaptive
-    decay = settings.schedule == "adaptive"
-    max_size = settings.max_step_size or 8.0 * settings.step_size
     active = torch.arange(b, device=device)
     active_job = job_of_row
     rows = list(counts)  # active rows per job (host side)
@@ -326,8 +324,6 @@ def _invert_rows(model, layers, depths, counts, x_true, x0, settings, amp_dtype,
     stale = torch.zeros(b, dtype=torch.long, device=device)
     frozen = torch.zeros(n_q, device=device)
     image_steps = torch.zeros(n_q, dtype=torch.long, device=device)
-    patience = settings.patience
-    keep_factor = 1.0 - settings.min_improvement
     t = 0
     for t in range(steps + 1):
         last = t == steps
@@ -369,16 +365,9 @@ def _invert_rows(model, layers, depths, counts, x_true, x0, settings, amp_dtype,
         if fixed:
             x.addcdiv_(grad, grad_norm.view(view), value=-settings.step_size).clamp_(0.0, 1.0)
             continue
-        if decay and t:
-            size = torch.where(improved, (size * settings.grow).clamp_max(max_size), size * settings.decay)
+        size = loop._next_step_length(settings, size, improved, t)
         x.addcmul_(grad, (size / grad_norm).view(view), value=-1.0).clamp_(0.0, 1.0)
-        done = None
-        if patience is not None:
-            stale = torch.where(r < prev * keep_factor, 0, stale + 1)
-            done = stale >= patience
-        if settings.stop_residual is not None:
-            reached = new_best <= settings.stop_residual
-            done = reached if done is None else done | reached
+        done, stale = loop._stopping(settings, r, prev, new_best, stale)
         if done is not None and bool(done.any()):  # one host sync per step, as in the per-layer loop
             keep = ~done
             frozen = frozen.index_add(0, active_job[done], new_best[done])

@@ -144,6 +144,32 @@ def _loop_state(x0: torch.Tensor, steps: int, device: torch.device):
 
 
 
+def _next_step_length(settings: InversionSettings, size: torch.Tensor, improved: torch.Tensor,
+                      t: int) -> torch.Tensor:
+    """The adaptive schedule's per-row step length after evaluation ``t``: times ``grow`` (capped at
+    ``max_step_size``, default ``8 * step_size``) where the best residual fell, times ``decay``
+    where it did not; unchanged at ``t = 0`` and without the adaptive schedule (early stop only)."""
+    if settings.schedule != "adaptive" or not t:
+        return size
+    max_size = settings.max_step_size or 8.0 * settings.step_size
+    return torch.where(improved, (size * settings.grow).clamp_max(max_size), size * settings.decay)
+
+
+def _stopping(settings: InversionSettings, r: torch.Tensor, prev: torch.Tensor, new_best: torch.Tensor,
+              stale: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(done, stale)`` per row: ``stale`` counts evaluations without a relative improvement of
+    ``min_improvement``; a row is done when it reaches ``patience`` or its best residual reaches
+    ``stop_residual`` (``done`` is None when neither rule is on)."""
+    done = None
+    if settings.patience is not None:
+        stale = torch.where(r < prev * (1.0 - settings.min_improvement), 0, stale + 1)
+        done = stale >= settings.patience
+    if settings.stop_residual is not None:
+        reached = new_best <= settings.stop_residual
+        done = reached if done is None else done | reached
+    return done, stale
+
+
 def _invert_batch_adaptive(
     model: ModelWrapper,
     layer: str,
@@ -167,8 +193,6 @@ def _invert_batch_adaptive(
     device = x_true.device
     b = x_true.shape[0]
     steps = settings.steps
-    decay = settings.schedule == "adaptive"
-    max_size = settings.max_step_size or 8.0 * settings.step_size
     target, target_norm = _target(model, layer, x_true, amp_dtype, forward)
 
     x, best_x, best, history, best_history, first_bad = _loop_state(x0, steps, device)
@@ -176,8 +200,6 @@ def _invert_batch_adaptive(
     size = torch.full((b,), settings.step_size, device=device)  # step length of the running rows
     stale = torch.zeros(b, dtype=torch.long, device=device)  # evaluations without improvement
     frozen = torch.zeros((), device=device)  # sum of the best residuals of stopped images
-    patience = settings.patience
-    keep_factor = 1.0 - settings.min_improvement
     image_steps = 0
     t = 0
     for t in range(steps + 1):
@@ -207,18 +229,10 @@ def _invert_batch_adaptive(
             break
         (grad,) = torch.autograd.grad(residual.sum(), x)
         grad_norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
-        if decay and t:
-            size = torch.where(improved, (size * settings.grow).clamp_max(max_size), size * settings.decay)
+        size = _next_step_length(settings, size, improved, t)
         x = x.detach()
         x.addcmul_(grad, (size / grad_norm).view(view), value=-1.0).clamp_(0.0, 1.0)
-        # early stop: the count of evaluations without a relative improvement, the threshold
-        done = None
-        if patience is not None:
-            stale = torch.where(r < prev * keep_factor, 0, stale + 1)
-            done = stale >= patience
-        if settings.stop_residual is not None:
-            reached = new_best <= settings.stop_residual
-            done = reached if done is None else done | reached
+        done, stale = _stopping(settings, r, prev, new_best, stale)
         if done is not None and bool(done.any()):  # a host sync per step, only with early stopping
             keep = ~done
             frozen = frozen + new_best[done].sum()
