@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -35,7 +36,7 @@ from ftlens import (  # models.load_model, data.get_dataset: looked up when call
     progress,
 )
 from ftlens.analysis.correlation import correlation_table
-from ftlens.analysis.distortion import feature_distortion
+from ftlens.analysis.distortion import feature_distortion, write_examples
 from ftlens.analysis.dynamics import corrupted_accuracy, dynamics, read_dynamics, run_metrics
 from ftlens.checks import check_experiment, check_writable_dir, read_yaml
 from ftlens.data.base import float_to_uint8, uint8_to_float
@@ -325,17 +326,21 @@ class Experiment:
         if not names:
             return
         pt = self.load_pretrained()
-        splits = self._distortion_splits(pt)
-        frames = []
+        splits, sources = self._distortion_splits(pt)
+        frames, per_example = [], {}
         for name in names:
             ft = models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
-            df = feature_distortion(pt, ft, splits, layers=list(pt.layers) + ["pre_logits"],
-                                    device=None if self.config.device == "cpu" else self.config.device)
+            df, values = feature_distortion(pt, ft, splits, layers=list(pt.layers) + ["pre_logits"],
+                                            device=None if self.config.device == "cpu" else self.config.device,
+                                            examples=True)
             df.insert(0, "run", name)
             frames.append(df)
+            per_example.update({(name, *key): v for key, v in values.items()})
+        write_examples(self.layout.distortion_examples, per_example, sources)
         io.write_table(self.layout.distortion, pd.concat(frames, ignore_index=True).set_index("run"))
 
-    def _distortion_splits(self, pt) -> dict[str, Any]:
+    def _distortion_splits(self, pt) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``({"ID": clean images, "OOD": corrupted copies}, {split: index of the clean image of each row})``."""
         n = self.config.analysis.distortion_images
         images, _ = self._image_pool(n)
         images = images[:n]
@@ -346,7 +351,8 @@ class Experiment:
         per = max(1, n // len(ood))
 
         ood_images = torch.cat([o[:per] for o in ood])
-        return {"ID": images, "OOD": ood_images}
+        sources = {"ID": np.arange(len(images)), "OOD": np.concatenate([np.arange(len(o[:per])) for o in ood])}
+        return {"ID": images, "OOD": ood_images}, sources
 
     def stage_findings(self) -> None:
         io.write_json(self.layout.findings, compute_findings(self.out, self.config))

@@ -25,7 +25,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ftlens.analysis.distortion import energy_trend_check, energy_vs_distortion
+from ftlens.analysis.distortion import (
+    difference_interval,
+    energy_trend_check,
+    energy_vs_distortion,
+    read_examples,
+)
 from ftlens.invariance import load_comparison
 from ftlens.layers import layer_numbers
 from ftlens.layout import ExperimentLayout, resolve_roles
@@ -241,7 +246,8 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
     layout = ExperimentLayout(out)
     dist_path = layout.distortion
     if dist_path.exists():
-        findings.extend(_distortion_findings(pd.read_csv(dist_path), cfg, roles))
+        examples = read_examples(layout.distortion_examples) if layout.distortion_examples.exists() else None
+        findings.extend(_distortion_findings(pd.read_csv(dist_path), cfg, roles, examples, settings))
 
     # 7. energy left for finetuning vs feature change (Ren et al. 2023)
     if dist_path.exists():
@@ -255,34 +261,92 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
     return findings
 
 
-def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dict[str, str | None]) -> list[dict]:
+def _paired(sources: dict[str, np.ndarray], a: str, b: str) -> bool:
+    """Whether row i of splits ``a`` and ``b`` is made from the same clean image, for every i."""
+    if a not in sources or b not in sources:
+        return False
+    return bool(np.array_equal(sources[a], sources[b]))
+
+
+def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dict[str, str | None],
+                         examples: tuple[dict, dict] | None = None, settings: Settings = PAPER) -> list[dict]:
+    """Kumar et al.'s two claims from the pre-logit mean squared difference, with bootstrap intervals over images.
+
+    ``examples``: the per-example values and image sources of :func:`ftlens.analysis.distortion.read_examples`;
+    without them (results of older versions) there is one value per run and split and no interval.
+    """
     ft_name, lpft_name = roles["ft"] or "ft", roles["lp-ft"] or "lp-ft"
     pl = d[(d["layer"] == "pre_logits") & (d["measure"] == "mean_squared_difference")]
     val = {(r.run, r.split): float(r.value) for r in pl.itertuples()}
-    single = "one distortion value per run and split (no seeds or image resamples), so no interval"
+    values, sources = examples if examples is not None else ({}, {})
+    per = {(run, split): v for (run, split, layer, measure), v in values.items()
+           if layer == "pre_logits" and measure == "mean_squared_difference"}
+    single = "one distortion value per run and split (no per-image values saved; rerun the distortion stage), so no interval"
+    level, resamples = settings.confidence, settings.bootstrap
     result = []
     if (ft_name, "ID") in val and (lpft_name, "ID") in val:
         nums = {f"{run}_{split}": v for (run, split), v in val.items() if run in (ft_name, lpft_name)}
         stat = val[(ft_name, "ID")] - val[(lpft_name, "ID")]
-        reasons = [single]
+        reasons, intervals = [], {}
+        for split in ("ID", "OOD"):
+            a, b = per.get((ft_name, split)), per.get((lpft_name, split))
+            if a is not None and b is not None and len(a) == len(b):
+                diff, lo, hi = difference_interval(a, b, paired=True, level=level, resamples=resamples)
+                intervals[split] = (lo, hi)
+                nums.update({f"difference_{split}": diff, f"ci_low_{split}": lo, f"ci_high_{split}": hi,
+                             f"images_{split}": len(a)})
+        if not intervals:
+            reasons.append(single)
+        elif "OOD" not in intervals:
+            reasons.append("no OOD images with per-image values in both runs; the claim is about ID and OOD")
         differ = confounders(cfg, ft_name, lpft_name)
         if differ:
             reasons.append("the runs differ in more than the factor under test (" + "; ".join(differ) + ")")
+        interval = intervals.get("ID")
+        if reasons:
+            verdict, reason = INCONCLUSIVE, "; ".join(reasons)
+        elif all(lo > 0 for lo, _ in intervals.values()):
+            verdict, reason = HELD, None
+        elif any(hi < 0 for _, hi in intervals.values()):
+            verdict, reason = NOT_HELD, None
+        else:
+            verdict, reason = INCONCLUSIVE, "an interval contains 0 (" + "; ".join(
+                f"{split} [{lo:.4g}, {hi:.4g}]" for split, (lo, hi) in intervals.items()) + ")"
+        n = sum(int(nums.get(f"images_{split}", 0)) for split in intervals)
         result.append(_finding(
             "lpft-distorts-less", "LP-FT distorts the pretrained features less than FT, on ID and OOD data.",
             "Kumar et al. 2022",
             f"mean squared difference of pre-logit features to the pretrained model: FT minus LP-FT > 0 "
-            f"(runs '{ft_name}', '{lpft_name}'; ID and OOD)",
-            verdict=INCONCLUSIVE, statistic=stat, test="comparison of two values", n_points=2,
-            reason="; ".join(reasons), numbers={**nums, "differences": "; ".join(differ) or "none"}))
+            f"(runs '{ft_name}', '{lpft_name}') on ID and on OOD images; statistic and interval: ID, "
+            "OOD in the numbers",
+            verdict=verdict, statistic=stat, interval=interval,
+            test=(f"paired bootstrap ({level:.0%} percentile interval, {resamples} resamples) over the images, "
+                  "which both runs see: one resample of the images applies to both" if intervals else
+                  "comparison of two values"),
+            n_points=n or 2, reason=reason, numbers={**nums, "differences": "; ".join(differ) or "none"}))
     if (ft_name, "ID") in val and (ft_name, "OOD") in val:
         nums = {"ft_ID": val[(ft_name, "ID")], "ft_OOD": val[(ft_name, "OOD")]}
+        a, b = per.get((ft_name, "ID")), per.get((ft_name, "OOD"))
+        interval, n, test = None, 2, "comparison of two values"
+        if a is not None and b is not None:
+            paired = _paired(sources, "ID", "OOD") and len(a) == len(b)
+            _, lo, hi = difference_interval(a, b, paired=paired, level=level, resamples=resamples)
+            interval, n = (lo, hi), len(a) + len(b)
+            how = (f"{level:.0%} percentile interval, {resamples} resamples")
+            test = (f"paired bootstrap ({how}): each OOD image is a corrupted copy of the ID image in the "
+                    "same row, and one resample applies to both splits" if paired else
+                    f"unpaired bootstrap ({how}): the OOD images are not row-for-row copies of the ID images "
+                    "(other images, or several corruptions of some of them), so each split is resampled on "
+                    "its own")
+            verdict, reason = decide(lo, hi, direction="greater")
+        else:
+            verdict, reason = INCONCLUSIVE, single
         result.append(_finding(
             "ft-distorts-id-more",
             "FT changes features of in-distribution data more than those of OOD (corrupted) data.",
             "Kumar et al. 2022", f"pre-logit mean squared difference, run '{ft_name}': ID minus OOD > 0",
-            verdict=INCONCLUSIVE, statistic=nums["ft_ID"] - nums["ft_OOD"], test="comparison of two values",
-            n_points=2, reason=single, numbers=nums))
+            verdict=verdict, statistic=nums["ft_ID"] - nums["ft_OOD"], interval=interval, test=test,
+            n_points=n, reason=reason, numbers=nums))
     return result
 
 

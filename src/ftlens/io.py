@@ -69,6 +69,24 @@ def write_table(path: str | os.PathLike, df) -> Path:
     return path
 
 
+def write_arrays(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
+    """Write named numeric arrays as a compressed ``.npz``, atomically (read with :func:`read_arrays`)."""
+    import numpy as np
+
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    return path
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, Any]:
+    """The arrays of an ``.npz`` by name; object arrays are refused (no unpickling)."""
+    import numpy as np
+
+    with np.load(Path(path), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
 def _json_default(obj: Any) -> Any:
     import numpy as np
 

@@ -19,7 +19,8 @@ An experiment (:class:`ExperimentLayout`) nests the same result folders::
     OUT/compare/<run>/           a compare folder: the run's last epoch vs the pretrained model
     OUT/dynamics/<run>/          a dynamics folder of selected runs
     OUT/correlation/<run>.csv    the hypothesis grid against corrupted accuracy
-    OUT/distortion.csv           feature distortion per run, split, layer and measure
+    OUT/distortion.csv           feature distortion per run, split, layer and measure, with intervals
+    OUT/distortion_examples.npz  its per-image values and which clean image each row was made from
     OUT/findings.json            the papers' findings, decided from the numbers
     OUT/timings.json             wall time of each stage
     OUT/report.html              the page
@@ -87,6 +88,10 @@ class ExperimentLayout:
     @property
     def distortion(self) -> Path:
         return self.root / "distortion.csv"
+
+    @property
+    def distortion_examples(self) -> Path:
+        return self.root / "distortion_examples.npz"
 
     @property
     def findings(self) -> Path:

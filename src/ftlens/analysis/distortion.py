@@ -14,6 +14,14 @@ For identical features: 0, 0, mean ``||z0_i||^2``, mean ``||z0_i||``, 0. A zero 
 direction: cos(0, 0) is taken as 1 (identical) and cos(0, z) for z != 0 as 0 (orthogonal).
 All arithmetic is float64.
 
+Each measure is a mean over examples of a per-example value (:func:`per_example_measures`; for
+the mean squared difference the per-example value is the mean over the d features of
+``(zt_i - z0_i)^2``, which averages to the same number since every example has d features).
+Its interval is the percentile interval of the mean over a seeded bootstrap of the examples
+(:func:`bootstrap_indices`, :func:`mean_interval`); :func:`difference_interval` does the same for
+a difference of two means, paired (the same images in both: one resample applied to both) or
+unpaired (each side resampled on its own).
+
 :func:`feature_distortion` applies them per layer (and at ``pre_logits``, the features the
 head sees) to two :class:`~ftlens.models.ModelWrapper` on several image splits (ID, OOD).
 :func:`energy_vs_distortion` and :func:`energy_trend_check` test Ren et al. (2023)'s claim over an HP-FT
@@ -33,8 +41,11 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from ftlens import io
 from ftlens.errors import DistortionError, NumericalError
 from ftlens.layers import layer_numbers
+from ftlens.settings import PAPER
+from ftlens.stats import percentile_interval
 
 MEASURES: tuple[str, ...] = (
     "mean_squared_difference",
@@ -51,6 +62,8 @@ RISE_THEN_FALL: tuple[str, ...] = ("dot_product", "norm")
 """Seed 003: these first rise then fall as energy grows."""
 
 ENERGY_KEYS: tuple[str, ...] = ("train_acc", "train_loss")
+
+_KEY_SEP = "|"  # joins (run, split, layer, measure) into one array name of the saved per-example values
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -131,6 +144,60 @@ def distortion_measures(z0: Any, zt: Any) -> dict[str, float]:
     }
 
 
+def per_example_measures(z0: Any, zt: Any) -> dict[str, np.ndarray]:
+    """Every measure of :data:`MEASURES` per example: float64 (n,) vectors whose means are the measures."""
+    z0, zt = _pair(z0, zt)
+    diff = zt - z0
+    return {
+        "mean_squared_difference": (diff**2).mean(dim=1).numpy(),
+        "cosine_distance": (1.0 - cosine_similarities(z0, zt)).numpy(),
+        "dot_product": (z0 * zt).sum(dim=1).numpy(),
+        "norm": torch.linalg.vector_norm(zt, dim=1).numpy(),
+        "euclidean_distance": torch.linalg.vector_norm(diff, dim=1).numpy(),
+    }
+
+
+# ----------------------------------------------------------------------------- bootstrap over examples
+
+
+def bootstrap_indices(n: int, resamples: int = PAPER.bootstrap, seed: int = 0) -> np.ndarray:
+    """(resamples, n) int64 example indices drawn with replacement; the same for the same seed."""
+    if n < 1 or resamples < 1:
+        raise DistortionError(f"a bootstrap needs at least one example and one resample (got n={n}, "
+                              f"resamples={resamples})")
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n), dtype=np.int64)
+
+
+def mean_interval(values: Any, idx: np.ndarray, level: float = PAPER.confidence) -> tuple[float, float]:
+    """Percentile ``level`` interval of the mean of ``values`` (n,) over the resamples ``idx`` (B, n)."""
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = percentile_interval(v[idx].mean(axis=1), level)
+    return float(lo), float(hi)
+
+
+def difference_interval(a: Any, b: Any, *, paired: bool, level: float = PAPER.confidence,
+                        resamples: int = PAPER.bootstrap, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean(a) - mean(b), lo, hi)``: bootstrap percentile interval of the difference of two means.
+
+    ``paired``: element i of ``a`` and of ``b`` come from the same image (equal lengths), and one
+    resample of the images is applied to both; otherwise each side is resampled on its own.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if paired:
+        if a.shape != b.shape:
+            raise DistortionError(f"paired values differ in length ({a.shape} vs {b.shape}); pass the "
+                                  "same images to both, or paired=False")
+        lo, hi = mean_interval(a - b, bootstrap_indices(len(a), resamples, seed), level)
+        return float(a.mean() - b.mean()), lo, hi
+    rng = np.random.default_rng(seed)
+    if len(a) < 1 or len(b) < 1:
+        raise DistortionError("a difference of means needs at least one value on each side")
+    ia = rng.integers(0, len(a), size=(resamples, len(a)), dtype=np.int64)
+    ib = rng.integers(0, len(b), size=(resamples, len(b)), dtype=np.int64)
+    lo, hi = percentile_interval(a[ia].mean(axis=1) - b[ib].mean(axis=1), level)
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -149,8 +216,12 @@ def feature_distortion(
     *,
     batch_size: int = 256,
     device: str | torch.device | None = None,
-) -> pd.DataFrame:
-    """Distortion of ``finetuned``'s features from ``pretrained``'s, per split and layer.
+    level: float = PAPER.confidence,
+    resamples: int = PAPER.bootstrap,
+    seed: int = 0,
+    examples: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[tuple[str, str, str], np.ndarray]]:
+    """Distortion of ``finetuned``'s features from ``pretrained``'s, per split and layer, with intervals.
 
     Args:
         pretrained, finetuned: :class:`~ftlens.models.ModelWrapper` of the same architecture.
@@ -158,10 +229,16 @@ def feature_distortion(
             (n, C, H, W) float in [0, 1]; row i of both models' features is image i.
         layers: names or globs; default the model's layers plus ``pre_logits`` (when it has one).
         batch_size, device: passed to :meth:`ModelWrapper.representations`.
+        level, resamples, seed: the interval: percentile ``level`` interval of the mean over
+            ``resamples`` bootstrap resamples of the split's images, drawn from ``seed`` (one
+            draw per split, shared by its layers and measures).
+        examples: also return the per-example values.
 
     Returns:
-        tidy DataFrame with columns ``split, layer, layer_number, measure, value, n_images,
-        n_features`` (``layer_number``: 1-based position in the model), layers in execution order and measures in the order of :data:`MEASURES`.
+        tidy DataFrame with columns ``split, layer, layer_number, measure, value, ci_low, ci_high,
+        n_images, n_features`` (``layer_number``: 1-based position in the model), layers in
+        execution order and measures in the order of :data:`MEASURES`; with ``examples`` also
+        ``{(split, layer, measure): float64 (n_images,) per-example values}`` (their mean is ``value``).
     """
     if not isinstance(images_by_split, Mapping) or not images_by_split:
         raise DistortionError(
@@ -178,9 +255,11 @@ def feature_distortion(
         )
     number = dict(zip(wanted, layer_numbers(wanted, pretrained), strict=True))
     rows = []
+    per_example: dict[tuple[str, str, str], np.ndarray] = {}
     for split, images in images_by_split.items():
         z0 = pretrained.representations(images, wanted, batch_size=batch_size, device=device)
         zt = finetuned.representations(images, wanted, batch_size=batch_size, device=device)
+        idx = bootstrap_indices(int(images.shape[0]), resamples, seed)
         for layer in wanted:
             a, b = z0[layer], zt[layer]
             if a.shape != b.shape:
@@ -188,7 +267,10 @@ def feature_distortion(
                     f"layer {layer!r} has {a.shape[1]} features in {pretrained.name} but "
                     f"{b.shape[1]} in {finetuned.name}; compare models of the same architecture"
                 )
+            values = per_example_measures(a, b)
             for measure, value in distortion_measures(a, b).items():
+                per_example[(str(split), layer, measure)] = values[measure]
+                lo, hi = mean_interval(values[measure], idx, level)
                 rows.append(
                     {
                         "split": str(split),
@@ -196,11 +278,43 @@ def feature_distortion(
                         "layer_number": number[layer],
                         "measure": measure,
                         "value": value,
+                        "ci_low": lo,
+                        "ci_high": hi,
                         "n_images": int(a.shape[0]),
                         "n_features": int(a.shape[1]),
                     }
                 )
-    return pd.DataFrame(rows, columns=["split", "layer", "layer_number", "measure", "value", "n_images", "n_features"])
+    df = pd.DataFrame(rows, columns=["split", "layer", "layer_number", "measure", "value", "ci_low", "ci_high",
+                                     "n_images", "n_features"])
+    return (df, per_example) if examples else df
+
+
+# ----------------------------------------------------------------------------- saved per-example values
+
+
+def write_examples(path: Any, values: Mapping[tuple[str, str, str, str], np.ndarray],
+                   sources: Mapping[str, np.ndarray]) -> Any:
+    """Save per-example values ``{(run, split, layer, measure): (n,)}`` and each split's image sources.
+
+    ``sources[split][i]`` is the index of the clean (ID) image that row i of the split was made
+    from (a corrupted copy, for OOD). Written as an ``.npz`` of float64/int64 arrays (no pickle).
+    """
+    arrays = {_KEY_SEP.join(("value", *map(str, key))): np.asarray(v, np.float64) for key, v in values.items()}
+    arrays.update({_KEY_SEP.join(("source", str(s))): np.asarray(v, np.int64) for s, v in sources.items()})
+    return io.write_arrays(path, arrays)
+
+
+def read_examples(path: Any) -> tuple[dict[tuple[str, str, str, str], np.ndarray], dict[str, np.ndarray]]:
+    """``(values, sources)`` as written by :func:`write_examples`."""
+    values, sources = {}, {}
+    for key, arr in io.read_arrays(path).items():
+        kind, *rest = key.split(_KEY_SEP)
+        if kind == "value" and len(rest) == 4:
+            values[tuple(rest)] = arr
+        elif kind == "source" and len(rest) == 1:
+            sources[rest[0]] = arr
+    return values, sources
+
 
 
 # ----------------------------------------------------------------------------- HP-FT energy
