@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
+from ftlens.analysis.distortion import read_examples
 from ftlens.experiment import Experiment, builtin_config, quick
 
 pytestmark = pytest.mark.slow
@@ -104,3 +105,14 @@ def test_every_stage_wrote_its_results(demo_dir):
     findings = json.loads((demo_dir / "findings.json").read_text())
     assert {f["id"] for f in findings} >= {"early-layers-reused", "cka-misses-forgetting", "lpft-distorts-less"}
     assert all(f["held"] in (True, False, None) for f in findings)
+    # every distortion value has a bootstrap interval over the images, saved per image for the findings
+    assert (dist["ci_low"] <= dist["value"] + 1e-12).all() and (dist["value"] <= dist["ci_high"] + 1e-12).all()
+    assert (lp["ci_high"].abs() < 1e-10).all()
+    values, sources = read_examples(demo_dir / "distortion_examples.npz")
+    for r in dist.itertuples():
+        assert values[(r.run, r.split, r.layer, r.measure)].mean() == pytest.approx(r.value, rel=1e-9, abs=1e-12)
+    assert len(sources["ID"]) == dist[dist["split"] == "ID"]["n_images"].iloc[0]
+    by_id = {f["id"]: f for f in findings}
+    if "ft-distorts-id-more" in by_id:
+        assert "bootstrap" in by_id["ft-distorts-id-more"]["test"] and by_id["ft-distorts-id-more"]["interval"]
+    assert "interval from a bootstrap over the images" in (demo_dir / "report.html").read_text()

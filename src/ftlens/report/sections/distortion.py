@@ -12,6 +12,7 @@ from ftlens.report.figures import fmt_value
 from ftlens.report.html import Section, Table
 from ftlens.report.inputs import Source
 from ftlens.report.sections.common import Labels, figure_block
+from ftlens.settings import PAPER
 
 
 def section(sources: Sequence[Source], label: Labels) -> Section | None:
@@ -28,8 +29,11 @@ def section(sources: Sequence[Source], label: Labels) -> Section | None:
                              _distortion_caption(pl, "mean_squared_difference", "mean squared difference")))
         s.blocks.append(figure_block(ap.plot_distortion(d, measure="cosine_distance", model_column="run"),
                              _distortion_caption(pl, "cosine_distance", "mean cosine distance")))
-        pl.columns = [f"{split}: {measure}" for split, measure in pl.columns]
-        s.blocks.append(Table(pl, "Pre-logit distortion per run (feature units; cosine distance unitless).",
+        table, with_ci = _with_intervals(d[d["layer"] == "pre_logits"], pl)
+        table.columns = [f"{split}: {measure}" for split, measure in table.columns]
+        s.blocks.append(Table(table, "Pre-logit distortion per run (feature units; cosine distance unitless)"
+                              + (f"; in brackets the {PAPER.confidence:.0%} interval from a bootstrap over the "
+                                 "images." if with_ci else "."),
                               "Distortion" + (f": {src.name}" if label.many else "")))
         energy = energy_sweep(src.root, pd.read_csv(src.distortion)) if src.experiment else None
         if energy is not None and not energy.empty:
@@ -37,6 +41,19 @@ def section(sources: Sequence[Source], label: Labels) -> Section | None:
                                  "its training loss when full finetuning started (the energy left for finetuning); "
                                  "one line per image split (Ren et al. 2023)."))
     return s
+
+
+def _with_intervals(rows: pd.DataFrame, pl: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """``pl``'s values as "value [low, high]" when the table has intervals (results of older versions have none)."""
+    if not {"ci_low", "ci_high"} <= set(rows.columns):
+        return pl.copy(), False
+    lo = rows.pivot_table(index="run", columns=["split", "measure"], values="ci_low").reindex_like(pl)
+    hi = rows.pivot_table(index="run", columns=["split", "measure"], values="ci_high").reindex_like(pl)
+    text = pl.copy().astype(object)
+    for col in pl.columns:
+        text[col] = [f"{fmt_value(v)} [{fmt_value(a)}, {fmt_value(b)}]"
+                     for v, a, b in zip(pl[col], lo[col], hi[col], strict=True)]
+    return text, True
 
 
 def _distortion_caption(pl: pd.DataFrame, measure: str, words: str) -> str:
