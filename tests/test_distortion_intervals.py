@@ -182,6 +182,9 @@ def test_ft_distorts_id_more_paired_when_ood_rows_are_copies_else_unpaired(tmp_p
     other = np.r_[np.arange(32), np.arange(32)]  # two corruptions of the first 32 images
     f = _experiment(tmp_path, 2.0, 0.3, ood_sources=other)["ft-distorts-id-more"]
     assert f["test"].startswith("unpaired bootstrap") and f["verdict"] == HELD
+    assert "corrupted copies of 32 of the 64 ID images" in f["test"]
+    f = _experiment(tmp_path, 2.0, 0.3, ood_sources=np.arange(64) + 1000)["ft-distorts-id-more"]
+    assert "other images than the 64 ID images" in f["test"] and f["verdict"] == HELD
     f = _experiment(tmp_path, 0.0, 0.3)["ft-distorts-id-more"]
     assert f["verdict"] == INCONCLUSIVE and f["interval"] == [0.0, 0.0]
 

@@ -268,6 +268,17 @@ def _paired(sources: dict[str, np.ndarray], a: str, b: str) -> bool:
     return bool(np.array_equal(sources[a], sources[b]))
 
 
+def _ood_rows(sources: dict[str, np.ndarray], n_id: int, n_ood: int) -> str:
+    """How the OOD rows relate to the ID images, when they are not row-for-row copies."""
+    if "ID" not in sources or "OOD" not in sources:
+        return "no record of which images the OOD rows were made from"
+    shared = np.intersect1d(sources["ID"], sources["OOD"]).size
+    if shared == 0:
+        return f"the {n_ood} OOD images are other images than the {n_id} ID images"
+    return (f"the {n_ood} OOD rows are corrupted copies of {np.unique(sources['OOD']).size} of the {n_id} ID "
+            "images, not one row per ID image")
+
+
 def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dict[str, str | None],
                          examples: tuple[dict, dict] | None = None, settings: Settings = PAPER) -> list[dict]:
     """Kumar et al.'s two claims from the pre-logit mean squared difference, with bootstrap intervals over images.
@@ -335,9 +346,8 @@ def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dic
             how = (f"{level:.0%} percentile interval, {resamples} resamples")
             test = (f"paired bootstrap ({how}): each OOD image is a corrupted copy of the ID image in the "
                     "same row, and one resample applies to both splits" if paired else
-                    f"unpaired bootstrap ({how}): the OOD images are not row-for-row copies of the ID images "
-                    "(other images, or several corruptions of some of them), so each split is resampled on "
-                    "its own")
+                    f"unpaired bootstrap ({how}): {_ood_rows(sources, len(a), len(b))}, so each split is "
+                    "resampled on its own")
             verdict, reason = decide(lo, hi, direction="greater")
         else:
             verdict, reason = INCONCLUSIVE, single
