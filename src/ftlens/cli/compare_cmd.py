@@ -103,7 +103,8 @@ def compare_cmd(
     """Learning, forgetting, cka divergence and InvarianceFlow of two models, layer by layer.
 
     STIR with representation inversion (2L inversions per seed). Writes OUT/*.csv,
-    OUT/comparison.json and OUT/*.png; `ftlens report OUT` turns them into a page.
+    OUT/comparison.json, OUT/*.png and the two models' weight diff in OUT/weights (`ftlens weights`);
+    `ftlens report OUT` turns them into a page.
 
     Sharded: `--processes N`, or `torchrun --nproc_per_node N -m ftlens compare ...` /
     `accelerate launch --multi_gpu --num_processes N -m ftlens compare ...`; every process
@@ -158,6 +159,9 @@ def compare_cmd(
     result.config["data"] = {**pool.describe(), "name": data}
     progress.stage(f"writing {out}")
     result.save(out)
+    from ftlens.analysis.weight_space import weight_diff
+
+    weight_diff(pt, ft, layers=layer_list).save(Path(out) / "weights")  # beside forgetting in the report
     print_summary(result)
     if not no_plots:
         from ftlens.report.invariance_plots import save_comparison_plots
