@@ -17,7 +17,7 @@ prefers the epoch (>= 1) where it is largest; with ``monitor_keep`` that epoch's
 kept as ``RUN_DIR/preferred.safetensors`` (updated when another epoch overtakes it).
 
 Files: ``RUN_DIR/monitor.csv`` (epoch x layer), ``RUN_DIR/monitor.json`` (settings, the signal per
-epoch, the preferred epoch, seconds per epoch); ``metrics.csv`` and TensorBoard / W&B get
+epoch, the preferred epoch, wall and CPU seconds per epoch); ``metrics.csv`` and TensorBoard / W&B get
 ``monitor_forgetting_spread``, ``monitor_forgetting_mean``, ``monitor_learning_mean`` and
 ``monitor_seconds`` per epoch (TensorBoard also every layer's value under ``monitor/``).
 """
@@ -93,21 +93,21 @@ class ForgettingMonitor:
     def forget_after(self, epoch: int) -> None:
         """Drop what was recorded for epochs after ``epoch`` (a resumed run recomputes them)."""
         self.table = self.table[self.table["epoch"] <= epoch].reset_index(drop=True)
-        for key in ("signal", "seconds"):
+        for key in ("signal", "seconds", "cpu_seconds"):
             self.summary[key] = {e: v for e, v in self.summary.get(key, {}).items() if int(e) <= epoch}
 
     def measure(self, epoch: int) -> dict[str, float]:
         """Compare ``RUN_DIR@epoch`` with ``RUN_DIR@0``; record and return the epoch's summary values
         (``monitor_forgetting_spread``, ``monitor_forgetting_mean``, ``monitor_learning_mean``,
         ``monitor_seconds``)."""
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         if self.reference is None:
             self.reference = load_model(f"{self.run_dir}@0")
         model = load_model(f"{self.run_dir}@{epoch}", image_size=self.reference.input_size[1:])
         cmp = compare(self.reference, model, self.images, layers=self.reference.layers, seeds=1, n_images=None,
                       steps=self.steps, cache=self.cache, bootstrap=0, progress=False, executor=InProcess(),
                       device=self.device)
-        seconds = time.perf_counter() - tic
+        seconds, cpu_seconds = time.perf_counter() - tic, time.process_time() - cpu
         pl = cmp.per_layer
         frame = pd.DataFrame({"epoch": epoch, "layer": list(pl.index),
                               **{c: pl[c].to_numpy() for c in COLUMNS[2:] if c in pl.columns}})
@@ -115,6 +115,7 @@ class ForgettingMonitor:
         spread = forgetting_spread(pl["forgetting"])
         self.summary.setdefault("signal", {})[str(epoch)] = spread
         self.summary.setdefault("seconds", {})[str(epoch)] = seconds
+        self.summary.setdefault("cpu_seconds", {})[str(epoch)] = cpu_seconds
         self._prefer()
         self._write()
         return {f"monitor_{SIGNAL}": spread, "monitor_forgetting_mean": float(pl["forgetting"].mean()),
