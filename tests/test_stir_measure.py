@@ -99,3 +99,19 @@ def test_compare_cli_takes_a_measure_and_the_report_names_it(pt, ft, tmp_path):
     lines = [line for line in bad.output.splitlines() if line.strip()]
     assert bad.exit_code == 2 and len(lines) == 1 and "STIR needs a similarity" in lines[0], bad.output
 
+
+
+def test_dynamics_cli_takes_a_measure(pt, tmp_path):
+    from ftlens.finetune import finetune
+
+    base = save_checkpoint(pt, tmp_path / "pt.safetensors")
+    run = finetune(pretrained_from=str(base), data="digits", batch_size=64, warmup_steps=2, train_size=128,
+                   test_size=64, epochs=1, lr=0.05, progress=False, out=str(tmp_path / "run"))
+    out = tmp_path / "dyn"
+    result = runner.invoke(app, ["dynamics", str(run.run_dir), "--measure", "mutual_knn", "--images", "12", "--seeds",
+                                 "1", "--steps", "2", "--no-cache", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "dynamics.csv")
+    assert set(table["estimator"]) == {"mutual_knn"} and sorted(table["epoch"].unique()) == [0, 1]
+    assert ftlens.io.read_json(out / "dynamics.json")["measure"] == "mutual_knn"
+    assert (table[table["epoch"] == 0][["learning", "forgetting"]] == 0.0).all().all()
