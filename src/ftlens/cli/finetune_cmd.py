@@ -75,7 +75,7 @@ def finetune_cmd(
     wandb: str | None = typer.Option(None, "--wandb", help="Log each epoch to this Weights & Biases project (needs wandb).", rich_help_panel=_RUN),
     monitor_forgetting: bool | None = typer.Option(None, "--monitor-forgetting/--no-monitor-forgetting", help="After every epoch: learning and forgetting per layer against epoch 0 on a few test images, and the signal forgetting_spread (std of forgetting over layers 2..L), beside accuracy (metrics.csv, monitor.csv, TensorBoard / W&B).", rich_help_panel=_MON),
     monitor_images: int | None = typer.Option(None, "--monitor-images", help="Test images of the monitor (default 32).", rich_help_panel=_MON),
-    monitor_steps: int | None = typer.Option(None, "--monitor-steps", help="Inversion steps of the monitor (default 50; the adaptive schedule stops converged images early).", rich_help_panel=_MON),
+    monitor_steps: int | None = typer.Option(None, "--monitor-steps", help="Inversion steps of the monitor (default 50, at most: the default schedule stops converged images early).", rich_help_panel=_MON),
     monitor_keep: bool | None = typer.Option(None, "--monitor-keep/--no-monitor-keep", help="Keep the checkpoint of the epoch the signal prefers (its largest value) as OUT/preferred.safetensors.", rich_help_panel=_MON),
 ) -> None:
     """Finetune a model (classification or reconstruction) with a chosen strategy; one checkpoint per epoch.

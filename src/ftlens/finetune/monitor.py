@@ -66,7 +66,7 @@ class ForgettingMonitor:
     Args:
         run_dir: the run directory (its checkpoints are read as ``RUN_DIR@EPOCH``).
         images: ``(n, C, H, W)`` in [0, 1]: the monitor's images (``monitor_images`` of the test split).
-        steps: inversion steps (the default adaptive schedule stops each image once it converged).
+        steps: inversion steps (at most: the default schedule stops each image once it converged).
         keep: keep the preferred epoch's checkpoint as ``RUN_DIR/preferred.safetensors``.
         cache: the inversion cache (default: ftlens's; the starting point's inversions are reused).
     """
