@@ -42,10 +42,11 @@ from ftlens.cli import (  # noqa: E402,F401
     finetune_cmd,
     models_cmds,
     validate_cmd,
+    weights_cmd,
 )
 
 #: ``ftlens --help`` lists the commands in the order of a researcher's workflow
-WORKFLOW_ORDER = ("datasets", "layers", "finetune", "cka", "compare", "dynamics", "report", "demo", "run", "validate")
+WORKFLOW_ORDER = ("datasets", "layers", "finetune", "cka", "compare", "weights", "dynamics", "report", "demo", "run", "validate")
 
 
 def _order_commands() -> None:
