@@ -40,7 +40,7 @@ class Settings:
         lr: the step of ``"adam"`` in [0, 1] pixel units.
         patience: ``"adam"`` stops an image whose best residual fell by less than 1% over the
             last ``patience`` evaluations.
-        stop_fraction: the adaptive schedule stops an image once its residual is at most
+        stop_fraction: the early-stopping schedules stop an image once its residual is at most
             ``stop_fraction * residual_threshold`` (one threshold for the gate and the stop).
         alpha: significance level of the findings' tests (after multiple-comparison correction).
         min_seeds, min_epochs, min_runs: fewer than these make a finding inconclusive.
@@ -59,7 +59,7 @@ class Settings:
     schedule: str = "adam"
     lr: float = 0.05
     patience: int = 20
-    stop_fraction: float = 0.1
+    stop_fraction: float = 0.2
     alpha: float = 0.05
     min_seeds: int = 2
     min_epochs: int = 4
