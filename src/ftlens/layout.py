@@ -61,6 +61,7 @@ ROLES: dict[str, str] = {
     "scratch_control": "the same architecture trained from random weights (strategy scratch)",
     "reconstruction_task": "FT from the pretrained weights for reconstruction (task reconstruction)",
     "lp_ft": "linear probing then finetuning (strategy lp-ft)",
+    "lp_ft_control": "the FT run that LP-FT is compared with, at LP-FT's settings (default: pretrained_start)",
 }
 #: the run names an experiment without a config is read with (the demo's names)
 DEFAULT_ROLE_NAMES: dict[str, str] = {
@@ -68,6 +69,7 @@ DEFAULT_ROLE_NAMES: dict[str, str] = {
     "scratch_control": "scratch",
     "reconstruction_task": "reconstruction",
     "lp_ft": "lp-ft",
+    "lp_ft_control": "ft",
 }
 
 
@@ -221,4 +223,8 @@ def resolve_roles(config: Any = None, runs: Iterable[Mapping[str, Any]] | None =
         "reconstruction_task": first(None, "reconstruction"),
         "lp_ft": first("lp-ft", None),
     }
-    return {role: explicit.get(role, found[role]) for role in ROLES}
+    found["lp_ft_control"] = found["pretrained_start"]
+    roles = {role: explicit.get(role, found[role]) for role in ROLES}
+    if "lp_ft_control" not in explicit:
+        roles["lp_ft_control"] = roles["pretrained_start"]
+    return roles
