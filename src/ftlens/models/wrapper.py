@@ -2,8 +2,9 @@
 read them.
 
 Layer capture is one mechanism for every family: forward hooks on named modules, installed for
-one forward and removed in ``finally``, always in ``eval()`` mode (BatchNorm uses its running
-statistics, dropout is off; a model's own modes are restored afterwards). Outputs become
+one forward and removed in ``finally``, always inside :meth:`ModelWrapper.session` (``eval()``
+mode: BatchNorm uses its running statistics, dropout is off; parameter gradients off;
+channels-last CNN weights; the model's own state restored afterwards). Outputs become
 ``(n, features)`` by the wrapper's token mode (:mod:`ftlens.models.capture`), and the forward
 stops right after the deepest requested layer. Images are given in [0, 1] pixel space;
 normalisation happens inside, after a clamp. The execution trace (module order, shapes, when
@@ -30,7 +31,8 @@ from ftlens.errors import ImageError, ImageSizeError, LayerError, NumericalError
 from ftlens.models.capture import capture, check_token_mode, reduce_output
 from ftlens.models.families import family_named
 from ftlens.models.families.base import INPUT_OF, PRE_LOGITS, Defaults, Source
-from ftlens.models.fingerprint import tensor_bytes, weights_fingerprint
+from ftlens.models.fingerprint import WeightDigests, combine, module_tensors
+from ftlens.models.session import is_cnn, working_state
 from ftlens.models.trace import ExecutionTrace, trace_module
 from ftlens.progress import track
 
@@ -38,22 +40,25 @@ _Source = Source  # the name older code and pickles use
 
 
 def channels_last_if_cnn(module: nn.Module) -> nn.Module:
-    """Store a convolutional network's weights channels-last (in place; values unchanged).
-
-    On CPU this makes the depthwise and 1x1 convolutions of CNNs 2-3x faster, forward and backward
-    (EfficientNet-Lite0 at 32 px: training steps 2.2x, inversion steps 2.4-3x). Models with a
-    patch embedding (ViT, Swin: one convolution) are left as they are.
-    """
-    if hasattr(module, "patch_embed") or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
-        return module
-    return module.to(memory_format=torch.channels_last)
+    """Store a convolutional network's weights channels-last (in place; values unchanged); other
+    models are left as they are (:func:`ftlens.models.session.is_cnn`)."""
+    return module.to(memory_format=torch.channels_last) if is_cnn(module) else module
 
 
 class ModelWrapper:
-    """An ``nn.Module`` in eval mode with its preprocessing and its ordered layers.
+    """An ``nn.Module`` with its preprocessing and its ordered layers.
+
+    ftlens's own work on the model (every forward, trace and inversion) runs inside
+    :meth:`session`: eval mode, parameter gradients off, channels-last CNN weights and the
+    wrapper's device, all restored afterwards. A wrapper that ``owned`` its module (built from a
+    spec, a file or a copy) keeps that state permanently; a user's module (``owned=False``) is
+    left exactly as it was between calls, and its current weights are what every result is of
+    (:attr:`fingerprint` is checked against the weights at use time).
 
     Attributes:
-        module: the model; parameters come with ``requires_grad=False``.
+        module: the model.
+        owned: whether the wrapper's module is its own (eval, ``requires_grad=False``, channels-last
+            kept), or a user's object that is changed only for the duration of ftlens's work.
         spec: the spec it was loaded from (a string; ``"<module>"`` for objects).
         mean, std: per-channel normalisation applied inside every forward.
         input_size: ``(C, H, W)`` the model expects (None until the first images for a plain
@@ -82,8 +87,15 @@ class ModelWrapper:
         tokens: str = "all",
         family: str | None = None,
         info: dict[str, Any] | None = None,
+        owned: bool = True,
     ) -> None:
-        self.module = channels_last_if_cnn(module).eval()
+        self.owned = bool(owned)
+        if self.owned:
+            channels_last_if_cnn(module).eval().requires_grad_(False)
+        self.module = module
+        self._work_device: torch.device | None = None
+        self._depth = 0  # nesting of session()
+        self._digests = WeightDigests()
         self.spec = spec
         self.name = name or short_name(spec)
         self.source = source or Source("module", {})
@@ -112,13 +124,67 @@ class ModelWrapper:
 
     @property
     def device(self) -> torch.device:
+        """Where ftlens runs the model (a user's module: where it is, unless :meth:`to` chose)."""
+        if self._work_device is not None:
+            return self._work_device
         for p in self.module.parameters():
             return p.device
         return torch.device("cpu")
 
     def to(self, device: str | torch.device) -> ModelWrapper:
-        self.module.to(device)
+        """Run on ``device``: an owned module moves there; a user's module is moved there for the
+        duration of each :meth:`session` and put back after."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self.owned:
+            self.module.to(device)
+        else:
+            here = next(iter(self.module.parameters()), None)
+            self._work_device = None if here is not None and here.device == device else device
         return self
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """ftlens's working state for the duration: every submodule in ``eval()`` (BatchNorm uses
+        its running statistics, dropout is off), parameters without gradients, the wrapper's
+        device, channels-last weights for a CNN; all put back afterwards, exactly (the same
+        storage, each module's own mode, each parameter's own flag), so a model in the middle of
+        training goes on training. On entry the module tree and the weights are checked against
+        the ones the wrapper saw last (a moved weight is hashed again: :attr:`fingerprint`).
+        Sessions nest; only the outermost one does anything."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._check_structure()
+        self._sync_weights(probe=True)
+        try:
+            with working_state(self.module, device=self._work_device, channels_last=self._cnn):
+                self._digests.adopt(self._modules)
+                self._depth = 1
+                try:
+                    yield
+                finally:
+                    self._depth = 0
+        finally:
+            self._digests.adopt(self._modules)
+
+    def _check_structure(self) -> None:
+        """Re-read the module tree if submodules were added, removed or replaced since."""
+        current = dict(self.module.named_modules())
+        if current.keys() != self._modules.keys() or any(current[k] is not self._modules[k] for k in current):
+            self.refresh_modules(fingerprint=False)
+
+    def _sync_weights(self, probe: bool = False) -> None:
+        """Hash again every tensor that moved since the digests were taken (``probe``: also
+        compare values, which catches writes through ``.data``); forget fingerprints if any did."""
+        if self._digests.sync(self._modules, probe=probe):
+            self._fingerprint = None
+            self._layer_fps = {}
 
     @property
     def is_vit(self) -> bool:
@@ -149,12 +215,25 @@ class ModelWrapper:
     # ------------------------------------------------------------------ fingerprints
     @property
     def fingerprint(self) -> str:
-        """sha256 of the weights (names, dtypes, shapes, values) and the preprocessing."""
+        """sha256 of the weights as they are now (names, dtypes, shapes, values) and the
+        preprocessing (:func:`ftlens.models.weights_fingerprint` of the module, same value).
+
+        Kept current: each access compares every tensor's version counter, storage and shape with
+        the ones last hashed and hashes again the ones that moved (training steps,
+        ``load_state_dict``); each :meth:`session` also compares their values, which catches
+        writes through ``.data``. Results and cache keys computed after a change are of the new
+        weights."""
+        if not self._depth:
+            self._sync_weights()
         if self._fingerprint is None:
             extra = (self.mean, self.std, self.input_size)
             if self.tokens != "all":
                 extra = (*extra, self.tokens)
-            self._fingerprint = weights_fingerprint(self.module, extra=extra)
+            if not self._digests._entries:
+                self._sync_weights()
+            named = ((f"{m}.{p}" if m else p, t, self._digests.digest((m, p)))
+                     for (m, p), t in module_tensors(self._modules, persistent_only=True))
+            self._fingerprint = combine(type(self.module).__name__, named, extra)
         return self._fingerprint
 
     def layer_fingerprint(self, layer: str) -> str:
@@ -168,7 +247,7 @@ class ModelWrapper:
         Architecture arguments (the source spec and kwargs, less ``num_classes``) are included.
         """
         (layer,) = self.resolve_layers([layer])
-        key = (self.fingerprint, layer)
+        key = (self.fingerprint, layer)  # synced: the digests below are current
         if key in self._layer_fps:
             return self._layer_fps[key]
         trace = self.trace
@@ -190,8 +269,7 @@ class ModelWrapper:
             for pname, t in list(module._parameters.items()) + list(module._buffers.items()):
                 if t is None:
                     continue
-                h.update(f"{pname}|{t.dtype}|{tuple(t.shape)}".encode())
-                h.update(tensor_bytes(t))
+                h.update(f"{pname}|{t.dtype}|{tuple(t.shape)}|{self._digests.digest((name, pname))}".encode())
         self._layer_fps[key] = h.hexdigest()
         return self._layer_fps[key]
 
@@ -199,22 +277,37 @@ class ModelWrapper:
         """Re-read the module tree after submodules were replaced (e.g. ``reset_classifier``,
         which rebuilds a timm CNN's ``global_pool``); the execution trace is taken again."""
         self._modules = dict(self.module.named_modules())
-        self._defaults = family_named(self.family).defaults(self.module)
+        family = family_named(self.family)
+        self._defaults = family.defaults(self.module)
         self._aliases = dict(self._defaults.aliases)
+        self._cnn = is_cnn(self.module)
+        self._any_size = family.takes_any_size(self.module)
         self._trace = None
+        self._fingerprint = None
+        self._layer_fps = {}
         if fingerprint:
             self.refresh_fingerprint()
 
     def refresh_fingerprint(self) -> str:
-        """Recompute :attr:`fingerprint` after the weights changed."""
+        """Hash every weight again and recompute :attr:`fingerprint` (changes are found without
+        it; this is for certainty, e.g. after writing weights through ``.data``)."""
+        self._digests.clear()
         self._fingerprint = None
         self._layer_fps = {}
         return self.fingerprint
 
     def copy(self) -> ModelWrapper:
-        """A deep copy (independent weights)."""
+        """A deep copy with weights of its own (owned: eval mode, no gradients, channels-last CNN)."""
         new = copy.copy(self)
-        new.module = copy.deepcopy(self.module)
+        with self.session():  # the copy is taken of the weights as they are, in eval mode
+            new.module = copy.deepcopy(self.module)
+        new.owned = True
+        new._work_device = None
+        new._depth = 0
+        new._digests = WeightDigests()
+        channels_last_if_cnn(new.module).eval().requires_grad_(False)
+        if self._work_device is not None:
+            new.module.to(self._work_device)
         new._modules = dict(new.module.named_modules())
         new.extra_state = {k: v.clone() for k, v in self.extra_state.items()}
         new.info = copy.deepcopy(self.info)
@@ -222,20 +315,9 @@ class ModelWrapper:
         new._layer_fps = {}
         return new
 
-    @contextlib.contextmanager
-    def eval_mode(self) -> Iterator[None]:
-        """Every submodule in ``eval()`` (BatchNorm uses its running statistics, dropout is off);
-        each module's own mode is restored afterwards (a model in the middle of training)."""
-        modes = [(m, m.training) for m in self.module.modules()]
-        if not any(training for _, training in modes):
-            yield
-            return
-        self.module.eval()
-        try:
-            yield
-        finally:
-            for m, training in modes:
-                m.training = training
+    def eval_mode(self) -> contextlib.AbstractContextManager[None]:
+        """The same as :meth:`session` (the name earlier versions used)."""
+        return self.session()
 
     # ------------------------------------------------------------------ input size
     def _set_input_size(self, input_size: Sequence[int]) -> None:
@@ -257,9 +339,32 @@ class ModelWrapper:
             self._layer_fps = {}
 
     def adopt_input_size(self, images: torch.Tensor) -> None:
-        """A model loaded without ``input_size`` takes it from the first images ``(n, C, H, W)``."""
-        if self.input_size is None and isinstance(images, torch.Tensor) and images.dim() == 4:
-            self._set_input_size(tuple(images.shape[1:]))
+        """Take the input size from images ``(n, C, H, W)``: a model loaded without one takes the
+        first images' size; a model that runs on any size (a CNN) takes the size of the images
+        it is given, each time (its trace, layer shapes and fingerprints follow). Models tied to
+        one size (ViTs) keep theirs: :meth:`check_images` then says to pass ``image_size``."""
+        if not (isinstance(images, torch.Tensor) and images.dim() == 4):
+            return
+        size = tuple(int(s) for s in images.shape[1:])
+        if self.input_size is None:
+            self._set_input_size(size)
+        elif size != self.input_size and self._any_size and size[0] == self.input_size[0]:
+            self._set_input_size(size)
+
+    def size_error(self, size: Sequence[int]) -> ImageSizeError:
+        """The error for images of ``size`` ``(C, H, W)`` that this model does not take, naming the fix."""
+        size = tuple(int(s) for s in size)
+        want = self._need_size()
+        if size[0] != want[0]:
+            return ImageSizeError(
+                f"images have {size[0]} channel(s) but {self.name} takes {want[0]}; convert them "
+                f"(e.g. grayscale to RGB: x.expand(-1, 3, -1, -1))")
+        h, w = size[1:]
+        arg = str(h) if h == w else f"({h}, {w})"
+        return ImageSizeError(
+            f"images are {h}x{w} but {self.name} takes {want[1]}x{want[2]} (its position embedding fixes the "
+            f"size); pass image_size={arg} (ftlens.load_model, ftlens.CKA, ftlens.compare; --image-size "
+            f"{h if h == w else f'{h},{w}'} on the command line) to resample it to your images, or resize them")
 
     def _need_size(self) -> tuple[int, ...]:
         if self.input_size is None:
@@ -400,11 +505,10 @@ class ModelWrapper:
                 "(for uint8 pixels divide by 255)"
             )
         self.adopt_input_size(images)
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_size:
-            raise ImageError(
-                f"images must have shape (n, {', '.join(map(str, self._need_size()))}) for {self.name}, "
-                f"got {tuple(images.shape)}; resize them to the model's input size"
-            )
+        if images.dim() != 4:
+            raise ImageError(f"images must be a batch (n, C, H, W), got shape {tuple(images.shape)}")
+        if tuple(images.shape[1:]) != self.input_size:
+            raise self.size_error(images.shape[1:])
         if images.numel() and not torch.isfinite(images).all():
             raise ImageError("images contain NaN or inf")
         if images.numel():

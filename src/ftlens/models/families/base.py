@@ -122,6 +122,22 @@ class Family:
     def set_image_size(self, module: nn.Module, hw: tuple[int, int]) -> None:
         """Make ``module`` take ``hw`` images; default: accepted as is (convolutional models)."""
 
+    def resizes_in_place(self, module: nn.Module, hw: tuple[int, int]) -> bool:
+        """Whether :meth:`set_image_size` would change ``module``'s own weights (a user's module
+        is then copied first); default: no."""
+        return False
+
+    def takes_any_size(self, module: nn.Module) -> bool:
+        """Whether ``module`` runs on images of any size as it is (convolutional networks), so
+        that the images decide the input size; default: unless it has a patch or position
+        embedding (ViTs, Swin, CLIP towers: their size is chosen with ``image_size``)."""
+        return not any(hasattr(m, attr) for m in module.modules() for attr in _FIXED_SIZE_ATTRS)
+
+
+#: attributes of modules that tie a model to one input size (timm, torchvision, Hugging Face, open_clip).
+_FIXED_SIZE_ATTRS = ("patch_embed", "pos_embed", "pos_embedding", "position_embedding", "position_embeddings",
+                     "positional_embedding", "class_token", "cls_token")
+
 
 def fixed_size_error(module: nn.Module, current: Sequence[int], hw: tuple[int, int]) -> ImageSizeError:
     return ImageSizeError(

@@ -12,7 +12,6 @@ rebuild without the original directory. Needs ``pip install 'ftlens[hf]'``.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 from pathlib import Path
@@ -87,7 +86,7 @@ class HFFamily(Family):
     def adopt(self, module: nn.Module) -> nn.Module:
         if isinstance(module, FeatureClassifier):
             return module
-        return adapt(self.require(), copy.deepcopy(module), None)[0]
+        return adapt(self.require(), module, None)[0]  # shares the weights (a CLIPModel: its tower copied)
 
     def defaults(self, module: nn.Module) -> Defaults:
         config = module.body.config

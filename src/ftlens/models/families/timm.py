@@ -93,6 +93,10 @@ class TimmFamily(Family):
         return Defaults(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), input_size=input_size, layers=layers,
                         aliases=aliases, layout=layout, prefix_tokens=int(getattr(module, "num_prefix_tokens", 0)))
 
+    def resizes_in_place(self, module: nn.Module, hw: tuple[int, int]) -> bool:
+        current = getattr(getattr(module, "patch_embed", None), "img_size", None)
+        return current is not None and tuple(current) != tuple(hw)
+
     def set_image_size(self, module: nn.Module, hw: tuple[int, int]) -> None:
         """Fixed-resolution models (ViT, Swin, ...) are resized with timm's ``set_input_size``
         (position embeddings resampled); convolutional models take any size."""
