@@ -349,7 +349,13 @@ class ModelWrapper:
         if self.input_size is None:
             self._set_input_size(size)
         elif size != self.input_size and self._any_size and size[0] == self.input_size[0]:
+            before = self.input_size
             self._set_input_size(size)
+            try:
+                self.trace  # noqa: B018 - a model that does not run at this size keeps its own
+            except ImageSizeError:
+                self._set_input_size(before)
+                raise
 
     def size_error(self, size: Sequence[int]) -> ImageSizeError:
         """The error for images of ``size`` ``(C, H, W)`` that this model does not take, naming the fix."""
@@ -362,7 +368,8 @@ class ModelWrapper:
         h, w = size[1:]
         arg = str(h) if h == w else f"({h}, {w})"
         return ImageSizeError(
-            f"images are {h}x{w} but {self.name} takes {want[1]}x{want[2]} (its position embedding fixes the "
+            f"images of shape (n, {', '.join(map(str, size))}) are {h}x{w} but {self.name} takes {want[1]}x{want[2]} "
+            "(its position embedding fixes the "
             f"size); pass image_size={arg} (ftlens.load_model, ftlens.CKA, ftlens.compare; --image-size "
             f"{h if h == w else f'{h},{w}'} on the command line) to resample it to your images, or resize them")
 

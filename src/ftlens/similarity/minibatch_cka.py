@@ -1,6 +1,12 @@
 """Minibatch CKA (Nguyen et al. 2021): the unbiased HSIC_1 terms averaged over minibatches, for
 representations too large to hold at once. An accumulator, not a registered ``measure(a, b)``:
 for one batch it equals :data:`ftlens.similarity.cka.LINEAR_CKA_DEBIASED`.
+
+Linear kernel: each layer's U-centred Gram is formed once per batch (:func:`batch_u_grams`)
+and every layer pair's HSIC_1 comes from one product of the stacked Grams. The Gram of float32
+features is a float32 product of the column-centred features (the mean taken in float64; on
+CUDA only when float32 matmuls are not TF32); the centring of the Gram, HSIC and CKA are float64.
+Memory is the Grams of one batch (``L * b^2``), whatever the number of batches.
 """
 
 from __future__ import annotations
@@ -11,12 +17,46 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ftlens.errors import ConfigError, ConfigTypeError, UsageError
+from ftlens.errors import ConfigError, ConfigTypeError, NumericalError, UsageError
 from ftlens.similarity.cka import describe
-from ftlens.similarity.inputs import check_debiased_n, check_kernel
+from ftlens.similarity.gram import centred_gram, hsic_norm
+from ftlens.similarity.inputs import CONSTANT_RTOL, DTYPE, check_debiased_n, check_kernel
 from ftlens.similarity.pairwise import as_items, cka_from_hsic, common_rows, pairwise_hsic
 
-__all__ = ["MinibatchCKA"]
+__all__ = ["MinibatchCKA", "batch_u_grams"]
+
+
+def _product_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 features keep a float32 Gram product unless TF32 would round it (CUDA)."""
+    if x.dtype == torch.float32 and (x.device.type != "cuda" or torch.get_float32_matmul_precision() == "highest"):
+        return torch.float32
+    return DTYPE
+
+
+def batch_u_grams(items: list[tuple[str, Any]], n: int) -> torch.Tensor:
+    """``(L, n*n)`` float64 U-centred linear Grams of one batch of ``n`` rows per item.
+
+    ``items``: ``(name, representation (n, ...))``; a constant representation gives a zero Gram
+    (then its CKA is NaN with a warning); NaN or inf is a :class:`NumericalError` naming it.
+    """
+    first = items[0][1]
+    device = first.device if isinstance(first, torch.Tensor) and first.device.type == "cuda" else None
+    out = torch.empty((len(items), n * n), dtype=DTYPE, device=device)
+    for i, (name, raw) in enumerate(items):
+        x = torch.as_tensor(raw).detach().reshape(n, -1)
+        if device is not None:
+            x = x.to(device)
+        x = x.to(_product_dtype(x) if x.is_floating_point() else DTYPE)
+        xc = x - x.mean(dim=0, keepdim=True, dtype=DTYPE).to(x.dtype)
+        k = (xc @ xc.T).to(DTYPE)
+        if not bool(torch.isfinite(k).all()):
+            raise NumericalError(f"{name} contains NaN/inf values; similarity needs finite representations "
+                                 "(a diverged model or checkpoint gives NaN activations)")
+        if float(torch.linalg.vector_norm(xc)) <= CONSTANT_RTOL * float(torch.linalg.vector_norm(x)):
+            out[i] = 0.0
+        else:
+            out[i] = centred_gram(k, True).reshape(-1)
+    return out
 
 
 class MinibatchCKA:
@@ -74,7 +114,15 @@ class MinibatchCKA:
             )
         n = common_rows(items_a + (items_b or []))
         check_debiased_n(n, "each minibatch of MinibatchCKA")
-        cross, sa, sb = pairwise_hsic(items_a, items_b, self.kernel, self.sigma, True, self.method)
+        if self.kernel == "linear" and self.method == "auto":
+            ua = batch_u_grams(items_a, n)
+            ub = ua if items_b is None else batch_u_grams(items_b, n).to(ua.device)
+            norm = hsic_norm(n, True)
+            cross = (ua @ ub.T) / norm
+            sa = (ua * ua).sum(dim=1) / norm
+            sb = sa if items_b is None else (ub * ub).sum(dim=1) / norm
+        else:
+            cross, sa, sb = pairwise_hsic(items_a, items_b, self.kernel, self.sigma, True, self.method)
         if self._cross is None:
             self._mode, self._names_a, self._names_b = mode, names_a, names_b
             self._cross, self._self_a, self._self_b = cross.clone(), sa.clone(), sb.clone()
