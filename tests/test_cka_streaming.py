@@ -158,3 +158,43 @@ def test_agrees_with_pytorch_cka(cnns, images):
         peer.CKA._compute_cka_matrix = unclamped
     np.testing.assert_allclose(ours.matrix.to_numpy(), raw["cka"], atol=1e-4)
     np.testing.assert_allclose(np.clip(raw["cka"], 0, 1), clamped.numpy(), atol=1e-12)
+
+
+def test_batchnorm_folding_changes_only_rounding(cnns, images):
+    from ftlens.models.inference import fold_batchnorm
+
+    a, _ = cnns
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    a.eval()
+    folded, folds = fold_batchnorm(a, images[:4])
+    batchnorms = sum(type(m) is torch.nn.BatchNorm2d for m in a.modules())
+    assert folds == batchnorms  # every BatchNorm of a ResNet follows a convolution
+    assert all(torch.equal(before[k], v) for k, v in a.state_dict().items())  # the original is untouched
+    with torch.no_grad():
+        want, got = a(images), folded(images)
+    assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+    # a convolution whose output also goes elsewhere is not folded: the check on real inputs catches it
+    conv = torch.nn.Conv2d(3, 4, 3)
+
+    class Both(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.out = conv, torch.nn.BatchNorm2d(4), torch.nn.Identity()
+            self.bn.running_mean.fill_(0.3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.out(self.bn(y) + y)
+
+    _, n = fold_batchnorm(Both().eval(), images[:2])
+    assert n == 1  # folded (the hooks cannot see the second use) ...
+    result = ftlens.CKA(Both(), Both(), first_layers=["out"], second_layers=["out"]).compare(images[:8])
+    assert result.config["batchnorm_folded"] is False  # ... so the comparison on real inputs refuses the copy
+
+    x = images[:24]
+    on = ftlens.CKA(a, cnns[1], first_layers=LAYERS, second_layers=LAYERS).compare(x, estimator="minibatch",
+                                                                                   batch_size=8)
+    off = ftlens.CKA(a, cnns[1], first_layers=LAYERS, second_layers=LAYERS).compare(x, estimator="minibatch",
+                                                                                    batch_size=8, fold=False)
+    assert on.config["batchnorm_folded"] and not off.config["batchnorm_folded"]
+    np.testing.assert_allclose(on.matrix.to_numpy(), off.matrix.to_numpy(), atol=1e-5)

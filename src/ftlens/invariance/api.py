@@ -162,7 +162,7 @@ def compare(
     pt, ft = models[PRETRAINED], models[FINETUNED]
     # one session per model for the whole call: the weights are checked (and hashed again where
     # they changed) once, here, and the models are in their working state until the end
-    with pt.session(), ft.session():
+    with pt.session(check=True), ft.session(check=True):
         return _compare(pt, ft, images, device, executor, t_start, layers=layers, seeds=seeds, n_images=n_images,
                         steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased,
                         first_term=first_term, batch_size=batch_size, autocast=autocast, progress=progress,
@@ -318,7 +318,7 @@ def stir(
                                  **schedule_fields(schedule))
     with contextlib.ExitStack() as stack:  # each model checked once and in its working state throughout
         for m in {id(m): m for m in (ref, *tmodels.values())}.values():
-            stack.enter_context(m.session())
+            stack.enter_context(m.session(check=True))
         plan = plan_inversions({ref_label: ref}, images, layers=reference_layers, seeds=seeds, n_images=n_images,
                                settings=settings, device=device)
         invs = run_plan(plan, images, cache=cache, batch_size=batch_size, progress=progress)

@@ -95,6 +95,7 @@ class ModelWrapper:
         self.module = module
         self._work_device: torch.device | None = None
         self._depth = 0  # nesting of session()
+        self._checked = False  # inside a session(check=True): the digests are current
         self._digests = WeightDigests()
         self.spec = spec
         self.name = name or short_name(spec)
@@ -145,14 +146,18 @@ class ModelWrapper:
         return self
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
+    def session(self, check: bool = False) -> Iterator[None]:
         """ftlens's working state for the duration: every submodule in ``eval()`` (BatchNorm uses
         its running statistics, dropout is off), parameters without gradients, the wrapper's
         device, channels-last weights for a CNN; all put back afterwards, exactly (the same
         storage, each module's own mode, each parameter's own flag), so a model in the middle of
-        training goes on training. On entry the module tree and the weights are checked against
-        the ones the wrapper saw last (a moved weight is hashed again: :attr:`fingerprint`).
-        Sessions nest; only the outermost one does anything."""
+        training goes on training. Sessions nest; only the outermost one does anything.
+
+        ``check``: first re-read the module tree and compare every weight's values with the ones
+        last hashed (a moved weight is hashed again: :attr:`fingerprint`), which catches even
+        writes through ``.data``; the entry points whose results are cached by fingerprint
+        (``compare``, ``stir``) check. Without it the fingerprint still follows every change that
+        moves a version counter."""
         if self._depth:
             self._depth += 1
             try:
@@ -160,18 +165,21 @@ class ModelWrapper:
             finally:
                 self._depth -= 1
             return
-        self._check_structure()
-        self._sync_weights(probe=True)
+        if check:
+            self._check_structure()
+            self._sync_weights(probe=True)
         try:
             with working_state(self.module, device=self._work_device, channels_last=self._cnn):
-                self._digests.adopt(self._modules)
-                self._depth = 1
+                if check:  # the digests are of these values: record where ftlens put them
+                    self._digests.adopt(self._modules)
+                self._depth, self._checked = 1, check
                 try:
                     yield
                 finally:
-                    self._depth = 0
+                    self._depth, self._checked = 0, False
         finally:
-            self._digests.adopt(self._modules)
+            if check:
+                self._digests.adopt(self._modules)
 
     def _check_structure(self) -> None:
         """Re-read the module tree if submodules were added, removed or replaced since."""
@@ -223,7 +231,7 @@ class ModelWrapper:
         ``load_state_dict``); each :meth:`session` also compares their values, which catches
         writes through ``.data``. Results and cache keys computed after a change are of the new
         weights."""
-        if not self._depth:
+        if not self._checked:
             self._sync_weights()
         if self._fingerprint is None:
             extra = (self.mean, self.std, self.input_size)
@@ -298,21 +306,37 @@ class ModelWrapper:
 
     def copy(self) -> ModelWrapper:
         """A deep copy with weights of its own (owned: eval mode, no gradients, channels-last CNN)."""
-        new = copy.copy(self)
         with self.session():  # the copy is taken of the weights as they are, in eval mode
-            new.module = copy.deepcopy(self.module)
+            module = copy.deepcopy(self.module)
+        new = self._owning(module)
+        new._trace = self._trace  # the same module tree
+        return new
+
+    def folded(self, example: torch.Tensor) -> ModelWrapper:
+        """A copy for inference only, each BatchNorm folded into the convolution that feeds it
+        (:func:`ftlens.models.inference.fold_batchnorm`, found in a forward of ``example``, images
+        ``(n, C, H, W)``); the same layer outputs up to float rounding. ``self`` if nothing folds."""
+        from ftlens.models.inference import fold_batchnorm
+
+        with self.session(), torch.no_grad():
+            module, folds = fold_batchnorm(self.module, self._normalize(example.to(self.device)))
+        return self._owning(module) if folds else self
+
+    def _owning(self, module: nn.Module) -> ModelWrapper:
+        new = copy.copy(self)
+        new.module = module
         new.owned = True
         new._work_device = None
         new._depth = 0
+        new._checked = False
         new._digests = WeightDigests()
         channels_last_if_cnn(new.module).eval().requires_grad_(False)
         if self._work_device is not None:
             new.module.to(self._work_device)
-        new._modules = dict(new.module.named_modules())
+        new.refresh_modules(fingerprint=False)
+        new._layers = self._layers
         new.extra_state = {k: v.clone() for k, v in self.extra_state.items()}
         new.info = copy.deepcopy(self.info)
-        new._fingerprint = None
-        new._layer_fps = {}
         return new
 
     def eval_mode(self) -> contextlib.AbstractContextManager[None]:

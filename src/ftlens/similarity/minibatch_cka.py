@@ -4,8 +4,8 @@ for one batch it equals :data:`ftlens.similarity.cka.LINEAR_CKA_DEBIASED`.
 
 Linear kernel: each layer's U-centred Gram is formed once per batch (:func:`batch_u_grams`)
 and every layer pair's HSIC_1 comes from one product of the stacked Grams. The Gram of float32
-features is a float32 product of the column-centred features (the mean taken in float64; on
-CUDA only when float32 matmuls are not TF32); the centring of the Gram, HSIC and CKA are float64.
+features is a float32 product of the column-centred features (on
+CUDA only when float32 matmuls are not TF32); the U-centring of the Gram, HSIC and CKA are float64.
 Memory is the Grams of one batch (``L * b^2``), whatever the number of batches.
 """
 
@@ -47,13 +47,14 @@ def batch_u_grams(items: list[tuple[str, Any]], n: int) -> torch.Tensor:
         if device is not None:
             x = x.to(device)
         x = x.to(_product_dtype(x) if x.is_floating_point() else DTYPE)
-        xc = x - x.mean(dim=0, keepdim=True, dtype=DTYPE).to(x.dtype)
+        # centring only conditions the product: the U-centred Gram is the same for any shift of the rows
+        xc = x - x.mean(dim=0, keepdim=True)
         k = (xc @ xc.T).to(DTYPE)
         if not bool(torch.isfinite(k).all()):
             raise NumericalError(f"{name} contains NaN/inf values; similarity needs finite representations "
                                  "(a diverged model or checkpoint gives NaN activations)")
-        if float(torch.linalg.vector_norm(xc)) <= CONSTANT_RTOL * float(torch.linalg.vector_norm(x)):
-            out[i] = 0.0
+        if float(k.trace()) <= CONSTANT_RTOL**2 * float(x.square().sum(dtype=DTYPE)):
+            out[i] = 0.0  # constant: ||x_c||^2 = tr(K) is rounding only
         else:
             out[i] = centred_gram(k, True).reshape(-1)
     return out
