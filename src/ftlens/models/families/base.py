@@ -16,11 +16,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
 
-from ftlens.errors import ImageSizeError, MissingDependencyError
+from ftlens.errors import ImageSizeError, MissingDependencyError, ModelError
 
 #: Pseudo-layer: the features the classification head sees (ViT: CLS after the final norm).
 PRE_LOGITS = "pre_logits"
@@ -137,6 +138,24 @@ class Family:
 #: attributes of modules that tie a model to one input size (timm, torchvision, Hugging Face, open_clip).
 _FIXED_SIZE_ATTRS = ("patch_embed", "pos_embed", "pos_embedding", "position_embedding", "position_embeddings",
                      "positional_embedding", "class_token", "cls_token")
+
+
+#: weight files that are Python pickles (reading one can run code): ftlens reads safetensors only
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def pickled_weights_error(directory: Path, what: str) -> ModelError | None:
+    """The refusal for a folder whose weights are pickles and not safetensors (None if it has
+    safetensors, or no weights at all). The pickle is never opened."""
+    if any(directory.glob("*.safetensors")):
+        return None
+    pickles = sorted(f.name for f in directory.iterdir() if f.is_file() and f.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        return None
+    return ModelError(
+        f"{what} {directory} holds its weights as a pickle ({', '.join(pickles[:3])}), which ftlens never opens "
+        "(unpickling can run code); convert it to safetensors where you trust it (save_pretrained(DIR, "
+        "safe_serialization=True) writes model.safetensors / adapter_model.safetensors) and load that folder")
 
 
 def fixed_size_error(module: nn.Module, current: Sequence[int], hw: tuple[int, int]) -> ImageSizeError:
