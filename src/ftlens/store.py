@@ -29,8 +29,9 @@ Layout under the root (``$FTLENS_CACHE_DIR`` or ``~/.cache/ftlens``)::
     tables/cd/cd34....parquet           pandas tables
 
 Batch size and device are *not* part of an inversion's key: they change results only by float
-rounding. Weights changed in place need ``wrapper.refresh_fingerprint()`` before the next lookup
-(the wrapper caches its fingerprint).
+rounding. Weights changed in place (a training step, ``load_state_dict``) change the key by
+themselves: the wrapper checks its fingerprint against the weights at use time
+(:attr:`ftlens.models.ModelWrapper.fingerprint`).
 """
 
 from __future__ import annotations
