@@ -198,3 +198,17 @@ def test_batchnorm_folding_changes_only_rounding(cnns, images):
                                                                                     batch_size=8, fold=False)
     assert on.config["batchnorm_folded"] and not off.config["batchnorm_folded"]
     np.testing.assert_allclose(on.matrix.to_numpy(), off.matrix.to_numpy(), atol=1e-5)
+
+
+def test_minibatch_float32_constant_layer_is_nan_with_a_warning():
+    from ftlens.errors import DegenerateRepresentationWarning
+    from ftlens.similarity import MinibatchCKA
+
+    acc = MinibatchCKA()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.rand(16, 5, generator=gen)
+        acc.update({"const": torch.full((16, 7), 0.1), "x": x}, {"x": x})  # 0.1: not exact in float32
+    with pytest.warns(DegenerateRepresentationWarning, match="const"):
+        m = acc.compute()
+    assert np.isnan(m.loc["const", "x"]) and m.loc["x", "x"] == pytest.approx(1.0, abs=1e-12)

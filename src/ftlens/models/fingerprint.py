@@ -83,6 +83,10 @@ class WeightDigests:
     def clear(self) -> None:
         self._entries = {}
 
+    def __bool__(self) -> bool:
+        """Whether any digest has been taken."""
+        return bool(self._entries)
+
     def sync(self, modules: dict[str, nn.Module], *, probe: bool = False) -> bool:
         """Bring the digests up to date; ``probe``: also compare each tensor's values by its probe."""
         changed = False

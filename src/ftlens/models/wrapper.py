@@ -153,8 +153,8 @@ class ModelWrapper:
         storage, each module's own mode, each parameter's own flag), so a model in the middle of
         training goes on training. Sessions nest; only the outermost one does anything.
 
-        ``check``: first re-read the module tree and compare every weight's values with the ones
-        last hashed (a moved weight is hashed again: :attr:`fingerprint`), which catches even
+        On entry the module tree is re-read if submodules were replaced. ``check``: also compare
+        every weight's values with the ones last hashed (a moved weight is hashed again: :attr:`fingerprint`), which catches even
         writes through ``.data``; the entry points whose results are cached by fingerprint
         (``compare``, ``stir``) check. Without it the fingerprint still follows every change that
         moves a version counter."""
@@ -165,12 +165,15 @@ class ModelWrapper:
             finally:
                 self._depth -= 1
             return
+        self._check_structure()
         if check:
-            self._check_structure()
             self._sync_weights(probe=True)
+        elif self._digests:  # keep digests current (cheap: version counters) so that they can follow the move
+            self._sync_weights()
+        keep = bool(self._digests)
         try:
             with working_state(self.module, device=self._work_device, channels_last=self._cnn):
-                if check:  # the digests are of these values: record where ftlens put them
+                if keep:  # the digests are of these values: record where ftlens put them
                     self._digests.adopt(self._modules)
                 self._depth, self._checked = 1, check
                 try:
@@ -178,7 +181,7 @@ class ModelWrapper:
                 finally:
                     self._depth, self._checked = 0, False
         finally:
-            if check:
+            if keep:
                 self._digests.adopt(self._modules)
 
     def _check_structure(self) -> None:
@@ -232,12 +235,14 @@ class ModelWrapper:
         writes through ``.data``. Results and cache keys computed after a change are of the new
         weights."""
         if not self._checked:
+            if not self._depth:
+                self._check_structure()
             self._sync_weights()
         if self._fingerprint is None:
             extra = (self.mean, self.std, self.input_size)
             if self.tokens != "all":
                 extra = (*extra, self.tokens)
-            if not self._digests._entries:
+            if not self._digests:
                 self._sync_weights()
             named = ((f"{m}.{p}" if m else p, t, self._digests.digest((m, p)))
                      for (m, p), t in module_tensors(self._modules, persistent_only=True))

@@ -4,8 +4,8 @@ for one batch it equals :data:`ftlens.similarity.cka.LINEAR_CKA_DEBIASED`.
 
 Linear kernel: each layer's U-centred Gram is formed once per batch (:func:`batch_u_grams`)
 and every layer pair's HSIC_1 comes from one product of the stacked Grams. The Gram of float32
-features is a float32 product of the column-centred features (on
-CUDA only when float32 matmuls are not TF32); the U-centring of the Gram, HSIC and CKA are float64.
+features is a float32 product of the column-centred features (mean in float64; on CUDA only
+when float32 matmuls are not TF32); the U-centring of the Gram, HSIC and CKA are float64.
 Memory is the Grams of one batch (``L * b^2``), whatever the number of batches.
 """
 
@@ -47,14 +47,17 @@ def batch_u_grams(items: list[tuple[str, Any]], n: int) -> torch.Tensor:
         if device is not None:
             x = x.to(device)
         x = x.to(_product_dtype(x) if x.is_floating_point() else DTYPE)
-        # centring only conditions the product: the U-centred Gram is the same for any shift of the rows
-        xc = x - x.mean(dim=0, keepdim=True)
+        # centring only conditions the product (the U-centred Gram is the same for any shift of the
+        # rows); the mean is taken in float64, so a constant column centres to exactly 0
+        mean = x.mean(dim=0, keepdim=True, dtype=DTYPE)
+        xc = x - mean.to(x.dtype)
         k = (xc @ xc.T).to(DTYPE)
         if not bool(torch.isfinite(k).all()):
             raise NumericalError(f"{name} contains NaN/inf values; similarity needs finite representations "
                                  "(a diverged model or checkpoint gives NaN activations)")
-        if float(k.trace()) <= CONSTANT_RTOL**2 * float(x.square().sum(dtype=DTYPE)):
-            out[i] = 0.0  # constant: ||x_c||^2 = tr(K) is rounding only
+        centred = float(k.trace())  # ||x_c||^2; ||x||^2 = ||x_c||^2 + n ||mean||^2
+        if centred <= CONSTANT_RTOL**2 * (centred + n * float(mean.square().sum())):
+            out[i] = 0.0  # constant over the batch: its HSIC with anything is 0, its CKA NaN
         else:
             out[i] = centred_gram(k, True).reshape(-1)
     return out
