@@ -242,8 +242,8 @@ class CKA:
         n = count_images(images, n_images)
         batches = image_batches(images, n_images, batch_size)
         with contextlib.ExitStack() as stack:
-            for m in (a,) if a is b else (a, b):
-                stack.enter_context(m.session())
+            for m in (a,) if a is b else (a, b):  # the BatchNorm-folded copies run (channels-last) when they can
+                stack.enter_context(m.session(channels_last=not fold))
             stack.enter_context(torch.inference_mode())
             it = iter(batches)
             x0 = next(it)

@@ -146,7 +146,7 @@ class ModelWrapper:
         return self
 
     @contextlib.contextmanager
-    def session(self, check: bool = False) -> Iterator[None]:
+    def session(self, check: bool = False, channels_last: bool = True) -> Iterator[None]:
         """ftlens's working state for the duration: every submodule in ``eval()`` (BatchNorm uses
         its running statistics, dropout is off), parameters without gradients, the wrapper's
         device, channels-last weights for a CNN; all put back afterwards, exactly (the same
@@ -157,7 +157,8 @@ class ModelWrapper:
         every weight's values with the ones last hashed (a moved weight is hashed again: :attr:`fingerprint`), which catches even
         writes through ``.data``; the entry points whose results are cached by fingerprint
         (``compare``, ``stir``) check. Without it the fingerprint still follows every change that
-        moves a version counter."""
+        moves a version counter. ``channels_last=False``: leave a user's CNN in its own memory
+        format (no channels-last copy of its weights: for a session that runs it little)."""
         if self._depth:
             self._depth += 1
             try:
@@ -172,7 +173,7 @@ class ModelWrapper:
             self._sync_weights()
         keep = bool(self._digests)
         try:
-            with working_state(self.module, device=self._work_device, channels_last=self._cnn):
+            with working_state(self.module, device=self._work_device, channels_last=self._cnn and channels_last):
                 if keep:  # the digests are of these values: record where ftlens put them
                     self._digests.adopt(self._modules)
                 self._depth, self._checked = 1, check
@@ -311,7 +312,7 @@ class ModelWrapper:
 
     def copy(self) -> ModelWrapper:
         """A deep copy with weights of its own (owned: eval mode, no gradients, channels-last CNN)."""
-        with self.session():  # the copy is taken of the weights as they are, in eval mode
+        with self.session(channels_last=False):  # the copy is taken of the weights as they are, in eval mode
             module = copy.deepcopy(self.module)
         new = self._owning(module)
         new._trace = self._trace  # the same module tree
@@ -323,7 +324,7 @@ class ModelWrapper:
         ``(n, C, H, W)``); the same layer outputs up to float rounding. ``self`` if nothing folds."""
         from ftlens.models.inference import fold_batchnorm
 
-        with self.session(), torch.no_grad():
+        with self.session(channels_last=False), torch.no_grad():
             module, folds = fold_batchnorm(self.module, self._normalize(example.to(self.device)))
         return self._owning(module) if folds else self
 
@@ -417,7 +418,7 @@ class ModelWrapper:
             size = self._need_size()
             x = torch.full((1, *size), 0.5, device=self.device)
             try:
-                with self.eval_mode():
+                with self.session(channels_last=False):  # one image: no channels-last copy
                     self._trace = trace_module(self.module, self._normalize(x))
             except Exception as exc:
                 raise ImageSizeError(
