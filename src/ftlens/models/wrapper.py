@@ -424,8 +424,8 @@ class ModelWrapper:
                 raise ImageSizeError(
                     f"{self.name} cannot run one forward on a (1, {', '.join(map(str, size))}) image batch, so its "
                     f"layers cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    "choose an image size the architecture takes (its default, or a multiple of its patch size / "
-                    "total stride), or, for a model that needs other inputs, wrap it in an nn.Module whose "
+                    "give images of a size the architecture takes, or pass image_size=... / --image-size (its default, "
+                    "or a multiple of its patch size / total stride), or, for a model that needs other inputs, wrap it in an nn.Module whose "
                     "forward takes an image batch"
                 ) from exc
         return self._trace

@@ -161,5 +161,5 @@ def pickled_weights_error(directory: Path, what: str) -> ModelError | None:
 def fixed_size_error(module: nn.Module, current: Sequence[int], hw: tuple[int, int]) -> ImageSizeError:
     return ImageSizeError(
         f"{type(module).__name__} is built for {tuple(current)} images and cannot be resized to {hw}; "
-        f"use image size {current[0]}"
+        f"pass image_size={current[0]} (--image-size {current[0]}) and images of that size"
     )

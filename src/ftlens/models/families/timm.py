@@ -110,6 +110,6 @@ class TimmFamily(Family):
             module.set_input_size(img_size=hw)
         except Exception as exc:
             raise ImageSizeError(
-                f"{type(module).__name__} cannot take {hw} images ({exc}); choose a multiple of its patch size "
-                "(and, for windowed models such as Swin, of patch size x window size)"
+                f"{type(module).__name__} cannot take {hw} images ({exc}); pass an image_size (--image-size) that "
+                "is a multiple of its patch size (and, for windowed models such as Swin, of patch size x window size)"
             ) from exc
