@@ -212,3 +212,19 @@ def test_minibatch_float32_constant_layer_is_nan_with_a_warning():
     with pytest.warns(DegenerateRepresentationWarning, match="const"):
         m = acc.compute()
     assert np.isnan(m.loc["const", "x"]) and m.loc["x", "x"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_minibatch_update_of_several_batches_at_once_equals_one_by_one():
+    from ftlens.similarity import MinibatchCKA
+
+    gen = torch.Generator().manual_seed(1)
+    a = {"x": torch.rand(30, 7, generator=gen), "y": torch.rand(30, 2, 3, generator=gen).relu()}
+    b = {"z": torch.rand(30, 5, generator=gen) + a["x"][:, :5]}
+    once, each = MinibatchCKA(), MinibatchCKA()
+    once.update(a, b, batches=3)
+    for k in range(3):
+        each.update({n: r[k * 10 : (k + 1) * 10] for n, r in a.items()}, {n: r[k * 10 : (k + 1) * 10] for n, r in b.items()})
+    assert once.n_batches == each.n_batches == 3
+    np.testing.assert_allclose(once.compute().to_numpy(), each.compute().to_numpy(), rtol=0, atol=1e-12)
+    with pytest.raises(ConfigError, match="equal minibatches"):
+        once.update(a, b, batches=4)

@@ -258,7 +258,7 @@ class CKA:
             total = None if n is None else -(-n // (x0.shape[0] or 1))
             rest = track(it, description=f"CKA {a.name} vs {b.name}", total=total and total - 1) if progress else it
             chunk = forward_images(x0.shape[0], ra, rb, fa, fb)
-            pairs = itertools.chain([(ra, rb)], self._chunked(rest, chunk, fa, fb))
+            pairs = itertools.chain([(ra, rb, [x0.shape[0]])], self._chunked(rest, chunk, fa, fb))
             del ra, rb
             matrix, extra = self._minibatch(pairs) if mode == "minibatch" else self._exact(pairs)
             del fa, fb, pairs
@@ -293,30 +293,27 @@ class CKA:
         return ra, rb
 
     def _chunked(self, batches: Iterator[torch.Tensor], chunk: int, a: ModelWrapper, b: ModelWrapper
-                 ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
-        """Each batch's layer outputs, as :meth:`_forward` gives them, from forwards of ``chunk``
-        images at a time (several batches concatenated): the same per-image outputs, fewer and
-        larger forwards (a CPU runs a ResNet at 32 px several times faster in batches of 512 than
-        of 128). The batches the estimator sees are the loader's own."""
+                 ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[int]]]:
+        """``(reps_a, reps_b, sizes)``: layer outputs (:meth:`_forward`) of several consecutive loader
+        batches of ``sizes`` images, from one forward of up to ``chunk`` images: the same per-image
+        outputs, fewer and larger forwards (a CPU runs a ResNet at 32 px several times faster in
+        batches of 512 than of 128). The batches the estimator sees stay the loader's own."""
         group: list[torch.Tensor] = []
 
-        def flush() -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        def flush() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[int]]:
             sizes = [g.shape[0] for g in group]
-            both = self._forward(group[0] if len(group) == 1 else torch.cat(group), a, b)
+            ra, rb = self._forward(group[0] if len(group) == 1 else torch.cat(group), a, b)
             group.clear()
-            lo = 0
-            for size in sizes:
-                yield tuple({k: r[lo : lo + size] for k, r in reps.items()} for reps in both)
-                lo += size
+            return ra, rb, sizes
 
         for x in batches:
             if group and x.shape[1:] != group[0].shape[1:]:  # images of another size: a forward of their own
-                yield from flush()
+                yield flush()
             group.append(x)
             if sum(g.shape[0] for g in group) >= chunk:
-                yield from flush()
+                yield flush()
         if group:
-            yield from flush()
+            yield flush()
 
     def _fast_models(self, x: torch.Tensor) -> tuple[ModelWrapper, ModelWrapper, bool]:
         """Copies of the models with BatchNorm folded into the convolutions (a ResNet's forward about
@@ -338,36 +335,40 @@ class CKA:
                     return a, b, False
         return fa, fb, True
 
-    def _minibatch(self, pairs: Iterator[tuple[dict, dict]]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    def _minibatch(self, pairs: Iterator[tuple[dict, dict, list[int]]]) -> tuple[pd.DataFrame, dict[str, Any]]:
         acc = MinibatchCKA()
         images = dropped = 0
-        sizes = set()
-        for ra, rb in pairs:
-            rows = next(iter(ra.values())).shape[0]
-            if rows < 4:
-                dropped += rows
-                continue
-            acc.update(ra, rb)
-            images += rows
-            sizes.add(rows)
+        sizes_seen = set()
+        for ra, rb, sizes in pairs:
+            lo = 0
+            for size, run in itertools.groupby(sizes):  # equal consecutive batches: one update
+                k = len(list(run))
+                if size < 4:
+                    dropped += size * k
+                else:
+                    acc.update({n: r[lo : lo + size * k] for n, r in ra.items()},
+                               {n: r[lo : lo + size * k] for n, r in rb.items()}, batches=k)
+                    images += size * k
+                    sizes_seen.add(size)
+                lo += size * k
         if not acc.n_batches:
             raise ImageError(f"the minibatch estimator needs batches of at least 4 images; got {dropped} image(s) "
                              "in smaller ones (pass batch_size=..., or a DataLoader with a larger batch size)")
         matrix = acc.compute()
-        extra = {"images": images, "batches": acc.n_batches, "batch_size": max(sizes)}
+        extra = {"images": images, "batches": acc.n_batches, "batch_size": max(sizes_seen)}
         if dropped:
             extra["images_left_out"] = dropped
         return matrix, extra
 
-    def _exact(self, pairs: Iterator[tuple[dict, dict]]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    def _exact(self, pairs: Iterator[tuple[dict, dict, list[int]]]) -> tuple[pd.DataFrame, dict[str, Any]]:
         """Every batch's features kept (float32, on the CPU), then exact CKA over all of them."""
         stores: tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]] = ({}, {})
         images = 0
-        for ra, rb in pairs:
+        for ra, rb, sizes in pairs:
             for store, reps in zip(stores, (ra, rb), strict=True):
                 for layer, r in reps.items():
                     store.setdefault(layer, []).append(r.float().cpu())
-            images += next(iter(ra.values())).shape[0]
+            images += sum(sizes)
         ra, rb = ({k: _joined(v) for k, v in store.items()} for store in stores)
         for model, reps in ((self.first, ra), (self.second, rb)):
             for layer, r in reps.items():
