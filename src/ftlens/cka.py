@@ -27,6 +27,7 @@ from ftlens import io
 from ftlens.errors import ConfigError, FtlensError, ImageError, NumericalError
 from ftlens.images import count_images, image_batches
 from ftlens.models import ModelWrapper, load_model
+from ftlens.models.session import one_thread
 from ftlens.progress import track
 from ftlens.similarity.measure import Measure
 from ftlens.similarity.minibatch_cka import MinibatchCKA
@@ -320,14 +321,15 @@ class CKA:
         a quarter faster on a CPU), used only if their layer outputs on (part of) the first batch
         match the models' own up to float rounding; else the models themselves."""
         a, b = self.first, self.second
-        x = x[:16]
+        x = x[:4]
         a.check_images(x)
         b.check_images(x)
         fa = a.folded(x) if a._cnn else a
         fb = fa if b is a else (b.folded(x) if b._cnn else b)
         if fa is a and fb is b:
             return a, b, False
-        want, got = self._forward(x, a, b), self._forward(x, fa, fb)
+        with one_thread():
+            want, got = self._forward(x, a, b), self._forward(x, fa, fb)
         for w, g in zip(want, got, strict=True):
             for layer, r in w.items():
                 scale = float(r.abs().max()) or 1.0

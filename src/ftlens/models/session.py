@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["is_cnn", "working_state"]
+__all__ = ["is_cnn", "one_thread", "working_state"]
 
 
 def is_cnn(module: nn.Module) -> bool:
@@ -79,3 +79,19 @@ def working_state(module: nn.Module, *, device: torch.device | None = None,
             m._buffers[name] = b
         for p, data in reversed(params):
             p.data = data
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One intra-op CPU thread for the duration (restored after): for forwards of one or a few
+    images (a trace, a check), which parallel threads only slow down, and on a busy machine by
+    a thread wake-up per operation."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -32,7 +32,7 @@ from ftlens.models.capture import capture, check_token_mode, reduce_output
 from ftlens.models.families import family_named
 from ftlens.models.families.base import INPUT_OF, PRE_LOGITS, Defaults, Source
 from ftlens.models.fingerprint import WeightDigests, combine, module_tensors
-from ftlens.models.session import is_cnn, working_state
+from ftlens.models.session import is_cnn, one_thread, working_state
 from ftlens.models.trace import ExecutionTrace, trace_module
 from ftlens.progress import track
 
@@ -324,9 +324,13 @@ class ModelWrapper:
         ``(n, C, H, W)``); the same layer outputs up to float rounding. ``self`` if nothing folds."""
         from ftlens.models.inference import fold_batchnorm
 
-        with self.session(channels_last=False), torch.no_grad():
-            module, folds = fold_batchnorm(self.module, self._normalize(example.to(self.device)))
-        return self._owning(module) if folds else self
+        with self.session(channels_last=False), torch.no_grad(), one_thread():
+            module, folds = fold_batchnorm(self.module, self._normalize(example[:1].to(self.device)))
+        if not folds:
+            return self
+        new = self._owning(module)
+        new._trace = self._trace  # the same modules run in the same order (an Identity where a BatchNorm was)
+        return new
 
     def _owning(self, module: nn.Module) -> ModelWrapper:
         new = copy.copy(self)
@@ -418,7 +422,7 @@ class ModelWrapper:
             size = self._need_size()
             x = torch.full((1, *size), 0.5, device=self.device)
             try:
-                with self.session(channels_last=False):  # one image: no channels-last copy
+                with self.session(channels_last=False), one_thread():  # one image: no channels-last copy
                     self._trace = trace_module(self.module, self._normalize(x))
             except Exception as exc:
                 raise ImageSizeError(
