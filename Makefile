@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_inversion.py
 	$(PY) bench/bench_compare.py
 	$(PY) bench/bench_peer.py
+	$(PY) bench/bench_cka_peer.py --threads 2
 	$(PY) bench/bench_kernels.py
 	$(PY) bench/bench_layers.py --threads 1
 

@@ -266,8 +266,12 @@ def load_image_text(spec: str, *, config: dict[str, Any] | None = None, num_clas
 def _load_hf(location: str, config: dict[str, Any] | None, num_classes: int) -> ImageText:
     transformers = require("transformers", "hf", "transformers")
     if config is None:
+        from ftlens.models.families.base import pickled_weights_error
+
+        if Path(location).is_dir() and (refusal := pickled_weights_error(Path(location), "clip:hf:")) is not None:
+            raise refusal
         try:
-            cfg = transformers.AutoConfig.from_pretrained(location)
+            cfg = transformers.AutoConfig.from_pretrained(location, trust_remote_code=False)
         except OSError as exc:
             raise _hf_missing(location, exc) from exc
         if getattr(cfg, "model_type", None) != "clip":
@@ -276,7 +280,7 @@ def _load_hf(location: str, config: dict[str, Any] | None, num_classes: int) -> 
                 "(model_type 'clip'); zero-shot heads and FLYP need both towers of a CLIP model"
             )
         try:
-            model = transformers.CLIPModel.from_pretrained(location)
+            model = transformers.CLIPModel.from_pretrained(location, use_safetensors=Path(location).is_dir() or None)
         except OSError as exc:
             raise _hf_missing(location, exc) from exc
     else:

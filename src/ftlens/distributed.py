@@ -187,8 +187,8 @@ class ModelRef:
         if not isinstance(model, ModelWrapper):
             raise TypeError(f"ModelRef.from_wrapper needs a ModelWrapper, got {type(model).__name__}")
         module = model.module
-        if next(module.parameters(), torch.empty(0)).device.type != "cpu":
-            module = copy.deepcopy(module).cpu()
+        if not model.owned or next(module.parameters(), torch.empty(0)).device.type != "cpu":
+            module = copy.deepcopy(module).cpu()  # a user's module is never handed on (load() freezes it)
         return cls(module=module, spec=model.spec, name=model.name, mean=tuple(model.mean), std=tuple(model.std),
                    input_size=tuple(model.input_size), layers=list(model.layers), source=model.source,
                    extra_state={k: v.detach().cpu() for k, v in model.extra_state.items()},

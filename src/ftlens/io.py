@@ -32,6 +32,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, on_wait: Any = None) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the (empty) lock file ``path`` for the duration; yields
+    whether a lock is held (False where the folder cannot be written or has no ``flock``: then
+    nothing is serialised). A second process blocks until the first one leaves; ``on_wait()`` is
+    called once if it has to wait. The lock file stays (removing it would race with a waiter)."""
+    try:
+        import fcntl
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        yield False
+        return
+    try:
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

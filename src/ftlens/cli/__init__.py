@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from ftlens import __version__
+from ftlens.warn import use_one_line_format
 
 app = typer.Typer(
     name="ftlens",
@@ -32,6 +33,7 @@ def _root(
     ),
 ) -> None:
     """ftlens: invariances (STIR), CKA and robustness of finetuned vision models."""
+    use_one_line_format()  # warnings as "Category: message", no source line in logs
 
 
 # Sub-commands register themselves on import.
@@ -63,4 +65,5 @@ _order_commands()
 
 
 def main() -> None:
+    use_one_line_format()
     app()

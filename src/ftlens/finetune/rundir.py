@@ -14,6 +14,10 @@ A run directory holds::
                                      the signal per epoch and the epoch it prefers
     preferred.safetensors            --monitor-keep: the checkpoint of that epoch
 
+    .ftlens.lock                     held (flock) by the process training the run: a second process
+                                     asked to train the same folder waits, then resumes, which
+                                     returns the first one's finished run instead of training again
+
 Epoch ``e`` is complete once its state file and its checkpoint both exist (the state is written
 first, then the checkpoint, then the previous state is removed; every write is atomic).
 
@@ -41,6 +45,19 @@ from ftlens.finetune.config import RESUME_FREE_FIELDS, FinetuneConfig
 from ftlens.models import checkpoint_path
 
 STATE_DIR = "state"
+LOCK_NAME = ".ftlens.lock"
+
+
+def run_lock(path: str | Path) -> Any:
+    """The run folder's lock (:func:`ftlens.io.file_lock` on ``path/.ftlens.lock``): held while a
+    process trains the run; another one waits (saying so on stderr) and then finds the run done."""
+    import sys
+
+    def say() -> None:
+        print(f"another process is training {path}; waiting for it to finish (then its run is reused)",
+              file=sys.stderr, flush=True)
+
+    return io.file_lock(Path(path) / LOCK_NAME, on_wait=say)
 
 
 class RunDir:
@@ -149,7 +166,7 @@ class RunDir:
                 )
         elif self.path.exists():
             check_output_dir(self.path)
-            if any(self.path.iterdir()):
+            if any(p.name != LOCK_NAME for p in self.path.iterdir()):
                 raise OutputError(
                     f"{self.path} is not empty ({describe_folder(self.path)}) and has no config.yaml, so it is "
                     "not a run ftlens can continue. Nothing was changed: choose another --out, or pass "
@@ -186,7 +203,7 @@ def same_place(a: Any, b: Any, old_out: Any, new_out: Any) -> bool:
 
 def describe_folder(path: Path, limit: int = 5) -> str:
     """``"it holds a.txt, b/, ... (12 entries)"`` for an error message."""
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(path).iterdir())
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(path).iterdir() if p.name != LOCK_NAME)
     shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
     return f"it holds {shown}"
 

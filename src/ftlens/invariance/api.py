@@ -9,6 +9,7 @@ metrics and flows. ``compare`` is the one way to run a comparison, in one proces
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import time
@@ -105,6 +106,7 @@ def compare(
     schedule: str | Mapping[str, Any] | None = None,
     batch_layers: bool | None = None,
     measure: str | Measure | None = None,
+    image_size: int | Sequence[int] | None = None,
 ) -> Comparison | None:
     """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` vs ``pretrained``.
 
@@ -153,6 +155,8 @@ def compare(
             :func:`ftlens.similarity.measure_names`) or a :class:`~ftlens.similarity.Measure`. The
             inversions are the same (and cached the same); there is no image bootstrap with a
             measure other than linear CKA (intervals over seeds).
+        image_size: input resolution for models given as specs or module objects
+            (:func:`ftlens.load_model`'s; a ViT is resampled to it, a CNN takes the images' size).
 
     Returns:
         a :class:`~ftlens.invariance.result.Comparison` (``None`` on ranks other than 0 under a
@@ -168,10 +172,24 @@ def compare(
     if first_term not in FIRST_TERMS:
         raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
     executor = executor or distributed.executor(processes=processes, threads=threads, cache=cache)
-    pt = as_model(pretrained, PRETRAINED)
-    ft = as_model(finetuned, FINETUNED)
+    pt = as_model(pretrained, PRETRAINED, image_size)
+    ft = as_model(finetuned, FINETUNED, image_size)
     models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)
     pt, ft = models[PRETRAINED], models[FINETUNED]
+    # one session per model for the whole call: the weights are checked (and hashed again where
+    # they changed) once, here, and the models are in their working state until the end
+    with pt.session(check=True), ft.session(check=True):
+        return _compare(pt, ft, images, device, executor, t_start, layers=layers, seeds=seeds, n_images=n_images,
+                        steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased,
+                        first_term=first_term, batch_size=batch_size, autocast=autocast, progress=progress,
+                        bootstrap=bootstrap, confidence=confidence, residual_threshold=residual_threshold,
+                        schedule=schedule, batch_layers=batch_layers, chosen=chosen)
+
+
+def _compare(pt: ModelWrapper, ft: ModelWrapper, images: torch.Tensor, device, executor: Executor, t_start: float, *,
+             layers, seeds, n_images, steps, step_size, start, cache, debiased, first_term, batch_size, autocast,
+             progress, bootstrap, confidence, residual_threshold, schedule, batch_layers,
+             chosen: Measure | None) -> Comparison | None:
     fields = schedule_fields(schedule)
     if fields.get("schedule", PAPER.schedule) != "fixed" and "stop_residual" not in fields:
         # one threshold: the early-stopping schedules stop images at a fraction of the convergence gate's
@@ -245,14 +263,14 @@ def compare(
     return build_comparison(stir_df, cka_df, inversion_table(plan, invs), config, boot_df)
 
 
-def _label_models(target) -> dict[str, ModelWrapper]:
+def _label_models(target, image_size=None) -> dict[str, ModelWrapper]:
     if isinstance(target, Mapping):
-        return {str(k): as_model(v, f"target {k}") for k, v in target.items()}
+        return {str(k): as_model(v, f"target {k}", image_size) for k, v in target.items()}
     if isinstance(target, (ModelWrapper, str, os.PathLike)):
         target = [target]
     out: dict[str, ModelWrapper] = {}
     for i, m in enumerate(target):
-        m = as_model(m, f"target {i}")
+        m = as_model(m, f"target {i}", image_size)
         label, k = m.name, 2
         while label in out:
             label, k = f"{m.name}#{k}", k + 1
@@ -281,6 +299,7 @@ def stir(
     progress: bool | None = None,
     schedule: str | Mapping[str, Any] | None = None,
     measure: str | Measure | None = None,
+    image_size: int | Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """``STIR(target^[i] | reference^[j])`` for every target layer ``i`` and reference layer ``j``.
 
@@ -299,6 +318,7 @@ def stir(
         schedule: inversion schedule: ``None`` / ``"adaptive"`` (default), ``"fixed"`` (the
             paper) or a mapping (:func:`ftlens.inversion.schedule_fields`).
         measure: a registered similarity measure instead of linear CKA (as in :func:`compare`).
+        image_size: input resolution for models given as specs or module objects.
 
     Returns:
         Tidy DataFrame with columns ``target, reference, target_layer, target_layer_number,
@@ -307,9 +327,9 @@ def stir(
         ``estimator``: ``biased`` / ``debiased`` for linear CKA, else the measure's name).
     """
     chosen, debiased = stir_measure(measure, debiased)
-    ref = as_model(reference, "reference")
+    ref = as_model(reference, "reference", image_size)
     ref_label = reference_name or ref.name
-    tmodels = _label_models(target)
+    tmodels = _label_models(target, image_size)
     check_input_sizes({ref_label: ref, **tmodels}, images)
     tlayers = {}
     for label, m in tmodels.items():
@@ -319,8 +339,11 @@ def stir(
             raise LayerError(f"target {label}: {exc}") from None
     settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast,
                                  **schedule_fields(schedule))
-    plan = plan_inversions({ref_label: ref}, images, layers=reference_layers, seeds=seeds, n_images=n_images,
-                           settings=settings, device=device)
-    invs = run_plan(plan, images, cache=cache, batch_size=batch_size, progress=progress)
-    return score(plan, invs, images, {label: (m, tlayers[label]) for label, m in tmodels.items()},
-                 debiased=debiased, batch_size=batch_size, measure=chosen)
+    with contextlib.ExitStack() as stack:  # each model checked once and in its working state throughout
+        for m in {id(m): m for m in (ref, *tmodels.values())}.values():
+            stack.enter_context(m.session(check=True))
+        plan = plan_inversions({ref_label: ref}, images, layers=reference_layers, seeds=seeds, n_images=n_images,
+                               settings=settings, device=device)
+        invs = run_plan(plan, images, cache=cache, batch_size=batch_size, progress=progress)
+        return score(plan, invs, images, {label: (m, tlayers[label]) for label, m in tmodels.items()},
+                     debiased=debiased, batch_size=batch_size, measure=chosen)

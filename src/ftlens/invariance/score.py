@@ -132,17 +132,11 @@ def _grams_on_device(model: ModelWrapper, x: torch.Tensor, layers: list[str], ba
     device = model.device
     bs = batch_size or 256
     chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
-    was_training = model.module.training
-    model.module.eval()
-    try:
-        with torch.inference_mode():
-            for lo in range(0, x.shape[0], bs):
-                reps = model.forward_layers(x[lo : lo + bs].to(device, non_blocking=True), layers, clone=False)
-                for layer in layers:
-                    chunks[layer].append(reps[layer].float())
-    finally:
-        if was_training:
-            model.module.train()
+    with model.session(), torch.inference_mode():
+        for lo in range(0, x.shape[0], bs):
+            reps = model.forward_layers(x[lo : lo + bs].to(device, non_blocking=True), layers, clone=False)
+            for layer in layers:
+                chunks[layer].append(reps[layer].float())
     return {layer: gram_linear(torch.cat(chunks.pop(layer))).cpu() for layer in layers}
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ftlens.errors import ModelError
-from ftlens.models.families.base import Built, Family
+from ftlens.models.families.base import Built, Family, pickled_weights_error
 
 
 class PeftFamily(Family):
@@ -32,9 +32,14 @@ class PeftFamily(Family):
         from ftlens.models.load import load_model
 
         directory = Path(name)
+        if kwargs.get("trust_remote_code"):
+            raise ModelError(f"peft:{name}: ftlens never runs a model's own Python code (trust_remote_code)")
         if not (directory / "adapter_config.json").is_file():
             raise ModelError(f"{directory} is not a PEFT adapter directory (no adapter_config.json); save the "
                              "adapter with peft_model.save_pretrained(DIR)")
+        refusal = pickled_weights_error(directory, "the PEFT adapter folder")
+        if refusal is not None:  # before the base model is loaded: the fix is the adapter's
+            raise refusal
         config = peft.PeftConfig.from_pretrained(str(directory))
         if base is None:
             base = config.base_model_name_or_path
@@ -68,6 +73,9 @@ def lora_info(config: Any, adapter: str, base: str, where: str = "") -> dict[str
 
 def read_adapter(directory: Path) -> dict[str, Any]:
     path = directory / "adapter_model.safetensors"
+    refusal = pickled_weights_error(directory, "the PEFT adapter folder")
+    if refusal is not None:
+        raise refusal
     if not path.is_file():
         raise ModelError(f"{directory} holds no adapter_model.safetensors (ftlens reads safetensors adapters only)")
     return load_file(str(path))
