@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ftlens import __version__
+from ftlens._version import __version__
 
 app = typer.Typer(
     name="ftlens",
