@@ -38,7 +38,6 @@ from ftlens.analysis.dynamics import corrupted_accuracy, dynamics, read_dynamics
 from ftlens.checks import check_writable_dir
 from ftlens.data.base import float_to_uint8, uint8_to_float
 from ftlens.data.corruptions import corrupt
-from ftlens.distributed import context
 from ftlens.errors import OutputError
 from ftlens.experiment_config import (  # noqa: F401  (re-exported: the configuration's old home)
     AnalysisConfig,
@@ -56,6 +55,7 @@ from ftlens.invariance import compare
 from ftlens.invariance.pool import image_pool
 from ftlens.layout import ExperimentLayout
 from ftlens.models import takes_pretrained
+from ftlens.process_group import context
 from ftlens.report.build import build_report, read_config
 
 STAGES = ("pretrain", "finetune", "compare", "dynamics", "correlation", "distortion", "findings", "report")

@@ -112,7 +112,7 @@ def compare_cmd(
 
     cli_options(out=out, images=images, seeds=seeds, steps=steps, step_size=step_size, start=start,
                 batch_size=batch_size)
-    from ftlens import distributed, inversion, progress
+    from ftlens import inversion, process_group, progress
     from ftlens.data import get_dataset
     from ftlens.invariance import compare
     from ftlens.invariance.pool import image_pool
@@ -120,7 +120,7 @@ def compare_cmd(
 
     if schedule not in inversion.SCHEDULE_PRESETS:
         raise ConfigError(f"--schedule must be one of {', '.join(inversion.SCHEDULE_PRESETS)}, got {schedule!r}")
-    ctx = distributed.context()
+    ctx = process_group.context()
     sharded = ctx.distributed or processes > 1
     if sharded and no_cache:
         raise ConfigError("a sharded run (--processes N > 1, or a launcher's WORLD_SIZE > 1) needs the "

@@ -18,9 +18,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ftlens import distributed, io
+from ftlens import io
 from ftlens.errors import ConfigError, LayerError
 from ftlens.images import as_images
+from ftlens.invariance import parallel
 from ftlens.invariance.inputs import (
     ModelLike,
     as_model,
@@ -129,7 +130,7 @@ def compare(
             single-process one. Under a launcher (``accelerate launch``, ``torchrun``) the
             launcher's processes are used and every rank but 0 returns ``None``.
         executor: where the work items run (default from ``processes`` and the launcher:
-            :func:`ftlens.distributed.executor`).
+            :func:`ftlens.invariance.parallel.executor`).
         bootstrap: resamples of the images within each seed for the per-layer intervals
             (0: intervals over seeds only); cheap, from the Gram matrices.
         confidence: level of the intervals (0.95).
@@ -151,7 +152,7 @@ def compare(
     images = as_images(images)
     if first_term not in FIRST_TERMS:
         raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
-    executor = executor or distributed.executor(processes=processes, threads=threads, cache=cache)
+    executor = executor or parallel.executor(processes=processes, threads=threads, cache=cache)
     pt = as_model(pretrained, PRETRAINED)
     ft = as_model(finetuned, FINETUNED)
     models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)
