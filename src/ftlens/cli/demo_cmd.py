@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app
+from ftlens.cli.app import app
 from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
 from ftlens.errors import ConfigError
 
