@@ -54,7 +54,7 @@ from ftlens.finetune.strategies import get_strategy
 from ftlens.invariance import compare
 from ftlens.invariance.pool import image_pool
 from ftlens.layout import ExperimentLayout
-from ftlens.models import takes_pretrained
+from ftlens.models import ModelWrapper, takes_pretrained
 from ftlens.process_group import context
 from ftlens.report.build import build_report, read_config
 
@@ -85,8 +85,8 @@ class Experiment:
             return f"{self.run_dir('pretrain')}@last"
         return self.config.model
 
-    def load_pretrained(self):
-        size = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
+    def load_pretrained(self) -> ModelWrapper:
+        size: dict[str, Any] = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
         if self.config.pretrain:
             return models.load_model(self.pretrained_spec, layers=self.config.analysis.layers, **size)
         if takes_pretrained(self.config.model):

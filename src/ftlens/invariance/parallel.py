@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,7 +206,8 @@ class LocalProcesses:
         self.threads = threads
         self.cache_root = _cache_root(cache)
 
-    def prepare(self, models, images, device):
+    def prepare(self, models: Mapping[str, ModelWrapper], images: torch.Tensor,
+                device: str | torch.device | None) -> tuple[dict[str, ModelWrapper], torch.Tensor, str | torch.device | None]:
         return dict(models), images, device
 
     def run(self, plan: Plan, images: torch.Tensor, *, cache: Cache | None, batch_size: int | None,
@@ -239,15 +241,16 @@ class TorchDistributed:
     def is_main(self) -> bool:
         return self.ctx.is_main
 
-    def prepare(self, models, images, device):
+    def prepare(self, models: Mapping[str, ModelWrapper], images: torch.Tensor,
+                device: str | torch.device | None) -> tuple[dict[str, ModelWrapper], torch.Tensor, str | torch.device | None]:
         init_process_group(self.ctx)
         device = self.ctx.resolve_device(device)
-        models = dict(models)
+        mine = dict(models)
         if device is not None:
-            for m in models.values():
+            for m in mine.values():
                 m.to(device)
-        models, images = _sync_inputs(self.ctx, models, images)
-        return models, images, device
+        mine, images = _sync_inputs(self.ctx, mine, images)
+        return mine, images, device
 
     def run(self, plan: Plan, images: torch.Tensor, *, cache: Cache | None, batch_size: int | None,
             progress: bool | None) -> Execution | None:
@@ -260,7 +263,8 @@ class TorchDistributed:
         return _merge(plan, images, store, logs, self.ctx.world_size, time.perf_counter() - t0)
 
 
-def _sync_inputs(ctx: Context, models: dict[str, ModelWrapper], images: torch.Tensor):
+def _sync_inputs(ctx: Context, models: dict[str, ModelWrapper],
+                 images: torch.Tensor) -> tuple[dict[str, ModelWrapper], torch.Tensor]:
     """Make sure every rank has rank 0's models and images (launchers load them per rank)."""
     mine = (tuple(m.fingerprint for m in models.values()), tensor_hash(images))
     everyone = gather(mine, ctx)

@@ -178,10 +178,11 @@ class Executor(Protocol):
     ``is_main`` says whether this process scores and returns the result.
     """
 
-    is_main: bool
+    @property
+    def is_main(self) -> bool: ...
 
     def prepare(self, models: Mapping[str, ModelWrapper], images: torch.Tensor,
-                device: torch.device | None) -> tuple[dict[str, ModelWrapper], torch.Tensor, torch.device | None]: ...
+                device: str | torch.device | None) -> tuple[dict[str, ModelWrapper], torch.Tensor, str | torch.device | None]: ...
 
     def run(self, plan: Plan, images: torch.Tensor, *, cache: Cache | None, batch_size: int | None,
             progress: bool | None) -> Execution | None: ...
@@ -192,7 +193,8 @@ class InProcess:
 
     is_main = True
 
-    def prepare(self, models, images, device):
+    def prepare(self, models: Mapping[str, ModelWrapper], images: torch.Tensor,
+                device: str | torch.device | None) -> tuple[dict[str, ModelWrapper], torch.Tensor, str | torch.device | None]:
         return dict(models), images, device
 
     def run(self, plan: Plan, images: torch.Tensor, *, cache: Cache | None, batch_size: int | None,
