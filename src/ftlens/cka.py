@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -24,6 +24,9 @@ from ftlens.models import ModelWrapper, load_model
 from ftlens.similarity.measure import Measure
 from ftlens.similarity.registry import get_measure, measure_names
 from ftlens.vocabulary import upgrade_keys
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["CKA", "CKAResult", "load_cka", "resolve_measure"]
 
@@ -70,7 +73,7 @@ class CKAResult:
         name = "linear CKA" if self.measure.startswith("linear_cka") else self.measure
         return name + (" (0 = identical)" if self.config.get("measure_kind") == "distance" else " (1 = identical)")
 
-    def plot(self, *, title: str | None = None):
+    def plot(self, *, title: str | None = None) -> Figure:
         """Heat map with an adaptive colour scale and the values in the cells (a matplotlib Figure)."""
         from ftlens.report.figures import cka_heatmap
 
@@ -159,7 +162,7 @@ class CKA:
         self.result = CKAResult(matrix, config)
         return self.result
 
-    def plot(self, **kwargs: Any):
+    def plot(self, **kwargs: Any) -> Figure:
         """The last result's heat map (after :meth:`compare`)."""
         if self.result is None:
             raise FtlensError("nothing to plot yet: call .compare(images) first")

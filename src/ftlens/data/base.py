@@ -160,7 +160,7 @@ class TensorImageDataset(ImageDataset):
         split: str,
         classes: Sequence[str],
         info: dict | None = None,
-    ):
+    ) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise DatasetError(f"{name}: images must be (n, 3, H, W), got {tuple(images.shape)}")
         if len(images) != len(labels):

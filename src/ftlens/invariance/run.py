@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from ftlens.invariance.plan import Plan, WorkItem
-from ftlens.inversion import Inversion, cached_inversion, current_runtime
+from ftlens.inversion import Inversion, ProgressFn, cached_inversion, current_runtime
 from ftlens.inversion.batched import Job
 from ftlens.inversion.cached import cached_inversions
 from ftlens.models import ModelWrapper
@@ -81,7 +81,7 @@ def run_item(
     *,
     cache: Cache | str | os.PathLike | bool | None = True,
     batch_size: int | None = None,
-    progress=False,
+    progress: bool | ProgressFn | None = False,
 ) -> Inversion:
     """Compute (or load from ``cache``) the inversion of one work item.
 
