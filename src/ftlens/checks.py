@@ -126,7 +126,7 @@ def os_error_message(exc: OSError) -> str:
         errno.EPERM: "permission denied: choose a folder you can write",
         errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
         errno.EDQUOT: "the disk quota is exceeded: free some space and run the same command again",
-    }.get(exc.errno, "")
+    }.get(exc.errno, "") if exc.errno is not None else ""
     text = exc.strerror or str(exc)
     return f"cannot write{where}: {text}" + (f"; {advice}" if advice else "")
 
