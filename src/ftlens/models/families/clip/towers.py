@@ -67,6 +67,8 @@ class ClipImageClassifier(nn.Module):
     """
 
     family = ""
+    #: ``{"mean", "std", "input_size"}``, set by :func:`build_for_models`
+    pretrained_cfg: dict[str, Any]
 
     def __init__(self, embed_dim: int, blocks: Sequence[str], num_classes: int = 0) -> None:
         super().__init__()
@@ -106,12 +108,12 @@ class HFImageTower(ClipImageClassifier):
 
     family = "hf"
 
-    def __init__(self, model: nn.Module, num_classes: int = 0) -> None:
+    def __init__(self, model: Any, num_classes: int = 0) -> None:
         n = len(model.vision_model.encoder.layers)
         super().__init__(model.config.projection_dim, [f"vision_model.encoder.layers.{i}" for i in range(n)],
                          num_classes)
-        self.vision_model = model.vision_model
-        self.visual_projection = model.visual_projection
+        self.vision_model: Any = model.vision_model
+        self.visual_projection: Any = model.visual_projection
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         # position embeddings resampled to other image sizes (a no-op at the config's own size)
@@ -124,14 +126,14 @@ class OpenClipImageTower(ClipImageClassifier):
 
     family = "open_clip"
 
-    def __init__(self, model: nn.Module, embed_dim: int, num_classes: int = 0) -> None:
+    def __init__(self, model: Any, embed_dim: int, num_classes: int = 0) -> None:
         trunk = getattr(model.visual, "transformer", None)
         blocks = getattr(trunk, "resblocks", None)
         names = [f"visual.transformer.resblocks.{i}" for i in range(len(blocks))] if blocks is not None else []
         if blocks is None:  # ResNet towers (ModifiedResNet): its stages
             names = [f"visual.layer{i}" for i in range(1, 5) if hasattr(model.visual, f"layer{i}")]
         super().__init__(embed_dim, names, num_classes)
-        self.visual = model.visual
+        self.visual: Any = model.visual
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.visual(x)
@@ -156,17 +158,17 @@ class TextTower(nn.Module):
 
 
 class HFTextTower(TextTower):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
-        self.text_model = model.text_model
-        self.text_projection = model.text_projection
-        self.logit_scale = model.logit_scale
+        self.text_model: Any = model.text_model
+        self.text_projection: Any = model.text_projection
+        self.logit_scale: nn.Parameter = model.logit_scale
 
     @property
     def scale_parameter(self) -> nn.Parameter:
         return self.logit_scale
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
         return self.text_projection(out.pooler_output)
 
@@ -174,16 +176,16 @@ class HFTextTower(TextTower):
 class OpenClipTextTower(TextTower):
     """The open_clip model with its image tower removed (``encode_text`` does not use it)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
         model.visual = None
-        self.clip = model
+        self.clip: Any = model
 
     @property
     def scale_parameter(self) -> nn.Parameter:
         return self.clip.logit_scale
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.clip.encode_text(input_ids)
 
 
