@@ -133,8 +133,7 @@ def zero_shot_head(wrapper: ModelWrapper, classes: Sequence[str], templates: Seq
     if module.num_classes != len(classes):
         module.reset_classifier(len(classes))
         module.head.to(wrapper.device)
-        wrapper._modules = dict(module.named_modules())  # the wrapper's view of the new head
-        wrapper._order = None
+        wrapper.refresh_modules(fingerprint=False)  # the wrapper's view of the new head, traced again
         wrapper.source = dataclasses.replace(wrapper.source,
                                              kwargs={**wrapper.source.kwargs, "num_classes": len(classes)})
     install_head(module, weights)
