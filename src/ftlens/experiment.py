@@ -35,6 +35,7 @@ from ftlens import (  # models.load_model, data.get_dataset: looked up when call
 from ftlens.analysis.correlation import correlation_table
 from ftlens.analysis.distortion import feature_distortion, write_examples
 from ftlens.analysis.dynamics import corrupted_accuracy, dynamics, read_dynamics, run_metrics
+from ftlens.analysis.weight_space import weight_diff
 from ftlens.checks import check_writable_dir
 from ftlens.data.base import float_to_uint8, uint8_to_float
 from ftlens.data.corruptions import corrupt
@@ -203,12 +204,16 @@ class Experiment:
         images, _ = self._image_pool(self.config.analysis.images, self.config.analysis.seeds)
         for name in self.compare_names():
             target = self.layout.compare(name)
-            if (target / "comparison.json").exists():
-                continue
-            ft = models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
-            cmp = compare(pt, ft, images, **self._compare_kwargs())
-            if cmp is not None:  # None on ranks other than 0 under a launcher
+            ft = None
+            if not (target / "comparison.json").exists():
+                ft = models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
+                cmp = compare(pt, ft, images, **self._compare_kwargs())
+                if cmp is None:  # None on ranks other than 0 under a launcher: rank 0 writes
+                    continue
                 cmp.save(target)
+            if not (self.layout.weights(name) / "weights.json").exists():  # the same two models' weight diff
+                ft = ft or models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
+                weight_diff(pt, ft, layers=self.config.analysis.layers).save(self.layout.weights(name))
 
     def stage_dynamics(self) -> None:
         if not self.config.analysis.dynamics:

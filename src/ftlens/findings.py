@@ -62,10 +62,12 @@ def _config(out: Path, config: Any) -> dict[str, Any] | None:
 
 
 def run_roles(config: dict[str, Any] | None) -> dict[str, str | None]:
-    """``{"ft", "scratch", "reconstruction", "lp-ft": run name}`` from :func:`ftlens.layout.resolve_roles`."""
+    """``{"ft", "scratch", "reconstruction", "lp-ft", "lp-ft-control": run name}`` from
+    :func:`ftlens.layout.resolve_roles`."""
     roles = resolve_roles(config)
     return {"ft": roles["pretrained_start"], "scratch": roles["scratch_control"],
-            "reconstruction": roles["reconstruction_task"], "lp-ft": roles["lp_ft"]}
+            "reconstruction": roles["reconstruction_task"], "lp-ft": roles["lp_ft"],
+            "lp-ft-control": roles["lp_ft_control"]}
 
 
 def confounders(config: dict[str, Any] | None, a: str, b: str) -> list[str]:
@@ -286,7 +288,7 @@ def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dic
     ``examples``: the per-example values and image sources of :func:`ftlens.analysis.distortion.read_examples`;
     without them (results of older versions) there is one value per run and split and no interval.
     """
-    ft_name, lpft_name = roles["ft"] or "ft", roles["lp-ft"] or "lp-ft"
+    ft_name, lpft_name = roles.get("lp-ft-control") or roles["ft"] or "ft", roles["lp-ft"] or "lp-ft"
     pl = d[(d["layer"] == "pre_logits") & (d["measure"] == "mean_squared_difference")]
     val = {(r.run, r.split): float(r.value) for r in pl.itertuples()}
     values, sources = examples if examples is not None else ({}, {})
@@ -335,6 +337,7 @@ def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dic
                   "which both runs see: one resample of the images applies to both" if intervals else
                   "comparison of two values"),
             n_points=n or 2, reason=reason, numbers={**nums, "differences": "; ".join(differ) or "none"}))
+    ft_name = roles["ft"] or "ft"
     if (ft_name, "ID") in val and (ft_name, "OOD") in val:
         nums = {"ft_ID": val[(ft_name, "ID")], "ft_OOD": val[(ft_name, "OOD")]}
         a, b = per.get((ft_name, "ID")), per.get((ft_name, "OOD"))

@@ -6,6 +6,10 @@ itself on :data:`~ftlens.cli.app.app`; this file only collects them.
 
 from __future__ import annotations
 
+# first, so that ``ftlens.cli.app`` is the app while the commands import (also as ``from ftlens.cli import app``)
+from ftlens.cli.app import app
+
+# isort: split
 # Sub-commands register themselves on import.
 from ftlens.cli import (  # noqa: F401
     analysis_cmds,
@@ -14,11 +18,11 @@ from ftlens.cli import (  # noqa: F401
     finetune_cmd,
     models_cmds,
     validate_cmd,
+    weights_cmd,
 )
-from ftlens.cli.app import app
 
 #: ``ftlens --help`` lists the commands in the order of a researcher's workflow
-WORKFLOW_ORDER = ("datasets", "layers", "finetune", "cka", "compare", "dynamics", "report", "demo", "run", "validate")
+WORKFLOW_ORDER = ("datasets", "layers", "finetune", "cka", "compare", "weights", "dynamics", "report", "demo", "run", "validate")
 
 
 def _order_commands() -> None:

@@ -10,6 +10,9 @@ A run directory holds::
     energy.json                      hp-ft / lp-ft: train accuracy and loss at the start of FT
     linear_probe.json                lp / lp-ft: the chosen C and the validation scores
     run.json                         versions, device, seconds per epoch (not part of results)
+    monitor.csv, monitor.json        --monitor-forgetting: learning / forgetting per epoch and layer,
+                                     the signal per epoch and the epoch it prefers
+    preferred.safetensors            --monitor-keep: the checkpoint of that epoch
 
 Epoch ``e`` is complete once its state file and its checkpoint both exist (the state is written
 first, then the checkpoint, then the previous state is removed; every write is atomic).
@@ -51,6 +54,9 @@ class RunDir:
     energy = property(lambda self: self.path / "energy.json")
     probe = property(lambda self: self.path / "linear_probe.json")
     info = property(lambda self: self.path / "run.json")
+    monitor_table = property(lambda self: self.path / "monitor.csv")
+    monitor_summary = property(lambda self: self.path / "monitor.json")
+    preferred = property(lambda self: self.path / "preferred.safetensors")
     checkpoints = property(lambda self: self.path / "checkpoints")
     states = property(lambda self: self.path / STATE_DIR)
 
@@ -108,7 +114,8 @@ class RunDir:
         return self.checkpoint_epochs() >= set(range(epochs + 1)) and self.metrics.is_file()
 
     def wipe(self) -> None:
-        for p in (self.config, self.metrics, self.energy, self.probe, self.info):
+        for p in (self.config, self.metrics, self.energy, self.probe, self.info, self.monitor_table,
+                  self.monitor_summary, self.preferred):
             p.unlink(missing_ok=True)
         for d in (self.checkpoints, self.states):
             if d.is_dir():

@@ -32,11 +32,20 @@ from ftlens.invariance.metrics import FIRST_TERMS
 from ftlens.invariance.plan import Plan, plan_inversions
 from ftlens.invariance.result import Comparison, build_comparison, inversion_table, model_info
 from ftlens.invariance.run import Executor, run_plan
-from ftlens.invariance.score import BOOTSTRAP_COLUMNS, FINETUNED, PRETRAINED, cka_table, score
+from ftlens.invariance.score import (
+    BOOTSTRAP_COLUMNS,
+    FINETUNED,
+    PRETRAINED,
+    cka_table,
+    estimator_of,
+    score,
+    stir_measure,
+)
 from ftlens.inversion import InversionSettings, runtime, schedule_fields
 from ftlens.layers import layer_numbers
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
+from ftlens.similarity.measure import Measure
 from ftlens.store import Cache, resolve_cache, tensor_hash
 
 __all__ = ["compare", "compare_plan", "stir"]
@@ -96,6 +105,7 @@ def compare(
     residual_threshold: float = PAPER.residual_threshold,
     schedule: str | Mapping[str, Any] | None = None,
     batch_layers: bool | None = None,
+    measure: str | Measure | None = None,
 ) -> Comparison | None:
     """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` vs ``pretrained``.
 
@@ -139,6 +149,11 @@ def compare(
         batch_layers: run each model's inversions (all layers and seeds) in one staged batch
             per step (:mod:`ftlens.inversion.batched`; speed only, same results up to rounding,
             not in the cache key); default: the current :func:`ftlens.inversion.runtime`'s (off).
+        measure: the similarity inside STIR and cka divergence instead of linear CKA: a registered
+            similarity measure's name (``svcca``, ``rsa_correlation_spearman``, ``mutual_knn``, ...;
+            :func:`ftlens.similarity.measure_names`) or a :class:`~ftlens.similarity.Measure`. The
+            inversions are the same (and cached the same); there is no image bootstrap with a
+            measure other than linear CKA (intervals over seeds).
 
     Returns:
         a :class:`~ftlens.invariance.result.Comparison` (``None`` on ranks other than 0 under a
@@ -149,6 +164,7 @@ def compare(
         wrong shape, fewer than ``n_images``, or models with different input sizes.
     """
     t_start = time.perf_counter()
+    chosen, debiased = stir_measure(measure, debiased)  # an unknown or unfit measure fails before any work
     images = as_images(images)
     if first_term not in FIRST_TERMS:
         raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
@@ -176,13 +192,14 @@ def compare(
     boot_rows: list = []
     stir_df = score(plan, invs, images, {PRETRAINED: (pt, layer_list), FINETUNED: (ft, layer_list)},
                     debiased=debiased, batch_size=batch_size, clean_grams=clean, bootstrap=bootstrap,
-                    bootstrap_rows=boot_rows)
+                    bootstrap_rows=boot_rows, measure=chosen)
     numbers = layer_numbers(layer_list, pt)
     cka_df = cka_table(clean, plan.seeds, layer_list, debiased, numbers=numbers, bootstrap=bootstrap,
-                       bootstrap_rows=boot_rows, n_images=plan.n_images)
+                       bootstrap_rows=boot_rows, n_images=plan.n_images, measure=chosen)
     boot_df = pd.DataFrame(boot_rows, columns=BOOTSTRAP_COLUMNS) if boot_rows else None
     t_score = time.perf_counter()
-    estimator = "debiased" if debiased else "biased"
+    estimator = estimator_of(chosen, debiased)
+    similarity = f"linear CKA ({estimator} HSIC), float64" if chosen is None else f"{chosen.label}, float64"
     config: dict[str, Any] = {
         "kind": "ftlens.compare",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -198,10 +215,11 @@ def compare(
         "samples": {str(k): v for k, v in plan.samples.items()},
         "inversion": settings.as_dict(),
         "estimator": estimator,
-        "similarity": f"linear CKA ({estimator} HSIC), float64",
+        "similarity": similarity,
+        "measure": chosen.name if chosen is not None else ("linear_cka_debiased" if debiased else "linear_cka"),
         "first_term": first_term,
         "confidence": confidence,
-        "bootstrap": int(bootstrap),
+        "bootstrap": int(bootstrap) if chosen is None else 0,
         "residual_threshold": residual_threshold,
         "flow_definition": {
             "flow": "eq. 5 as printed: flow[i, j] = STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[j]); "
@@ -263,6 +281,7 @@ def stir(
     reference_name: str | None = None,
     progress: bool | None = None,
     schedule: str | Mapping[str, Any] | None = None,
+    measure: str | Measure | None = None,
 ) -> pd.DataFrame:
     """``STIR(target^[i] | reference^[j])`` for every target layer ``i`` and reference layer ``j``.
 
@@ -280,12 +299,15 @@ def stir(
         cache: ``True`` (default directory), a directory / :class:`~ftlens.store.Cache`, or None.
         schedule: inversion schedule: ``None`` / ``"adaptive"`` (default), ``"fixed"`` (the
             paper) or a mapping (:func:`ftlens.inversion.schedule_fields`).
+        measure: a registered similarity measure instead of linear CKA (as in :func:`compare`).
 
     Returns:
         Tidy DataFrame with columns ``target, reference, target_layer, target_layer_number,
         reference_layer, reference_layer_number, seed, stir, residual, estimator``
-        (``residual``: mean relative residual of the inversion; layer numbers 1-based).
+        (``residual``: mean relative residual of the inversion; layer numbers 1-based;
+        ``estimator``: ``biased`` / ``debiased`` for linear CKA, else the measure's name).
     """
+    chosen, debiased = stir_measure(measure, debiased)
     ref = as_model(reference, "reference")
     ref_label = reference_name or ref.name
     tmodels = _label_models(target)
@@ -302,4 +324,4 @@ def stir(
                            settings=settings, device=device)
     invs = run_plan(plan, images, cache=cache, batch_size=batch_size, progress=progress)
     return score(plan, invs, images, {label: (m, tlayers[label]) for label, m in tmodels.items()},
-                 debiased=debiased, batch_size=batch_size)
+                 debiased=debiased, batch_size=batch_size, measure=chosen)

@@ -47,7 +47,7 @@ class PeftFamily(Family):
             raise ModelError(f"the LoRA adapter {directory} names its base {base!r} as a spec: load it with "
                              "ftlens.load_model('peft:DIR', base=...), which knows how to load the base")
         base_wrapper = base if hasattr(base, "module") else load(base, pretrained=pretrained, **kwargs)
-        weights = _read_adapter(directory)
+        weights = read_adapter(directory)
         merged, where = _merge(peft, base_wrapper.module, config, weights, str(directory), base_wrapper.name)
         info = {**base_wrapper.info, "lora": lora_info(config, str(directory), base_wrapper.spec, where)}
         return Built(merged, base_wrapper.source, random_init=False, family=base_wrapper.family, info=info,
@@ -71,16 +71,17 @@ def lora_info(config: Any, adapter: str, base: str, where: str = "") -> dict[str
             **({"applied_to": where} if where else {})}
 
 
-def _read_adapter(directory: Path) -> dict[str, Any]:
+def read_adapter(directory: Path) -> dict[str, Any]:
     path = directory / "adapter_model.safetensors"
     if not path.is_file():
         raise ModelError(f"{directory} holds no adapter_model.safetensors (ftlens reads safetensors adapters only)")
     return load_file(str(path))
 
 
-def _merge(peft: Any, base: nn.Module, config: Any, weights: dict[str, Any], adapter: str,
-           base_name: str) -> tuple[nn.Module, str]:
-    """Apply the adapter to ``base`` (or its ``body``), load its weights strictly, merge."""
+def apply_adapter(peft: Any, base: nn.Module, config: Any, weights: dict[str, Any], adapter: str,
+                  base_name: str) -> tuple[nn.Module, str]:
+    """``(PeftModel, where)``: the adapter applied to a copy of ``base`` (or of its ``body``: ``where``),
+    its weights loaded strictly, not merged; the caller's ``base`` is unchanged."""
     candidates = [("", base)]
     if hasattr(base, "body"):
         candidates.append(("body", base.body))
@@ -98,11 +99,18 @@ def _merge(peft: Any, base: nn.Module, config: Any, weights: dict[str, Any], ada
             problems.append(f"{where or 'model'}: {len(unexpected)} adapter tensors without a place, "
                             f"{len(missing)} LoRA weights not in the adapter")
             continue
-        merged = model.merge_and_unload()
-        if where:
-            out = copy.deepcopy(base)
-            setattr(out, where, merged)
-            return out, where
-        return merged, where
+        return model, where
     raise ModelError(f"the LoRA adapter {adapter} does not fit the base model {base_name} ({'; '.join(problems)}); "
                      "give the base model the adapter was trained on (base=...)")
+
+
+def _merge(peft: Any, base: nn.Module, config: Any, weights: dict[str, Any], adapter: str,
+           base_name: str) -> tuple[nn.Module, str]:
+    """Apply the adapter to ``base`` (or its ``body``), load its weights strictly, merge."""
+    model, where = apply_adapter(peft, base, config, weights, adapter, base_name)
+    merged = model.merge_and_unload()
+    if where:
+        out = copy.deepcopy(base)
+        setattr(out, where, merged)
+        return out, where
+    return merged, where
