@@ -53,14 +53,14 @@ def _perturbed(model, prefix: str, scale: float = 0.2):
 def test_stir_does_not_depend_on_the_optimizer_once_converged(lite0, digits):
     """Adam (the default) and the adaptive normalised gradient, two different methods: where both
     converge, learning and forgetting agree within their 95% intervals."""
-    ft = _perturbed(lite0, "blocks.5")
+    ft = _perturbed(lite0, "blocks.5", scale=0.6)
     kw = dict(layers=["blocks.5", "blocks.6"], seeds=3, n_images=16, cache=None, progress=False)
     a = compare(lite0, ft, digits, **kw)
     b = compare(lite0, ft, digits, schedule="adaptive", **kw)
     assert a.config["inversion"]["schedule"] == "adam" and b.config["inversion"]["schedule"] == "adaptive"
     for cmp in (a, b):
         assert cmp.per_layer["converged"].all(), cmp.per_layer["residual_max"].to_dict()
-    assert (a.per_layer["forgetting"] > 0.005).all()  # something to agree on
+    assert (a.per_layer["forgetting"] > 0.01).all()  # something to agree on
     for col in ("learning", "forgetting"):
         da, db = a.per_layer[col], b.per_layer[col]
         half = (a.per_layer[f"{col}_hi"] - a.per_layer[f"{col}_lo"]) / 2 + (

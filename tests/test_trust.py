@@ -289,5 +289,9 @@ def test_smoke_sized_runs_are_named():
 
     assert is_smoke(builtin_config("demo")) == []
     why = is_smoke(quick(builtin_config("demo")))
-    assert any("images per seed" in w for w in why) and any("inversion steps" in w for w in why)
+    assert any("images per seed" in w for w in why)
+    # the step cap is no criterion (the convergence gate judges the inversions); epochs only with dynamics
+    assert is_smoke({"analysis": {"images": 500, "seeds": 3, "steps": 5}}) == []
+    assert is_smoke({"analysis": {"images": 500, "seeds": 3}, "defaults": {"epochs": 2}}) == []
+    assert is_smoke({"analysis": {"images": 500, "seeds": 3, "dynamics": ["ft"]}, "defaults": {"epochs": 2}})
     assert is_smoke({"analysis": {"images": "<b>x</b>"}}) == []  # unreadable values are not numbers
