@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ftlens-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 OUT    ?= runs/demo
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test lint typecheck bench clean venv
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+
+# mypy on src/ftlens with the settings of pyproject.toml ([tool.mypy])
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PIP) install -q -e ".[bench]"

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -34,6 +34,9 @@ from ftlens.similarity.minibatch_cka import MinibatchCKA
 from ftlens.similarity.pairwise import choose_route
 from ftlens.similarity.registry import get_measure, measure_names
 from ftlens.vocabulary import upgrade_keys
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["CKA", "EXACT_MEMORY", "CKAResult", "exact_bytes", "load_cka", "resolve_measure"]
 
@@ -82,7 +85,7 @@ class CKAResult:
         name = "linear CKA" if self.measure.startswith("linear_cka") else self.measure
         return name + (" (0 = identical)" if self.config.get("measure_kind") == "distance" else " (1 = identical)")
 
-    def plot(self, *, title: str | None = None):
+    def plot(self, *, title: str | None = None) -> Figure:
         """Heat map with an adaptive colour scale and the values in the cells (a matplotlib Figure)."""
         from ftlens.report.figures import cka_heatmap
 
@@ -379,7 +382,7 @@ class CKA:
                                          "check the weights (a diverged checkpoint?) and the inputs")
         return self.measure.matrix(ra, rb), {"images": images}
 
-    def plot(self, **kwargs: Any):
+    def plot(self, **kwargs: Any) -> Figure:
         """The last result's heat map (after :meth:`compare`)."""
         if self.result is None:
             raise FtlensError("nothing to plot yet: call .compare(images) first")

@@ -143,10 +143,10 @@ def versions() -> dict[str, str]:
     import timm
     import torch
 
-    import ftlens
+    from ftlens._version import __version__
 
     return {
-        "ftlens": ftlens.__version__,
+        "ftlens": __version__,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "numpy": numpy.__version__,

@@ -43,17 +43,18 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95, axis: 
     return mean - half, mean + half
 
 
-def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+def welch_interval(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+                   level: float = 0.95) -> tuple[float, float]:
     """Interval of ``mean(a) - mean(b)`` (independent samples, unequal variances); NaN if either has < 2."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or len(b) < 2:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(x) < 2 or len(y) < 2:
         return float("nan"), float("nan")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    diff = a.mean() - b.mean()
-    se = np.sqrt(va + vb)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    diff = x.mean() - y.mean()
+    se = np.sqrt(vx + vy)
     if se == 0:
         return float(diff), float(diff)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     half = stats.t.ppf(0.5 + level / 2, df) * se
     return float(diff - half), float(diff + half)
 

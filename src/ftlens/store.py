@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -70,15 +71,14 @@ __all__ = [
 CACHE_DIR_ENV = "FTLENS_CACHE_DIR"
 #: Metadata fields every entry carries: the key it was written for, the sha256 of its tensors.
 KEY_FIELD, HASH_FIELD = "ftlens_key", "ftlens_sha256"
-#: What the inversion cache used to export from here (now in ftlens.inversion).
-_MOVED = ("cached_inversion", "inversion_key", "CODE_VERSION")
+#: Old import paths: what the inversion cache used to export from here (now in ftlens.inversion).
+_MOVED = {"cached_inversion": "ftlens.inversion", "inversion_key": "ftlens.inversion",
+          "CODE_VERSION": "ftlens.inversion"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
-        from ftlens import inversion
-
-        return getattr(inversion, name)
+        return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module 'ftlens.store' has no attribute {name!r}")
 
 

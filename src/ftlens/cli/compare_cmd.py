@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app, common
+from ftlens.cli import common
+from ftlens.cli.app import app
 from ftlens.cli.common import console, fail_on_ftlens_error
 from ftlens.errors import ConfigError
 from ftlens.settings import PAPER
@@ -119,7 +120,7 @@ def compare_cmd(
 
     cli_options(out=out, images=images, seeds=seeds, steps=steps, step_size=step_size, start=start,
                 batch_size=batch_size)
-    from ftlens import distributed, inversion, progress
+    from ftlens import inversion, process_group, progress
     from ftlens.data import get_dataset
     from ftlens.invariance import compare
     from ftlens.invariance.score import stir_measure
@@ -130,7 +131,7 @@ def compare_cmd(
 
     if schedule not in inversion.SCHEDULE_PRESETS:
         raise ConfigError(f"--schedule must be one of {', '.join(inversion.SCHEDULE_PRESETS)}, got {schedule!r}")
-    ctx = distributed.context()
+    ctx = process_group.context()
     sharded = ctx.distributed or processes > 1
     if sharded and no_cache:
         raise ConfigError("a sharded run (--processes N > 1, or a launcher's WORLD_SIZE > 1) needs the "

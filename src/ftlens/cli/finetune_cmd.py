@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from ftlens.cli import app
+from ftlens.cli.app import app
 
 _MODEL = "Model and data"
 _TASK = "Task and strategy"

@@ -71,7 +71,7 @@ def build_task_model(cfg: FinetuneConfig, wrapper: ModelWrapper, num_classes: in
     if cfg.task == "classification":
         reset_classifier(wrapper, num_classes)
         if cfg.head_init == "zero-shot":
-            from ftlens.clip import zero_shot_head
+            from ftlens.models.families.clip.zero_shot import zero_shot_head
 
             if not classes:
                 raise FtlensError(f"dataset {cfg.data!r} has no class names; a zero-shot head needs them")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlens.errors import ConfigError
-from ftlens.finetune.strategies import STRATEGIES, canonical_name, get_strategy
+from ftlens.finetune.registry import STRATEGIES, canonical_name, get_strategy
 
 TASKS = ("classification", "reconstruction")
 HEAD_INITS = ("random", "zero-shot")

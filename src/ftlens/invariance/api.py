@@ -2,7 +2,7 @@
 
 Both are *plan -> run -> score -> derive*: :func:`~ftlens.invariance.plan.plan_inversions`
 lists the work items, an executor runs them (:class:`~ftlens.invariance.run.InProcess`, or
-the local-process and ``torch.distributed`` executors of :mod:`ftlens.distributed`), the
+the local-process and ``torch.distributed`` executors of :mod:`ftlens.invariance.parallel`), the
 scorer turns inversions into tidy STIR / CKA tables, and the pure derivations give per-layer
 metrics and flows. ``compare`` is the one way to run a comparison, in one process or many.
 """
@@ -19,9 +19,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ftlens import distributed, io
+from ftlens import io
 from ftlens.errors import ConfigError, LayerError
 from ftlens.images import as_images
+from ftlens.invariance import parallel
 from ftlens.invariance.inputs import (
     ModelLike,
     as_model,
@@ -141,7 +142,7 @@ def compare(
             single-process one. Under a launcher (``accelerate launch``, ``torchrun``) the
             launcher's processes are used and every rank but 0 returns ``None``.
         executor: where the work items run (default from ``processes`` and the launcher:
-            :func:`ftlens.distributed.executor`).
+            :func:`ftlens.invariance.parallel.executor`).
         bootstrap: resamples of the images within each seed for the per-layer intervals
             (0: intervals over seeds only); cheap, from the Gram matrices.
         confidence: level of the intervals (0.95).
@@ -171,7 +172,7 @@ def compare(
     images = as_images(images)
     if first_term not in FIRST_TERMS:
         raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
-    executor = executor or distributed.executor(processes=processes, threads=threads, cache=cache)
+    executor = executor or parallel.executor(processes=processes, threads=threads, cache=cache)
     pt = as_model(pretrained, PRETRAINED, image_size)
     ft = as_model(finetuned, FINETUNED, image_size)
     models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)

@@ -90,7 +90,7 @@ def load_model(
         spec = str(spec)
         prefix = family_prefix(spec)
         if prefix is not None:
-            built = FAMILIES[prefix].build(spec.split(":", 1)[1], pretrained=pretrained, **kwargs)
+            built = _build(prefix, spec.split(":", 1)[1], pretrained=pretrained, **kwargs)
             wrapper = wrap(built, spec, layers=layers, mean=mean, std=std, channels=channels, hw=hw, tokens=tokens)
         else:
             path = resolve_run_checkpoint(spec) if looks_like_run_spec(spec) else Path(spec)
@@ -105,6 +105,15 @@ def load_model(
     if include_norm and PRE_LOGITS in wrapper._aliases and PRE_LOGITS not in wrapper.layers:
         wrapper.layers = wrapper.layers + [PRE_LOGITS]
     return wrapper.to(device) if device is not None else wrapper
+
+
+def _build(prefix: str, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
+    """``FAMILIES[prefix].build(...)``, given ``load=load_model`` when the family loads other
+    models (PEFT loads its base), so that no family imports this module."""
+    family = FAMILIES[prefix]
+    if family.loads_models:
+        kwargs["load"] = load_model
+    return family.build(name, pretrained=pretrained, **kwargs)
 
 
 def takes_pretrained(spec: str) -> bool:
@@ -217,7 +226,7 @@ def from_checkpoint(path: Path, *, arch: str | None, layers: Sequence[str] | Non
     prefix = family_prefix(arch)
     if prefix is None:
         raise CheckpointError(f"checkpoint {path}: architecture {arch!r} names no model family")
-    built = FAMILIES[prefix].build(arch.split(":", 1)[1], pretrained=False, **build_kwargs)
+    built = _build(prefix, arch.split(":", 1)[1], pretrained=False, **build_kwargs)
     family = family_named(built.family)
     if hw is None and meta.get("input_size"):
         channels, hw = int(meta["input_size"][0]), hw_of(meta["input_size"])
@@ -270,7 +279,7 @@ def rebuild(wrapper: ModelWrapper, **kwargs: Any) -> ModelWrapper:
     prefix = family_prefix(wrapper.source.spec)
     if wrapper.source.spec == "module" or prefix is None:
         raise ModelError("cannot rebuild a user-supplied nn.Module; pass a spec (timm:, torchvision:, hf:, ...)")
-    built = FAMILIES[prefix].build(wrapper.source.spec.split(":", 1)[1], pretrained=False,
+    built = _build(prefix, wrapper.source.spec.split(":", 1)[1], pretrained=False,
                                    **{**wrapper.source.kwargs, **kwargs})
     built = Built(built.module, built.source, random_init=True, family=built.family)
     size = wrapper.input_size

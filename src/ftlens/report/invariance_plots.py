@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from ftlens.layers import layer_numbers  # noqa: E402
 from ftlens.report.figures import fmt_num, layer_label, save_figure, styled  # noqa: E402
@@ -70,7 +71,7 @@ def metric_panels(
     metrics: Sequence[str] = ("learning", "forgetting", "cka_divergence"),
     *,
     title: str | None = None,
-):
+) -> Figure:
     """One panel per metric: mean over seeds per layer with a band of +- one std.
 
     Args:
@@ -145,7 +146,7 @@ def flow_heatmap(
     title: str | None = None,
     annotate: bool | None = None,
     vmax: float | None = None,
-):
+) -> Figure:
     """Heat map of the InvarianceFlow matrix (paper Fig. 4 style).
 
     Rows (y) = pretrained layer ``i``, columns (x) = finetuned layer ``j``; a diverging colour

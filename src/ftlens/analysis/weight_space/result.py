@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ftlens import io
 from ftlens.errors import ResultNotFoundError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["FILES", "WeightDiff", "load_weight_diff"]
 
@@ -54,7 +57,7 @@ class WeightDiff:
         return pd.Series(rows["singular_value"].to_numpy(), index=pd.Index(rows["index"].to_numpy(), name="index"),
                          name=tensor)
 
-    def plot(self, *, title: str | None = None):
+    def plot(self, *, title: str | None = None) -> Figure:
         """Relative change and effective rank of ``ΔW`` per layer (a matplotlib Figure)."""
         from ftlens.report.weight_plots import weight_change_per_layer
 

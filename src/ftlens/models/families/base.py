@@ -93,6 +93,9 @@ class Family:
     extra: ClassVar[str | None] = None
     #: whether ``pretrained=True`` downloads hub weights (presets and checkpoints carry their own).
     hub: ClassVar[bool] = False
+    #: whether :meth:`build` loads another model: it is then given ``load=`` (a function like
+    #: :func:`ftlens.models.load_model`, passed in by the loader so families never import it).
+    loads_models: ClassVar[bool] = False
 
     def require(self) -> Any:
         """Import :attr:`package`, or a :class:`MissingDependencyError` naming the extra."""
@@ -107,6 +110,7 @@ class Family:
             ) from exc
 
     def build(self, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
+        """The module of ``PREFIX:NAME`` and how to rebuild it (``kwargs``: the family's build options)."""
         raise NotImplementedError
 
     def owns(self, module: nn.Module) -> bool:

@@ -12,6 +12,7 @@ neither (other module names or shapes) is a :class:`~ftlens.errors.ModelError`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ class PeftFamily(Family):
     prefix = "peft"
     package = "peft"
     extra = "peft"
+    loads_models = True
 
-    def build(self, name: str, *, pretrained: bool, base: Any = None, **kwargs: Any) -> Built:
+    def build(self, name: str, *, pretrained: bool, base: Any = None, load: Callable[..., Any] | None = None,
+              **kwargs: Any) -> Built:
+        """``load`` (given by :func:`ftlens.models.load_model`) loads the base model from its spec."""
         peft = self.require()
-        from ftlens.models.load import load_model
-
         directory = Path(name)
         if kwargs.get("trust_remote_code"):
             raise ModelError(f"peft:{name}: ftlens never runs a model's own Python code (trust_remote_code)")
@@ -46,7 +48,10 @@ class PeftFamily(Family):
             if not base or ":" not in str(base):
                 raise ModelError(f"give the base model of the LoRA adapter {directory}: load_model('peft:{directory}', "
                                  "base='timm:NAME' or a checkpoint of it)")
-        base_wrapper = base if hasattr(base, "module") else load_model(base, pretrained=pretrained, **kwargs)
+        if not hasattr(base, "module") and load is None:
+            raise ModelError(f"the LoRA adapter {directory} names its base {base!r} as a spec: load it with "
+                             "ftlens.load_model('peft:DIR', base=...), which knows how to load the base")
+        base_wrapper = base if hasattr(base, "module") else load(base, pretrained=pretrained, **kwargs)
         weights = read_adapter(directory)
         merged, where = _merge(peft, base_wrapper.module, config, weights, str(directory), base_wrapper.name)
         info = {**base_wrapper.info, "lora": lora_info(config, str(directory), base_wrapper.spec, where)}
