@@ -267,16 +267,16 @@ class CKA:
             matrix, extra = self._minibatch(pairs) if mode == "minibatch" else self._exact(pairs)
             del fa, fb, pairs
         matrix.index.name, matrix.columns.name = "first_layer", "second_layer"
-        m = self.measure
+        measure = self.measure
         config = {"kind": "ftlens.cka", "first": a.name, "second": b.name, "first_spec": str(a.spec),
-                  "second_spec": str(b.spec), "images": int(extra.pop("images")), "measure": m.name,
-                  "measure_kind": m.kind, **extra, "batchnorm_folded": folded}
+                  "second_spec": str(b.spec), "images": int(extra.pop("images")), "measure": measure.name,
+                  "measure_kind": measure.kind, **extra, "batchnorm_folded": folded}
         if mode == "minibatch":
             config.update(estimator="minibatch", similarity="linear CKA (minibatch HSIC_1, Nguyen et al.), float64")
         else:
-            if "cka" in m.name:  # the HSIC estimator is a CKA notion
-                config["estimator"] = "debiased" if m.name.endswith("_debiased") else "biased"
-            config["similarity"] = f"{m.label}, float64"
+            if "cka" in measure.name:  # the HSIC estimator is a CKA notion
+                config["estimator"] = "debiased" if measure.name.endswith("_debiased") else "biased"
+            config["similarity"] = f"{measure.label}, float64"
         config["versions"] = io.versions()
         self.result = CKAResult(matrix, config)
         return self.result

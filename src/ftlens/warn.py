@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from types import FrameType
 
 __all__ = ["one_line", "use_one_line_format", "warn"]
 
@@ -25,7 +26,8 @@ def _outside(filename: str) -> bool:
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` at the first calling frame that is not ftlens's own code."""
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and not _outside(frame.f_code.co_filename):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level + 1)

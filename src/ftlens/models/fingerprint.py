@@ -40,13 +40,13 @@ def module_tensors(modules: dict[str, nn.Module], persistent_only: bool = False
     """``((module name, attribute), tensor)`` for every parameter and buffer of ``modules``
     (``{name: module}``, as ``named_modules()`` gives them), in that order."""
     for mname, m in modules.items():
-        for pname, t in m._parameters.items():
-            if t is not None:
-                yield (mname, pname), t
+        for pname, param in m._parameters.items():
+            if param is not None:
+                yield (mname, pname), param
         skip = m._non_persistent_buffers_set if persistent_only else ()
-        for pname, t in m._buffers.items():
-            if t is not None and pname not in skip:
-                yield (mname, pname), t
+        for pname, buf in m._buffers.items():
+            if buf is not None and pname not in skip:
+                yield (mname, pname), buf
 
 
 def _stamp(t: torch.Tensor) -> tuple:

@@ -65,7 +65,7 @@ def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module,
     pairs = _pairs(folded, example)
     for conv_name, bn_name in pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
-        fused = fuse_conv_bn_eval(conv, bn)
+        fused = fuse_conv_bn_eval(conv, bn)  # type: ignore[type-var, arg-type]  # _pairs: a Conv2d and its BatchNorm2d
         fused.requires_grad_(False)
         folded.set_submodule(conv_name, fused)
         folded.set_submodule(bn_name, nn.Identity())
