@@ -23,6 +23,7 @@ from ftlens.images import as_images
 from ftlens.models import ModelWrapper, load_model
 from ftlens.similarity.measure import Measure
 from ftlens.similarity.registry import get_measure, measure_names
+from ftlens.texts import as_texts, count
 from ftlens.vocabulary import upgrade_keys
 
 __all__ = ["CKA", "CKAResult", "load_cka", "resolve_measure"]
@@ -140,19 +141,26 @@ class CKA:
 
     def compare(self, images: Any, n_images: int | None = None, *, batch_size: int = 256,
                 progress: bool = False) -> CKAResult:
-        """CKA of every layer pair on ``images`` (a tensor, Dataset or DataLoader; at most ``n_images``)."""
+        """CKA of every layer pair on ``images`` (a tensor, Dataset or DataLoader; at most ``n_images``),
+        or on texts for text models (strings, a tokenised batch or a text dataset: each model
+        tokenises them with its own tokenizer)."""
 
         a, b = self.first, self.second
-        if tuple(a.input_size) != tuple(b.input_size):
-            raise ImageError(f"the models take different input sizes: {a.input_size} vs {b.input_size}")
-        x = as_images(images, n_images)
+        texts = as_texts(images, n_images)
+        if texts is not None:  # each text model tokenises the texts itself
+            x, n = texts, count(texts)
+        else:
+            if tuple(a.input_size) != tuple(b.input_size):
+                raise ImageError(f"the models take different input sizes: {a.input_size} vs {b.input_size}")
+            x = as_images(images, n_images)
+            n = int(x.shape[0])
         ra = a.representations(x, self.first_layers, batch_size=batch_size, device=self.device, progress=progress)
         rb = b.representations(x, self.second_layers, batch_size=batch_size, device=self.device, progress=progress)
         m = self.measure
         matrix = m.matrix(ra, rb)
         matrix.index.name, matrix.columns.name = "first_layer", "second_layer"
         config = {"kind": "ftlens.cka", "first": a.name, "second": b.name, "first_spec": str(a.spec),
-                  "second_spec": str(b.spec), "images": int(x.shape[0]), "measure": m.name, "measure_kind": m.kind}
+                  "second_spec": str(b.spec), "images": n, "measure": m.name, "measure_kind": m.kind}
         if "cka" in m.name:  # the HSIC estimator is a CKA notion
             config["estimator"] = "debiased" if m.name.endswith("_debiased") else "biased"
         config.update(similarity=f"{m.label}, float64", versions=io.versions())

@@ -40,7 +40,12 @@ def layers_cmd(
     names = [n for n in names if n in wrapper.available_layers]
     shapes = wrapper.layer_shapes(names)
     numbers = dict(zip(names, layer_numbers(names, wrapper), strict=True))
-    table = Table(title=f"{wrapper.name}: input {wrapper.input_size}, mean {wrapper.mean}, std {wrapper.std}")
+    if hasattr(wrapper, "max_length"):  # a text model
+        title = (f"{wrapper.name}: text of {wrapper.max_length} tokens (word vectors of {wrapper.embed_dim}), "
+                 f"pooling {wrapper.module.pool.mode}")
+    else:
+        title = f"{wrapper.name}: input {wrapper.input_size}, mean {wrapper.mean}, std {wrapper.std}"
+    table = Table(title=title)
     table.add_column("layer", justify="right")
     table.add_column("name")
     table.add_column("output shape (per image)")

@@ -142,7 +142,7 @@ def wrap(built: Built, spec: str, *, layers: Sequence[str] | None, mean: Sequenc
     elif d.input_size is not None:
         input_size = (channels or d.input_size[0], *d.input_size[1:])
     module.requires_grad_(False)
-    return ModelWrapper(
+    return (family.wrapper_class() or ModelWrapper)(
         module, spec=spec, mean=mean or pre.get("mean") or d.mean, std=std or pre.get("std") or d.std,
         input_size=input_size, layers=layers, source=built.source, extra_state=extra_state, name=built.name,
         random_init=built.random_init, tokens=tokens, family=family.prefix, info=built.info,

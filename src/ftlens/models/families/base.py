@@ -119,6 +119,11 @@ class Family:
     def defaults(self, module: nn.Module) -> Defaults:
         raise NotImplementedError
 
+    def wrapper_class(self) -> type | None:
+        """The :class:`~ftlens.models.ModelWrapper` subclass that reads this family's models
+        (None: the wrapper itself; text models: :class:`~ftlens.models.text_wrapper.TextWrapper`)."""
+        return None
+
     def set_image_size(self, module: nn.Module, hw: tuple[int, int]) -> None:
         """Make ``module`` take ``hw`` images; default: accepted as is (convolutional models)."""
 
