@@ -94,7 +94,6 @@ def cka_cmd(
 
     device = common.resolve_device(device)
     layer_list = common.layer_list(layers)
-    data = data or common.default_data(second, first)
     progress.stage(f"loading {first} and {second}")
     from ftlens.models import load_model
 
@@ -103,6 +102,7 @@ def cka_cmd(
               load_model(second, layers=layer_list, device=device, tokens=tokens, **size), measure=chosen,
               device=device)
     a = cka.first
+    data = common.data_for(a, data, second, first)
     dataset = get_dataset(data, split="test", image_size=a.input_size[1:], data_dir=data_dir, seed=seed)
     n = common.images_for(images, len(dataset), data)
     x, _ = sample_images(dataset, n, seed=seed)

@@ -95,6 +95,9 @@ class TextWrapper(ModelWrapper):
         """:class:`~ftlens.errors.TextError` unless ``x`` is tokens ``(n, T, 2)`` (ids in the
         vocabulary, mask 0/1, a real first token) or finite word vectors ``(n, T, D + 1)`` (mask 0/1)."""
         t, d = self.max_length, self.embed_dim
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            raise TextError(f"{self.name} reads text, not images {tuple(x.shape)}; give texts (a text dataset: "
+                            "fortunes-topics, csv:PATH, textfolder:PATH, hf-text:NAME)")
         if not isinstance(x, torch.Tensor):
             raise TextError(f"{self.name} reads text: give a string, a list of strings, a tokenised batch "
                             f"({{'input_ids': ...}}) or a tensor (n, {t}, 2) / (n, {t}, {d + 1}); got {type(x).__name__}")
