@@ -55,9 +55,10 @@ def config(kind: str):
     raise ValueError(kind)
 
 
-def save(directory: Path, kind: str, *, seed: int = 0, weights: bool = True) -> Path:
+def save(directory: Path, kind: str, *, seed: int = 0, weights: bool = True, pooling: str | None = None) -> Path:
     """A ``save_pretrained`` directory of a tiny ``kind`` model (random weights from ``seed``) and
-    its tokenizer; ``weights=False`` writes the config alone (a random-init model when loaded)."""
+    its tokenizer; ``weights=False`` writes the config alone (a random-init model when loaded);
+    ``pooling`` writes a sentence-transformers pooling config (``"mean"`` or ``"cls"``)."""
     import transformers as T
 
     directory = Path(directory)
@@ -69,4 +70,10 @@ def save(directory: Path, kind: str, *, seed: int = 0, weights: bool = True) -> 
     else:
         cfg.save_pretrained(directory)
     tokenizer().save_pretrained(directory)
+    if pooling is not None:
+        import json
+
+        (directory / "1_Pooling").mkdir()
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"pooling_mode_cls_token": pooling == "cls", "pooling_mode_mean_tokens": pooling == "mean"}))
     return directory

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from ftlens.errors import DatasetError, MissingDependencyError
 
-__all__ = ["TEST_PERCENT", "TextDataset", "hashed_split", "load_csv", "load_hf_text", "load_text_folder"]
+__all__ = ["TEST_PERCENT", "TextDataset", "TokenizedTexts", "hashed_split", "load_csv", "load_hf_text", "load_text_folder"]
 
 #: Share of the texts (in percent) that a hashed split puts in the test split.
 TEST_PERCENT = 20
@@ -77,6 +77,35 @@ class TextDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"TextDataset({self.name!r}, split={self.split!r}, {len(self)} texts, {self.num_classes} classes)"
+
+    def tokenized(self, tokenize: Callable[[list[str]], torch.Tensor]) -> TokenizedTexts:
+        """The texts tokenised once by ``tokenize`` (a text model's :meth:`tokenize`), held in memory."""
+        return TokenizedTexts(self, tokenize)
+
+
+class TokenizedTexts(Dataset):
+    """A :class:`TextDataset` with its texts tokenised by one model: ``(tokens (T, 2), label)``
+    items and ``tensors()`` -> ``(tokens (n, T, 2), labels (n,))``, as the finetuning loop reads
+    in-memory datasets. ``texts``, ``classes``, ``name``, ``split`` and ``tokenize`` are kept
+    (corrupted copies are tokenised the same way)."""
+
+    def __init__(self, texts: TextDataset, tokenize: Callable[[list[str]], torch.Tensor]) -> None:
+        self.source, self.tokenize = texts, tokenize
+        self.texts, self.labels, self.classes = texts.texts, texts.labels, texts.classes
+        self.name, self.split = texts.name, texts.split
+        self.tokens = tokenize(texts.texts) if len(texts) else torch.zeros((0, 1, 2), dtype=torch.long)
+
+    num_classes = TextDataset.num_classes
+    targets = TextDataset.targets
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.tokens[i], int(self.labels[i])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens, self.labels
 
 
 def hashed_split(text: str, label: Any = "") -> str:

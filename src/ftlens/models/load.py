@@ -234,12 +234,14 @@ def _natural_key(name: str) -> list:
 
 
 def rebuild(wrapper: ModelWrapper, **kwargs: Any) -> ModelWrapper:
-    """A fresh, randomly initialised model of the same architecture (for ``scratch``)."""
+    """A fresh, randomly initialised model of the same architecture (for ``scratch``; what the
+    family keeps, :meth:`~ftlens.models.families.base.Family.keep_on_rebuild`, comes from ``wrapper``)."""
     prefix = family_prefix(wrapper.source.spec)
     if wrapper.source.spec == "module" or prefix is None:
         raise ModelError("cannot rebuild a user-supplied nn.Module; pass a spec (timm:, torchvision:, hf:, ...)")
     built = FAMILIES[prefix].build(wrapper.source.spec.split(":", 1)[1], pretrained=False,
                                    **{**wrapper.source.kwargs, **kwargs})
+    family_named(built.family).keep_on_rebuild(wrapper.module, built.module)
     built = Built(built.module, built.source, random_init=True, family=built.family)
     size = wrapper.input_size
     return wrap(built, wrapper.source.spec, layers=wrapper.layers, mean=wrapper.mean, std=wrapper.std,

@@ -16,6 +16,7 @@ token modes, fingerprints) it does for text; what differs is the input:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,7 +63,7 @@ class TextWrapper(ModelWrapper):
 
     def _set_input_size(self, input_size: Sequence[int]) -> None:
         size = tuple(int(s) for s in input_size)
-        if size != (self.max_length, self.embed_dim + 1):
+        if size != (self.max_length, self.embed_dim + 1) or len(size) != 2:
             raise ImageSizeError(f"{self.name} reads inputs of shape (n, {self.max_length}, 2) (tokens) or "
                                  f"(n, {self.max_length}, {self.embed_dim + 1}) (word vectors), not {size}; "
                                  "load it with max_length=... to change the length")
@@ -72,6 +73,19 @@ class TextWrapper(ModelWrapper):
             self._layers = None
             self._fingerprint = None
             self._layer_fps = {}
+
+    def set_max_length(self, max_length: int) -> None:
+        """Read texts as ``max_length`` tokens from now on (recorded in checkpoints)."""
+        t = int(max_length)
+        if t == self.max_length:
+            return
+        config = self.module.body.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if t < 2 or (limit is not None and t > int(limit) - (2 if config.model_type == "roberta" else 0)):
+            raise TextError(f"max_length must be in [2, {limit}] for {self.name}, got {t}")
+        self.module.max_length = t
+        self.source = dataclasses.replace(self.source, kwargs={**self.source.kwargs, "max_length": t})
+        self._set_input_size((t, self.embed_dim + 1))
 
     def tokenize(self, texts: Any) -> torch.Tensor:
         """A string, strings or a tokenised batch -> tokens ``(n, T, 2)`` int64 (the model's tokenizer)."""

@@ -119,6 +119,10 @@ class Family:
     def defaults(self, module: nn.Module) -> Defaults:
         raise NotImplementedError
 
+    def keep_on_rebuild(self, old: nn.Module, new: nn.Module) -> None:
+        """What a fresh random model of the architecture (``scratch``) keeps from ``old`` (in
+        place on ``new``; default: nothing)."""
+
     def wrapper_class(self) -> type | None:
         """The :class:`~ftlens.models.ModelWrapper` subclass that reads this family's models
         (None: the wrapper itself; text models: :class:`~ftlens.models.text_wrapper.TextWrapper`)."""

@@ -14,7 +14,9 @@ Needs ``pip install 'ftlens[hf]'``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +57,10 @@ class TextFamily(Family):
             has_weights = local and any(any(Path(name).glob(p)) for p in ("*.safetensors", "*.bin"))
             load_weights = has_weights if local else pretrained
             cls = body_class(transformers, config)
+            kwargs = {**no_pooler(cls), **kwargs}
             if load_weights:
-                body = cls.from_pretrained(name, local_files_only=not online, **kwargs)
+                with _quiet(transformers):  # the left-out pooler's weights are reported as unexpected
+                    body = cls.from_pretrained(name, local_files_only=not online, **kwargs)
             else:
                 body = cls(config, **kwargs)
             tokenizer = _auto_tokenizer(transformers, name, online)
@@ -77,7 +81,8 @@ class TextFamily(Family):
 
     def _from_record(self, transformers: Any, name: str, kwargs: dict[str, Any]) -> Built:
         config = getattr(transformers, kwargs["config_class"]).from_dict(dict(kwargs["config"]))
-        body = getattr(transformers, kwargs["body"])(config)
+        cls = getattr(transformers, kwargs["body"])
+        body = cls(config, **no_pooler(cls))
         ref = kwargs.get("tokenizer")
         module = make_classifier(body, pooling=kwargs.get("pooling"), max_length=kwargs.get("max_length"),
                                  tokenizer=load_tokenizer(ref), tokenizer_source=ref)
@@ -89,6 +94,16 @@ class TextFamily(Family):
         from ftlens.models.textmodel import TextClassifier
 
         return isinstance(module, TextClassifier)
+
+    def keep_on_rebuild(self, old: nn.Module, new: nn.Module) -> None:
+        """``scratch`` of a text model keeps the word-embedding table: the transformer (position and
+        type embeddings, norms, blocks) starts from random weights, the table from ``old``'s, so
+        that the scratch model and the pretrained one read the same word vectors (the space in
+        which they are compared, :mod:`ftlens.models.textmodel`)."""
+        import torch
+
+        with torch.no_grad():
+            new.word_embeddings.copy_(old.word_embeddings)
 
     def wrapper_class(self) -> type:
         from ftlens.models.text_wrapper import TextWrapper
@@ -110,6 +125,24 @@ def body_class(transformers: Any, config: Any) -> type:
         return transformers.MODEL_MAPPING[type(config)]
     except KeyError:
         raise ModelError(f"transformers has no base model for {type(config).__name__}") from None
+
+
+@contextlib.contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def no_pooler(cls: type) -> dict[str, Any]:
+    """``{"add_pooling_layer": False}`` for classes that have a pooler (BERT, RoBERTa): ftlens pools
+    the last hidden states itself, so the pooler would be weights that never run."""
+    import inspect
+
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
 
 
 def make_classifier(body: nn.Module, *, pooling: str | None, max_length: int | None, tokenizer: Any,
