@@ -54,7 +54,7 @@ from ftlens.layout import ROLES, ExperimentLayout, resolve_roles
 from ftlens.models import takes_pretrained
 from ftlens.report.build import build_report, read_config
 from ftlens.settings import PAPER
-from ftlens.weights import WEIGHTS
+from ftlens.weights import TEXT_WEIGHTS, WEIGHTS
 
 STAGES = ("pretrain", "finetune", "compare", "dynamics", "correlation", "distortion", "findings", "report")
 _ALL_RANKS = ("pretrain", "finetune", "compare", "dynamics")  # the stages that use every process
@@ -134,11 +134,11 @@ def builtin_config(name: str) -> ExperimentConfig:
 
 def quick(config: ExperimentConfig) -> ExperimentConfig:
     """A tiny variant of any config (seconds, for tests): few epochs, images and steps. The model
-    becomes ``ftlens:vit-micro``, except real pretrained weights (``ftlens:efficientnet-lite0-in1k``),
-    which are the point of their config and small enough."""
+    becomes ``ftlens:vit-micro``, except real pretrained weights (``ftlens:efficientnet-lite0-in1k``,
+    ``ftlens:minilm-l6``), which are the point of their config and small enough."""
 
     c = copy.deepcopy(config)
-    if c.model.removeprefix("ftlens:") not in WEIGHTS:
+    if c.model.removeprefix("ftlens:") not in {**WEIGHTS, **TEXT_WEIGHTS}:
         c.model = "ftlens:vit-micro"
     if c.pretrain:
         c.pretrain.update(epochs=1, train_size=256, test_size=128)
@@ -179,6 +179,8 @@ class Experiment:
 
     def load_pretrained(self):
         size = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
+        if self.config.defaults.get("max_length") is not None:  # a text model: the runs' length
+            size = {"max_length": self.config.defaults["max_length"]}
         if self.config.pretrain:
             return models.load_model(self.pretrained_spec, layers=self.config.analysis.layers, **size)
         if takes_pretrained(self.config.model):
