@@ -32,8 +32,12 @@ class Settings:
         residual_threshold: an inversion whose mean relative residual ``||m(X') - m(X)|| /
             ||m(X)||`` stays above this is *not converged*; verdicts resting on it are
             inconclusive.
-        schedule: inversion schedule, ``"adaptive"`` (the project's default: per-image step
-            length and early stopping, :mod:`ftlens.inversion`) or ``"fixed"`` (the paper's).
+        schedule: inversion schedule, ``"adam"`` (the project's default: Adam on the pixels
+            with early stopping, :mod:`ftlens.inversion.rules`), ``"adaptive"`` (normalised
+            steps of adapted length) or ``"fixed"`` (the paper's).
+        lr: the step of ``"adam"`` in [0, 1] pixel units.
+        patience: ``"adam"`` stops an image whose best residual fell by less than 1% over the
+            last ``patience`` evaluations.
         stop_fraction: the adaptive schedule stops an image once its residual is at most
             ``stop_fraction * residual_threshold`` (one threshold for the gate and the stop).
         alpha: significance level of the findings' tests (after multiple-comparison correction).
@@ -50,7 +54,9 @@ class Settings:
     confidence: float = 0.95
     bootstrap: int = 200
     residual_threshold: float = 0.5
-    schedule: str = "adaptive"
+    schedule: str = "adam"
+    lr: float = 0.05
+    patience: int = 20
     stop_fraction: float = 0.1
     alpha: float = 0.05
     min_seeds: int = 2

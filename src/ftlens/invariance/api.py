@@ -157,8 +157,8 @@ def compare(
     models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)
     pt, ft = models[PRETRAINED], models[FINETUNED]
     fields = schedule_fields(schedule)
-    if fields.get("schedule", PAPER.schedule) == "adaptive" and "stop_residual" not in fields:
-        # one threshold: the adaptive schedule stops images at a fraction of the convergence gate's
+    if fields.get("schedule", PAPER.schedule) != "fixed" and "stop_residual" not in fields:
+        # one threshold: the early-stopping schedules stop images at a fraction of the convergence gate's
         fields["stop_residual"] = PAPER.stop_fraction * float(residual_threshold)
     pt, ft, layer_list, settings, plan = compare_plan(
         pt, ft, images, layers=layers, seeds=seeds, n_images=n_images, steps=steps,

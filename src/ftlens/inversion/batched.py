@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ftlens.errors import ConfigError, NumericalError
-from ftlens.inversion import loop
+from ftlens.inversion import loop, rules
 from ftlens.inversion.execution import (
     DEFAULT_BATCH_SIZE,
     _channels_last,
@@ -320,8 +320,7 @@ def _invert_rows(model, layers, depths, counts, x_true, x0, settings, amp_dtype,
     active = torch.arange(b, device=device)
     active_job = job_of_row
     rows = list(counts)  # active rows per job (host side)
-    size = torch.full((b,), settings.step_size, device=device)
-    stale = torch.zeros(b, dtype=torch.long, device=device)
+    state = rules.init_rows(settings, x)
     frozen = torch.zeros(n_q, device=device)
     image_steps = torch.zeros(n_q, dtype=torch.long, device=device)
     t = 0
@@ -360,21 +359,21 @@ def _invert_rows(model, layers, depths, counts, x_true, x0, settings, amp_dtype,
         if last:
             break
         (grad,) = torch.autograd.grad(residual.sum(), x)
-        grad_norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
-        x = x.detach()
         if fixed:
+            grad_norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
+            x = x.detach()
             x.addcdiv_(grad, grad_norm.view(view), value=-settings.step_size).clamp_(0.0, 1.0)
             continue
-        size = loop._next_step_length(settings, size, improved, t)
-        x.addcmul_(grad, (size / grad_norm).view(view), value=-1.0).clamp_(0.0, 1.0)
-        done, stale = loop._stopping(settings, r, prev, new_best, stale)
+        x = rules.step(settings, x, grad, state, improved, t)
+        done = rules.stopping(settings, r, prev, new_best, state)
         if done is not None and bool(done.any()):  # one host sync per step, as in the per-layer loop
             keep = ~done
             frozen = frozen.index_add(0, active_job[done], new_best[done])
             segments = torch.split(keep, rows)  # each job's rows are contiguous, in job order
             targets = [tq[s] for tq, s in zip(targets, segments, strict=True)]
             norms = [nq[s] for nq, s in zip(norms, segments, strict=True)]
-            active, x, size, stale, active_job = active[keep], x[keep], size[keep], stale[keep], active_job[keep]
+            active, x, active_job = active[keep], x[keep], active_job[keep]
+            state = rules.keep_rows(state, keep)
             rows = torch.bincount(active_job, minlength=n_q).tolist()
             if active.numel() == 0:
                 break

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from ftlens.errors import ConfigError, ConfigTypeError, NumericalError
+from ftlens.inversion import rules
 from ftlens.inversion.settings import InversionSettings
 from ftlens.models import ModelWrapper
 
@@ -144,32 +145,6 @@ def _loop_state(x0: torch.Tensor, steps: int, device: torch.device):
 
 
 
-def _next_step_length(settings: InversionSettings, size: torch.Tensor, improved: torch.Tensor,
-                      t: int) -> torch.Tensor:
-    """The adaptive schedule's per-row step length after evaluation ``t``: times ``grow`` (capped at
-    ``max_step_size``, default ``8 * step_size``) where the best residual fell, times ``decay``
-    where it did not; unchanged at ``t = 0`` and without the adaptive schedule (early stop only)."""
-    if settings.schedule != "adaptive" or not t:
-        return size
-    max_size = settings.max_step_size or 8.0 * settings.step_size
-    return torch.where(improved, (size * settings.grow).clamp_max(max_size), size * settings.decay)
-
-
-def _stopping(settings: InversionSettings, r: torch.Tensor, prev: torch.Tensor, new_best: torch.Tensor,
-              stale: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(done, stale)`` per row: ``stale`` counts evaluations without a relative improvement of
-    ``min_improvement``; a row is done when it reaches ``patience`` or its best residual reaches
-    ``stop_residual`` (``done`` is None when neither rule is on)."""
-    done = None
-    if settings.patience is not None:
-        stale = torch.where(r < prev * (1.0 - settings.min_improvement), 0, stale + 1)
-        done = stale >= settings.patience
-    if settings.stop_residual is not None:
-        reached = new_best <= settings.stop_residual
-        done = reached if done is None else done | reached
-    return done, stale
-
-
 def _invert_batch_adaptive(
     model: ModelWrapper,
     layer: str,
@@ -181,12 +156,11 @@ def _invert_batch_adaptive(
     forward: Callable[[torch.Tensor], torch.Tensor],
     stats: dict[str, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_invert_batch` with an adaptive step length and/or per-image early stopping.
+    """:func:`_invert_batch` with per-image rules (:mod:`ftlens.inversion.rules`): the adaptive
+    step length or Adam, and early stopping.
 
-    Each image keeps its own step length (``schedule="adaptive"``: times ``grow`` after a step
-    that lowered its best residual, times ``decay`` after one that did not) and its own count of evaluations without a relative
-    improvement of ``min_improvement``. An image stops when that count reaches ``patience`` or
-    its best residual reaches ``stop_residual``; the batch then shrinks to the images still
+    Each image keeps its own rule state. An image stops by the rules' stop test (a stall, or its
+    best residual reaching ``stop_residual``); the batch then shrinks to the images still
     running (one host sync per step for the check). A stopped image keeps its best iterate;
     in ``history`` it counts with its best residual from then on.
     """
@@ -197,8 +171,7 @@ def _invert_batch_adaptive(
 
     x, best_x, best, history, best_history, first_bad = _loop_state(x0, steps, device)
     active = torch.arange(b, device=device)  # batch rows still running
-    size = torch.full((b,), settings.step_size, device=device)  # step length of the running rows
-    stale = torch.zeros(b, dtype=torch.long, device=device)  # evaluations without improvement
+    state = rules.init_rows(settings, x)  # per-row rule state of the running rows
     frozen = torch.zeros((), device=device)  # sum of the best residuals of stopped images
     image_steps = 0
     t = 0
@@ -228,15 +201,12 @@ def _invert_batch_adaptive(
         if last:
             break
         (grad,) = torch.autograd.grad(residual.sum(), x)
-        grad_norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
-        size = _next_step_length(settings, size, improved, t)
-        x = x.detach()
-        x.addcmul_(grad, (size / grad_norm).view(view), value=-1.0).clamp_(0.0, 1.0)
-        done, stale = _stopping(settings, r, prev, new_best, stale)
+        x = rules.step(settings, x, grad, state, improved, t)
+        done = rules.stopping(settings, r, prev, new_best, state)
         if done is not None and bool(done.any()):  # a host sync per step, only with early stopping
             keep = ~done
             frozen = frozen + new_best[done].sum()
-            active, x, size, stale = active[keep], x[keep], size[keep], stale[keep]
+            active, x, state = active[keep], x[keep], rules.keep_rows(state, keep)
             target, target_norm = target[keep], target_norm[keep]
             if active.numel() == 0:
                 break

@@ -1,8 +1,9 @@
 """The settings of an inversion (:class:`InversionSettings`) and its named schedules.
 
 ``schedule="fixed"`` is the paper's loop (every image takes every step of length
-``step_size``); the default ``"adaptive"`` keeps the method and adapts each image's step length
-and stops it early (see :mod:`ftlens.inversion`). Every field that can change the result is in
+``step_size``); ``"adaptive"`` keeps its normalised-gradient direction and adapts each image's
+step length; the default ``"adam"`` takes Adam steps on the pixels. The last two stop an image
+early (see :mod:`ftlens.inversion.rules`). Every field that can change the result is in
 the cache key (:meth:`InversionSettings.schedule_key`).
 """
 
@@ -44,7 +45,7 @@ def _autocast_dtype(autocast: torch.dtype | str | None) -> torch.dtype | None:
 
 
 #: Accepted values of ``schedule``.
-SCHEDULES = ("fixed", "adaptive")
+SCHEDULES = ("fixed", "adaptive", "adam")
 #: The residual at which the adaptive schedule stops an image: ``PAPER.stop_fraction *
 #: PAPER.residual_threshold`` (the convergence gate's threshold, :mod:`ftlens.settings`).
 STOP_RESIDUAL = PAPER.stop_fraction * PAPER.residual_threshold
@@ -55,23 +56,26 @@ class InversionSettings:
     """Everything besides model, layer, images and seed that determines an inversion.
 
     Attributes:
-        steps: number of normalised gradient steps (the paper: 50; the authors' scripts: 500);
-            with early stopping, the most any image takes.
+        steps: number of gradient steps (the paper's text: 50; the authors' scripts: 500; the
+            project's default :data:`ftlens.settings.PAPER` ``.steps``); with early stopping, the
+            most any image takes.
         step_size: L2 length of each step in pixel space, per image (default 0.5).
         start: ``"noise"`` | ``"mixed"`` | ``"uniform"`` (see the module docstring).
         autocast: ``None`` (float32) or ``"bf16"`` / ``"fp16"``: the forward runs under
             autocast on CUDA only (ignored on the CPU); residuals are always float32.
-        schedule: ``"adaptive"`` (default) or ``"fixed"`` (the paper: every step has length
-            ``step_size``). Adaptive: each image has its own step length, starting at
+        schedule: ``"adam"`` (default: Adam on the pixels with step ``lr``), ``"adaptive"`` or
+            ``"fixed"`` (the paper: every step has length ``step_size``). Adaptive: each image has its own step length, starting at
             ``step_size``, multiplied by ``grow`` after a step that lowered its best residual
             (up to ``max_step_size``) and by ``decay`` after one that did not; the direction is
             the normalised gradient in both.
+        lr: Adam's step (learning rate) in [0, 1] pixel units (``schedule="adam"`` only).
         decay: step-length factor after a failed step, in (0, 1).
         grow: step-length factor after a successful step, in [1, 10] (1: decay only).
         max_step_size: cap of the adaptive step length (default ``8 * step_size``).
-        patience: early stop: an image stops once ``patience`` evaluated iterates in a row
-            lowered its best residual by less than ``min_improvement`` (relative); ``None``:
-            never.
+        patience: early stop on a stall. ``"adam"``: an image stops once its best residual is
+            not ``min_improvement`` (relative) below its best ``patience`` evaluations earlier;
+            ``"adaptive"``: once ``patience`` evaluations in a row lowered it by less than
+            ``min_improvement``; ``None``: never.
         min_improvement: relative improvement of the best residual that resets ``patience``.
         stop_residual: an image stops once its best residual is at most this (the inversion
             default :data:`STOP_RESIDUAL`, a fraction of the convergence gate's threshold);
@@ -87,10 +91,11 @@ class InversionSettings:
     start: str = PAPER.start
     autocast: str | None = None
     schedule: str = PAPER.schedule
+    lr: float = PAPER.lr
     decay: float = 0.5
     grow: float = 1.5
     max_step_size: float | None = None
-    patience: int | None = 3
+    patience: int | None = PAPER.patience
     min_improvement: float = 0.01
     stop_residual: float | None = STOP_RESIDUAL
 
@@ -99,6 +104,7 @@ class InversionSettings:
 
         steps, step_size, _ = inversion_options(self.steps, self.step_size, self.start)  # ConfigError
         choice("schedule", self.schedule, SCHEDULES)
+        object.__setattr__(self, "lr", number("lr", self.lr, low=0.0, high=1.0, low_open=True))
         object.__setattr__(self, "decay", number("decay", self.decay, low=0.0, high=0.999, low_open=True))
         object.__setattr__(self, "grow", number("grow", self.grow, low=1.0, high=10.0))
         if self.max_step_size is not None:
@@ -138,15 +144,17 @@ class InversionSettings:
 
     def schedule_key(self) -> dict[str, Any]:
         """The schedule fields of a cache key: empty for the paper's fixed schedule (so its keys
-        are those of earlier versions), every schedule field otherwise."""
+        are those of earlier versions), every schedule field otherwise (``lr`` only for Adam, so
+        the keys of the other schedules are those of earlier versions)."""
         if not self.adaptive:
             return {}
-        return {k: getattr(self, k) for k in _SCHEDULE_FIELDS}
+        return {k: getattr(self, k) for k in _SCHEDULE_FIELDS if k != "lr" or self.schedule == "adam"}
 
 
 #: Named schedules for ``schedule=`` arguments (``compare``, ``stir``, ``invert``, the CLI).
 SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
-    "adaptive": {},  # the defaults of InversionSettings
+    "adam": {},  # the defaults of InversionSettings
+    "adaptive": {"schedule": "adaptive", "patience": 3},  # the default of ftlens 0.x before Adam
     "fixed": {"schedule": "fixed", "patience": None, "stop_residual": None},  # the paper
 }
 
@@ -154,7 +162,8 @@ SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
 def schedule_fields(schedule: str | Mapping[str, Any] | InversionSettings | None) -> dict[str, Any]:
     """The :class:`InversionSettings` schedule fields that ``schedule`` names.
 
-    ``None`` or ``"adaptive"``: the defaults (adaptive step length, early stopping); ``"fixed"``:
+    ``None`` or ``"adam"``: the defaults (Adam, early stopping); ``"adaptive"``: the adaptive
+    normalised step with its early stop; ``"fixed"``:
     the paper's fixed schedule (:meth:`InversionSettings.paper`); a mapping: explicit fields (``schedule``, ``decay``, ``patience``, ``min_improvement``,
     ``stop_residual``); an :class:`InversionSettings`: its schedule fields.
     """
@@ -173,4 +182,4 @@ def schedule_fields(schedule: str | Mapping[str, Any] | InversionSettings | None
     return dict(schedule)
 
 
-_SCHEDULE_FIELDS = ("schedule", "decay", "grow", "max_step_size", "patience", "min_improvement", "stop_residual")
+_SCHEDULE_FIELDS = ("schedule", "lr", "decay", "grow", "max_step_size", "patience", "min_improvement", "stop_residual")
