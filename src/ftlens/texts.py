@@ -17,7 +17,7 @@ import torch
 
 from ftlens.models.textmodel import is_text_input
 
-__all__ = ["as_texts", "count", "model_inputs"]
+__all__ = ["as_texts", "count", "input_note", "model_inputs", "pool_inputs"]
 
 
 def as_texts(x: Any, n: int | None = None) -> str | list[str] | dict[str, Any] | None:
@@ -52,3 +52,37 @@ def model_inputs(x: Any, reference: Any) -> Any:
         return x
     texts = as_texts(x)
     return reference.embed(texts if texts is not None else x)
+
+
+def pool_inputs(x: Any, reference: Any) -> torch.Tensor:
+    """A comparison's pool: images as :func:`ftlens.images.as_images` reads them, or, for a text
+    model, texts (a list, a tokenised batch, a text dataset, tokens) as ``reference``'s word vectors."""
+    from ftlens.images import as_images
+    from ftlens.models.text_wrapper import is_text_model
+
+    if is_text_model(reference):
+        return model_inputs(x, reference)
+    return as_images(x)
+
+
+def input_note(reference: Any, others: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a text comparison compares: the models as functions of ``reference``'s word vectors,
+    and how far each other model's word-embedding table is from ``reference``'s (relative Frobenius
+    norm of the difference; 0 when the tables are equal, as after ftlens finetuning of a frozen or
+    unchanged table). None for image models."""
+    from ftlens.models.text_wrapper import is_text_model
+
+    if not is_text_model(reference):
+        return None
+    table = reference.module.word_embeddings.detach().double()
+    change = {}
+    for label, m in others.items():
+        if not is_text_model(m) or tuple(m.module.word_embeddings.shape) != tuple(table.shape):
+            change[label] = None
+            continue
+        other = m.module.word_embeddings.detach().double().to(table.device)
+        change[label] = float((other - table).norm() / table.norm())
+    return {"space": "word vectors (rows of the word-embedding table, before position and type embeddings), "
+                     "the mask as the last channel",
+            "texts_embedded_by": reference.name, "max_length": reference.max_length,
+            "word_table_change": change}

@@ -20,7 +20,6 @@ import torch
 
 from ftlens import distributed, io
 from ftlens.errors import ConfigError, LayerError
-from ftlens.images import as_images
 from ftlens.invariance.inputs import (
     ModelLike,
     as_model,
@@ -37,6 +36,7 @@ from ftlens.layers import layer_numbers
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
 from ftlens.store import Cache, resolve_cache, tensor_hash
+from ftlens.texts import input_note, pool_inputs
 
 __all__ = ["compare", "compare_plan", "stir"]
 
@@ -104,7 +104,9 @@ def compare(
     Args:
         pretrained, finetuned: models (wrappers or specs for :func:`ftlens.load_model`).
         images: the image pool (n, C, H, W) in [0, 1] (a tensor, a Dataset or a DataLoader:
-            :func:`ftlens.images.as_images`); each seed draws ``n_images`` of it
+            :func:`ftlens.images.as_images`), or for text models texts (strings, a tokenised
+            batch, a text dataset), read by both models as the pretrained model's word vectors
+            (:func:`ftlens.texts.pool_inputs`); each seed draws ``n_images`` of it
             (``None``: the whole pool) and its own start noise
             (:mod:`ftlens.invariance.pool`: disjoint samples when the pool allows).
         layers: layer names / globs present in both models (default: the pretrained model's).
@@ -148,12 +150,13 @@ def compare(
         wrong shape, fewer than ``n_images``, or models with different input sizes.
     """
     t_start = time.perf_counter()
-    images = as_images(images)
     if first_term not in FIRST_TERMS:
         raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
     executor = executor or distributed.executor(processes=processes, threads=threads, cache=cache)
     pt = as_model(pretrained, PRETRAINED)
     ft = as_model(finetuned, FINETUNED)
+    images = pool_inputs(images, pt)  # texts: the pretrained model's word vectors
+    note = input_note(pt, {FINETUNED: ft})
     models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)
     pt, ft = models[PRETRAINED], models[FINETUNED]
     fields = schedule_fields(schedule)
@@ -222,6 +225,8 @@ def compare(
             "total_s": time.perf_counter() - t_start,
         },
     }
+    if note is not None:
+        config["inputs"] = note
     if done.info:
         config["distributed"] = done.info
     return build_comparison(stir_df, cka_df, inversion_table(plan, invs), config, boot_df)
@@ -287,6 +292,7 @@ def stir(
     """
     ref = as_model(reference, "reference")
     ref_label = reference_name or ref.name
+    images = pool_inputs(images, ref)  # texts: the reference model's word vectors
     tmodels = _label_models(target)
     check_input_sizes({ref_label: ref, **tmodels}, images)
     tlayers = {}

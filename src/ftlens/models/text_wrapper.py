@@ -17,12 +17,14 @@ token modes, fingerprints) it does for text; what differs is the input:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ftlens.errors import ImageSizeError, TextError
+from ftlens.models.domain import InputDomain
 from ftlens.models.families.base import PRE_LOGITS
 from ftlens.models.textmodel import is_text_input, masked_reduce, split_input, tokenize
 from ftlens.models.wrapper import ModelWrapper
@@ -136,6 +138,22 @@ class TextWrapper(ModelWrapper):
                                 "was the batch tokenised by another model's tokenizer?")
         elif not bool(torch.isfinite(values).all()):
             raise TextError("word-vector inputs contain NaN or inf")
+
+    @property
+    def domain(self) -> InputDomain:
+        """Word vectors: unbounded; steps and noise starts in units of the spread of this model's
+        word-embedding table (``centre + scale * z``: the table's mean and standard deviation over
+        every entry, float64), so that a start looks like word vectors; the mask channel is taken
+        from the text being inverted and never changes."""
+        table = self.module.word_embeddings.detach()
+        std, mean = torch.std_mean(table.double())
+        return InputDomain(low=None, high=None, scale=float(std), centre=float(mean), fixed_last=True)
+
+    def layer_fingerprint(self, layer: str) -> str:
+        """:meth:`ModelWrapper.layer_fingerprint` with the input domain (it comes from the word table,
+        which runs before no layer when the input is word vectors, but sets an inversion's starts)."""
+        base = super().layer_fingerprint(layer)
+        return hashlib.sha256(f"{base}|{sorted(self.domain.describe().items())}".encode()).hexdigest()
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Text inputs are not normalised (and word vectors are not clamped)."""
