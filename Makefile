@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev,all]"
 	# 20 labelled ImageNet photos the tests check the real weights on (data only: no dependencies)
 	$(PIP) install -q --no-deps foolbox==3.3.4
+	# real labelled text for the text family (Debian's fortunes: short texts filed by topic); needs root
+	test -d /usr/share/games/fortunes || apt-get install -y -q fortunes || (apt-get update -q && \
+		apt-get install -y -q fortunes) || echo "note: install Debian's fortunes package for the text data"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -33,6 +33,7 @@ from ftlens.similarity.measure import Measure
 from ftlens.similarity.minibatch_cka import MinibatchCKA
 from ftlens.similarity.pairwise import choose_route
 from ftlens.similarity.registry import get_measure, measure_names
+from ftlens.texts import as_texts, count
 from ftlens.vocabulary import upgrade_keys
 
 if TYPE_CHECKING:
@@ -243,6 +244,9 @@ class CKA:
             raise ConfigError(f"the minibatch estimator is linear CKA's; the measure {self.measure.name!r} is computed "
                               "exactly (estimator='exact'), on at most n_images images")
         a, b = self.first, self.second
+        texts = as_texts(images, n_images)
+        if texts is not None:  # text models: each tokenises the texts itself; exact, on every text at once
+            return self._compare_texts(texts, batch_size, progress)
         n = count_images(images, n_images)
         batches = image_batches(images, n_images, batch_size)
         with contextlib.ExitStack() as stack:
@@ -278,6 +282,24 @@ class CKA:
                 config["estimator"] = "debiased" if measure.name.endswith("_debiased") else "biased"
             config["similarity"] = f"{measure.label}, float64"
         config["versions"] = io.versions()
+        self.result = CKAResult(matrix, config)
+        return self.result
+
+    def _compare_texts(self, texts: Any, batch_size: int, progress: bool) -> CKAResult:
+        """Exact CKA (or the measure) of every layer pair on texts (strings, a tokenised batch or
+        a text dataset), each model tokenising them with its own tokenizer."""
+        a, b = self.first, self.second
+        ra = a.representations(texts, self.first_layers, batch_size=batch_size, device=self.device, progress=progress)
+        rb = b.representations(texts, self.second_layers, batch_size=batch_size, device=self.device, progress=progress)
+        measure = self.measure
+        matrix = measure.matrix(ra, rb)
+        matrix.index.name, matrix.columns.name = "first_layer", "second_layer"
+        config = {"kind": "ftlens.cka", "first": a.name, "second": b.name, "first_spec": str(a.spec),
+                  "second_spec": str(b.spec), "images": count(texts), "measure": measure.name,
+                  "measure_kind": measure.kind}
+        if "cka" in measure.name:  # the HSIC estimator is a CKA notion
+            config["estimator"] = "debiased" if measure.name.endswith("_debiased") else "biased"
+        config.update(similarity=f"{measure.label}, float64", versions=io.versions())
         self.result = CKAResult(matrix, config)
         return self.result
 

@@ -48,6 +48,10 @@ class ImageError(FtlensError, ValueError):
     """Images of the wrong shape, dtype or value range."""
 
 
+class TextError(ImageError):
+    """Text inputs (strings, tokens or word vectors) a text model cannot read."""
+
+
 class DatasetError(FtlensError):
     """A dataset that is missing, needs a download while offline, or is malformed."""
 

@@ -88,6 +88,8 @@ class Experiment:
 
     def load_pretrained(self) -> ModelWrapper:
         size: dict[str, Any] = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
+        if self.config.defaults.get("max_length") is not None:  # a text model: the runs' length
+            size = {"max_length": self.config.defaults["max_length"]}
         if self.config.pretrain:
             return models.load_model(self.pretrained_spec, layers=self.config.analysis.layers, **size)
         if takes_pretrained(self.config.model):

@@ -23,7 +23,7 @@ from ftlens.errors import ConfigError
 from ftlens.finetune.config import FinetuneConfig
 from ftlens.layout import ROLES, resolve_roles
 from ftlens.settings import PAPER
-from ftlens.weights import WEIGHTS
+from ftlens.weights import TEXT_WEIGHTS, WEIGHTS
 
 __all__ = ["AnalysisConfig", "ExperimentConfig", "builtin_config", "check_experiment", "quick"]
 
@@ -102,11 +102,11 @@ def builtin_config(name: str) -> ExperimentConfig:
 
 def quick(config: ExperimentConfig) -> ExperimentConfig:
     """A tiny variant of any config (seconds, for tests): few epochs, images and steps. The model
-    becomes ``ftlens:vit-micro``, except real pretrained weights (``ftlens:efficientnet-lite0-in1k``),
-    which are the point of their config and small enough."""
+    becomes ``ftlens:vit-micro``, except real pretrained weights (``ftlens:efficientnet-lite0-in1k``,
+    ``ftlens:minilm-l6``), which are the point of their config and small enough."""
 
     c = copy.deepcopy(config)
-    if c.model.removeprefix("ftlens:") not in WEIGHTS:
+    if c.model.removeprefix("ftlens:") not in {**WEIGHTS, **TEXT_WEIGHTS}:
         c.model = "ftlens:vit-micro"
     if c.pretrain:
         c.pretrain.update(epochs=1, train_size=256, test_size=128)

@@ -1,12 +1,15 @@
-"""How layers are numbered for people: a name plus a 1-based number, the same in every table,
+"""How layers are numbered for people: a name plus a number (1-based; a text model's input
+embeddings 0), the same in every table,
 figure and command, computed here only.
 
 The rule (one for every family; a subset of layers keeps its numbers):
 
+0. ``embeddings``, a text model's input embeddings (the pseudo-layer of
+   :mod:`ftlens.models.families.text`), is 0: Hugging Face's hidden state 0, before block 1.
 1. An element of a block list is numbered by its index in that list, plus one:
    ``blocks.N`` (timm ViT, EfficientNet), ``layers.N`` (Swin, HF), ``encoder.layer.N`` (HF ViT),
    ``transformer.resblocks.N`` (open_clip), ``stages.N`` (ConvNeXt), ``features.N``
-   (torchvision) -> ``N + 1``, under any prefix (``body.``, ``vit.``), when not itself inside
+   (torchvision), ``h.N`` (GPT-2) -> ``N + 1``, under any prefix (``body.``, ``vit.``), when not itself inside
    another block list (``stages.0.blocks.1`` is not layer 2).
 2. Any other layer of the model's full default layer list (``ModelWrapper.default_layers``,
    whatever subset was asked for): its 1-based position there (ResNet ``act1, layer1..layer4``
@@ -15,7 +18,7 @@ The rule (one for every family; a subset of layers keeps its numbers):
 4. Anything else (``pre_logits``, ``patch_embed``) is numbered one after the model's layer that
    runs before it (``pre_logits`` of a 12-block ViT is 13; 1 when none does).
 
-Without a model (names read back from a table), rules 1 and 3 apply; rule 4 then counts from the
+Without a model (names read back from a table), rules 0, 1 and 3 apply; rule 4 then counts from the
 previous name of the list.
 """
 
@@ -30,12 +33,16 @@ from ftlens.errors import LayerError
 __all__ = ["BLOCK_LISTS", "layer_label", "layer_number", "layer_numbers", "layer_title"]
 
 #: names of the module lists whose elements are a model's layers (``<list>.N`` is layer N + 1)
-BLOCK_LISTS = ("blocks", "layers", "layer", "resblocks", "stages", "features")
+BLOCK_LISTS = ("blocks", "layers", "layer", "resblocks", "stages", "features", "h")
+#: rule 0: a text model's input embeddings
+EMBEDDINGS = "embeddings"
 _ELEMENT = re.compile(rf"(?:^|\.)(?:{'|'.join(BLOCK_LISTS)})\.(\d+)(?=\.|$)")
 
 
 def _listed(layer: str) -> int | None:
     """Rule 1: ``N + 1`` when ``layer`` is an element ``<list>.N`` of the outermost block list."""
+    if layer == EMBEDDINGS:  # rule 0
+        return 0
     m = _ELEMENT.search(layer)
     return int(m.group(1)) + 1 if m is not None and m.end() == len(layer) else None
 
@@ -59,7 +66,11 @@ def _model_numbers(model: Any) -> dict[str, int]:
         defaults = list(model.default_layers)
     except (AttributeError, LayerError):  # a plain module without default layers: the ones it was given
         defaults = list(model.layers)
-    return {name: _listed(name) or i for i, name in enumerate(defaults, start=1)}
+    return {name: _or(_listed(name), i) for i, name in enumerate(defaults, start=1)}
+
+
+def _or(n: int | None, other: int | None) -> int | None:
+    return n if n is not None else other
 
 
 def layer_number(layer: str, model: Any = None) -> int | None:
@@ -67,7 +78,7 @@ def layer_number(layer: str, model: Any = None) -> int | None:
     None for a name that does not carry its number (``pre_logits``, ResNet's ``layer2``)."""
     if model is not None:
         return layer_numbers([layer], model)[0]
-    return _listed(layer) or _enclosing(layer, {})
+    return _or(_listed(layer), _enclosing(layer, {}))
 
 
 def layer_numbers(layers: Sequence[str], model: Any = None) -> list[int]:
@@ -83,7 +94,7 @@ def layer_numbers(layers: Sequence[str], model: Any = None) -> list[int]:
     numbered = _model_numbers(model)
     order = list(numbered)
     for name in layers:
-        n = _listed(name) or numbered.get(name) or _enclosing(name, numbered)
+        n = _or(_or(_listed(name), numbered.get(name)), _enclosing(name, numbered))
         if n is None:  # rule 4: after the last model layer that runs before it
             ranked = model.resolve_layers(order + [name])
             before = ranked[:ranked.index(name)]

@@ -208,6 +208,25 @@ def default_data(*specs: str) -> str:
     return "digits"
 
 
+def data_for(model: Any, data: str | None, *specs: str) -> str:
+    """The dataset a command reads: ``data``, else :func:`default_data` (a text model without a
+    run: ``fortunes-topics``); a ConfigError when a text model is given images or the other way round."""
+    from ftlens.data import is_text_dataset
+    from ftlens.errors import ConfigError
+
+    text_model = hasattr(model, "max_length") and hasattr(model, "tokenize")
+    if data is None:
+        data = default_data(*specs)
+        if text_model and not is_text_dataset(data):
+            data = "fortunes-topics"
+    if text_model and not is_text_dataset(data):
+        raise ConfigError(f"{model.name} is a text model but --data {data} holds images; name a text dataset "
+                          "(fortunes-topics, fortunes:TOPIC,..., csv:PATH, textfolder:PATH, hf-text:NAME)")
+    if not text_model and is_text_dataset(data):
+        raise ConfigError(f"--data {data} holds texts but {model.name} reads images; give an image dataset")
+    return data
+
+
 def images_for(requested: int | None, available: int, data: str) -> int:
     """Images per seed: ``requested``, or the paper's 500 capped by the split's size (a default never fails)."""
     from ftlens.errors import ConfigError

@@ -144,13 +144,13 @@ def compare_cmd(
         inversion.set_tf32(True)
     layer_list = common.layer_list(layers)
     device = common.resolve_device(device)
-    data = data or common.default_data(finetuned, pretrained)
     progress.stage(f"loading {pretrained} and {finetuned}")
     size = common.image_size_kwargs(image_size)
     pt = load_model(pretrained, layers=layer_list, device=device, tokens=tokens, **size)
     ft = load_model(finetuned, layers=layer_list, device=device, tokens=tokens, **size)
     if not overwrite:
         _refuse_other_comparison(out, pt.spec, ft.spec)
+    data = common.data_for(pt, data, finetuned, pretrained)  # a text model reads a text dataset
     ds = get_dataset(data, split="test", image_size=tuple(pt.input_size[1:]), data_dir=data_dir)
     images = common.images_for(images, len(ds), data)
     pool = image_pool(ds, images, seeds)  # enough for every seed to draw its own images (capped by the split)

@@ -43,6 +43,8 @@ def _run(config, out: Path, stages: str | None, no_cache: bool, device: str | No
 @app.command("demo")
 @fail_on_ftlens_error
 def demo_cmd(
+    part: str = typer.Argument(None, help="'text': the language-transformer demo alone (OUT/text/report.html); "
+                               "default: the two vision parts."),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output directory (the page is OUT/report.html)."),
     quick: bool = typer.Option(False, "--quick", help="A tiny variant (seconds): for smoke tests, not for reading."),
     stages: str = typer.Option(None, "--stages", help="Comma-separated subset of stages to run."),
@@ -55,11 +57,17 @@ def demo_cmd(
     patches, finetuned on digits in several ways and compared with its pretrained self.
     OUT/real/report.html: real ImageNet weights (EfficientNet-Lite0) finetuned on real MNIST
     digits (FT, LP, LP-FT, scratch) and compared layer by layer.
+
+    `ftlens demo text`: OUT/text/report.html: a language transformer with real weights
+    (all-MiniLM-L6-v2) finetuned on real topic-filed texts (Debian's fortunes) by FT, LP-FT and
+    from scratch, compared layer by layer, the paper's findings decided for it.
     """
     from ftlens.experiment import builtin_config
     from ftlens.experiment import quick as make_quick
 
-    for name, where in DEMO_PARTS:
+    if part is not None and part not in DEMO_EXTRA:
+        raise ConfigError(f"unknown demo part {part!r}; parts: {', '.join(DEMO_EXTRA)} (or none: the vision demo)")
+    for name, where in (DEMO_EXTRA[part],) if part is not None else DEMO_PARTS:
         config = builtin_config(name)
         if quick:
             config = make_quick(config)
@@ -68,6 +76,8 @@ def demo_cmd(
 
 #: The demo's parts: (builtin config, sub-directory of OUT).
 DEMO_PARTS = (("demo", ""), ("demo-real", "real"))
+#: Parts run on their own by name (``ftlens demo text``).
+DEMO_EXTRA = {"text": ("demo-text", "text")}
 
 
 @app.command("run")

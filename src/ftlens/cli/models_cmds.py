@@ -41,7 +41,12 @@ def layers_cmd(
     names = [n for n in names if n in wrapper.available_layers]
     shapes = wrapper.layer_shapes(names)
     numbers = dict(zip(names, layer_numbers(names, wrapper), strict=True))
-    table = Table(title=f"{wrapper.name}: input {wrapper.input_size}, mean {wrapper.mean}, std {wrapper.std}")
+    if hasattr(wrapper, "max_length"):  # a text model
+        title = (f"{wrapper.name}: text of {wrapper.max_length} tokens (word vectors of {wrapper.embed_dim}), "
+                 f"pooling {wrapper.module.pool.mode}")
+    else:
+        title = f"{wrapper.name}: input {wrapper.input_size}, mean {wrapper.mean}, std {wrapper.std}"
+    table = Table(title=title)
     table.add_column("layer", justify="right")
     table.add_column("name")
     table.add_column("output shape (per image)")
@@ -93,7 +98,6 @@ def cka_cmd(
 
     device = common.resolve_device(device)
     layer_list = common.layer_list(layers)
-    data = data or common.default_data(second, first)
     progress.stage(f"loading {first} and {second}")
     from ftlens.models import load_model
 
@@ -102,6 +106,7 @@ def cka_cmd(
               load_model(second, layers=layer_list, device=device, tokens=tokens, **size), measure=chosen,
               device=device)
     a = cka.first
+    data = common.data_for(a, data, second, first)
     dataset = get_dataset(data, split="test", image_size=a.input_size[1:], data_dir=data_dir, seed=seed)
     n = common.images_for(images, len(dataset), data)
     x, _ = sample_images(dataset, n, seed=seed)

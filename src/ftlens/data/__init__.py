@@ -13,6 +13,14 @@ ints. Names:
   when absent and the network is there.
 - ``folder:PATH``: an image folder with one sub-directory per class.
 
+Text (:class:`~ftlens.data.text.TextDataset`: ``(str, label)`` items, tokenised by each text
+model itself; ``image_size`` is ignored):
+
+- ``fortunes-topics``, ``fortunes:TOPIC,TOPIC,...``: real texts filed by topic, from Debian's
+  ``fortunes`` package (:mod:`ftlens.data.fortunes`).
+- ``csv:PATH``, ``textfolder:PATH``, ``hf-text:NAME_OR_DIR``: a CSV file, a folder of ``.txt``
+  files per class, a Hugging Face ``datasets`` dataset (:mod:`ftlens.data.text`).
+
 Robustness data (CIFAR-10-C layout, and our own generator with CIFAR-10-C's constants) lives
 in :mod:`ftlens.data.corruptions`.
 """
@@ -46,6 +54,7 @@ __all__ = [
     "default_data_dir",
     "float_to_uint8",
     "get_dataset",
+    "is_text_dataset",
     "list_datasets",
     "parse_image_size",
     "resize_batch",
@@ -68,6 +77,12 @@ DATASETS: dict[str, str] = {
     "eurosat": "EuroSAT RGB (torchvision), 10 classes, 27000 images, stratified 80/20 split",
     "folder:PATH": "an image folder, one sub-directory per class (PATH/train, PATH/test "
     "if present, else a stratified 80/20 split)",
+    "fortunes-topics": "real short texts of 4 topics (computers, politics, science, songs-poems) from Debian's "
+    "fortunes package, 2449/610 texts, split by hash (text)",
+    "fortunes:TOPIC,...": "the fortunes topics named (text)",
+    "csv:PATH": "a CSV file with text and label columns, or a folder with train.csv/test.csv (text)",
+    "textfolder:PATH": "a folder of .txt files per class (PATH/train, PATH/test if present) (text)",
+    "hf-text:NAME_OR_DIR": "a Hugging Face datasets dataset (hub name, save_to_disk or data-file folder) (text)",
 }
 
 _ALIASES = {
@@ -120,6 +135,9 @@ def get_dataset(
     if not isinstance(name, str) or not name.strip():
         raise DatasetError(f"dataset name must be a non-empty string, got {name!r}")
     raw = name.strip()
+    text = _text_dataset(raw, split, **kw)
+    if text is not None:
+        return text
     if raw.lower().startswith("folder:"):
         from .folder import load_folder
 
@@ -161,3 +179,33 @@ def get_dataset(
     close = difflib.get_close_matches(key, list(DATASETS) + list(_ALIASES), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise DatasetError(f"unknown dataset {name!r}.{hint} Known: {', '.join(list_datasets())}.")
+
+
+def is_text_dataset(name: str) -> bool:
+    """Whether ``name`` names a text dataset (by its prefix; no data is read)."""
+    raw = str(name).strip().lower()
+    return raw == "fortunes-topics" or raw.startswith(_TEXT_PREFIXES)
+
+
+_TEXT_PREFIXES = ("fortunes:", "csv:", "textfolder:", "hf-text:")
+
+
+def _text_dataset(raw: str, split: str, **kw):
+    """The text dataset ``raw`` names, or None when it names none."""
+    if not is_text_dataset(raw):
+        return None
+    prefix, _, rest = raw.partition(":")
+    prefix = prefix.lower()
+    if raw.lower() == "fortunes-topics":
+        from .fortunes import load_fortunes
+
+        return load_fortunes(split, **kw)
+    if prefix == "fortunes":
+        from .fortunes import load_fortunes
+
+        return load_fortunes(split, [t.strip() for t in rest.split(",") if t.strip()], name=raw, **kw)
+    from .text import load_csv, load_hf_text, load_text_folder
+
+    loader = {"csv": load_csv, "textfolder": load_text_folder, "hf-text": load_hf_text}[prefix]
+    return loader(rest, split, **kw)
+

@@ -206,8 +206,9 @@ class SubsetImageDataset(ImageDataset):
         return self._targets
 
 
-def sample_images(dataset: ImageDataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded sample of ``n`` images without replacement -> ``(images (n,3,H,W), labels (n,))``.
+def sample_images(dataset: Any, n: int, seed: int = 0) -> tuple[Any, torch.Tensor]:
+    """A seeded sample of ``n`` images without replacement -> ``(images (n,3,H,W), labels (n,))``
+    (a text dataset: ``(list of n texts, labels)``).
 
     DatasetError if the dataset has fewer than ``n`` images.
     """
@@ -225,6 +226,8 @@ def sample_images(dataset: ImageDataset, n: int, seed: int = 0) -> tuple[torch.T
         )
     g = torch.Generator().manual_seed(int(seed))
     idx = torch.randperm(total, generator=g)[:n]
+    if hasattr(dataset, "texts"):  # a text dataset: the texts themselves (each model tokenises them)
+        return [dataset.texts[i] for i in idx.tolist()], dataset.labels[idx].clone()
     if hasattr(dataset, "tensors"):
         images, labels = dataset.tensors()
         return images[idx].clone(), labels[idx].clone()

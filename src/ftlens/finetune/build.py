@@ -42,6 +42,10 @@ def start_model(cfg: FinetuneConfig) -> ModelWrapper:
                 f"model {cfg.model!r} and pretrained_from {cfg.pretrained_from!r} (architecture "
                 f"{wrapper.source.spec}) disagree; give only --pretrained-from"
             )
+    if cfg.max_length is not None:
+        if not hasattr(wrapper, "set_max_length"):
+            raise ConfigError(f"max_length applies to text models; {wrapper.name} reads images (use image_size)")
+        wrapper.set_max_length(cfg.max_length)
     if from_scratch:
         torch.manual_seed(cfg.seed)
         wrapper = rebuild(wrapper)

@@ -39,10 +39,17 @@ PAPER_WARMUP_STEPS = 100
 DEFAULT_LR = 1e-3
 
 
-def default_lr(strategy: str) -> float:
-    """The peak learning rate of ``strategy`` when none is given: 1e-3 times the strategy's
-    ``lr_scale`` (a tenth for ``lp-ft``)."""
-    return DEFAULT_LR * get_strategy(strategy).lr_scale
+#: Peak learning rate of text models (AdamW, the usual recipe for finetuning transformers on text).
+DEFAULT_TEXT_LR = 5e-5
+#: Defaults of the optimisation fields left at None, for image data and for text data.
+IMAGE_DEFAULTS = {"optimizer": "sgd", "weight_decay": 1e-4, "batch_size": 128}
+TEXT_DEFAULTS = {"optimizer": "adamw", "weight_decay": 0.01, "batch_size": 32}
+
+
+def default_lr(strategy: str, text: bool = False) -> float:
+    """The peak learning rate of ``strategy`` when none is given: 1e-3 (text: 5e-5) times the
+    strategy's ``lr_scale`` (a tenth for ``lp-ft``)."""
+    return (DEFAULT_TEXT_LR if text else DEFAULT_LR) * get_strategy(strategy).lr_scale
 
 #: Fields that may change between a killed run and its resumption (they do not change results
 #: on the same device).
@@ -67,6 +74,8 @@ class FinetuneConfig:
         image_size: input resolution ``H`` (or ``[H, W]``) the model is run at (None: the
             model's own, or the one its checkpoint records); a ViT's position embedding is
             resampled. Recorded in every checkpoint.
+        max_length: text models: the fixed number of tokens texts are padded or truncated to
+            (None: the model's own, 128 for ``ftlens:minilm-l6``). Recorded in every checkpoint.
         data: a :func:`ftlens.data.get_dataset` name (``digits``, ``cifar10``, ``folder:PATH``).
         data_dir, download: where torchvision datasets live and whether to fetch them.
         train_size, test_size: use a seeded subset of this many images (None: all).
@@ -99,10 +108,12 @@ class FinetuneConfig:
             ``(1 - a) * theta_from + a * theta_to``; the two endpoints (``RUN@EPOCH`` or files).
             ``wise_from`` defaults to epoch 0 of ``wise_to``'s run.
     Optimisation:
-        optimizer (``sgd``/``adam``/``adamw``), lr (None: :func:`default_lr`, 1e-3 and 1e-4 for
-        ``lp-ft``; resolved when the run starts), momentum, weight_decay, betas,
+        optimizer (``sgd``/``adam``/``adamw``; None: ``sgd``, text data ``adamw``), lr (None:
+        :func:`default_lr`, 1e-3 and 1e-4 for ``lp-ft``, text 5e-5 and 5e-6; resolved when the run
+        starts), momentum, weight_decay (None: 1e-4, text 0.01), betas,
         warmup_steps (None: 100 as in the paper, capped at a tenth of each phase's steps),
-        grad_clip (max global L2 norm; None: off), label_smoothing (FT), batch_size,
+        grad_clip (max global L2 norm; None: off), label_smoothing (FT), batch_size (None: 128,
+        text 32),
         augment (random crop with ``crop_padding`` pixels of zero padding (None: an eighth of
         the image side) + a random horizontal ``flip`` (None: on, except for ``digits``, whose
         classes are not mirror-symmetric)), seed.
@@ -132,6 +143,7 @@ class FinetuneConfig:
     pretrained: bool = True
     pretrained_from: str | None = None
     image_size: list[int] | None = None
+    max_length: int | None = None
     data: str = "digits"
     data_dir: str | None = None
     download: bool | None = None
@@ -157,15 +169,15 @@ class FinetuneConfig:
     wise_from: str | None = None
     wise_to: str | None = None
     # optimisation
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     lr: float | None = None
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int | None = None
     grad_clip: float | None = 1.0
     label_smoothing: float = 0.0
-    batch_size: int = 128
+    batch_size: int | None = None
     augment: bool = True
     crop_padding: int | None = None
     flip: bool | None = None
@@ -247,6 +259,11 @@ class FinetuneConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Normalise spellings and check every field; :class:`ConfigError` names the problem."""
+        from ftlens.data import is_text_dataset
+
+        for name, value in (TEXT_DEFAULTS if is_text_dataset(str(self.data)) else IMAGE_DEFAULTS).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.task = _choice("task", self.task, TASKS)
         self.strategy = _choice("strategy", self.strategy, tuple(STRATEGIES))
         self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -306,6 +323,8 @@ class FinetuneConfig:
             raise ConfigError("monitor_keep (--monitor-keep) keeps the checkpoint the forgetting monitor prefers; "
                               "turn the monitor on with monitor_forgetting (--monitor-forgetting)")
         self.image_size = parse_image_size(self.image_size)
+        if self.max_length is not None:
+            self.max_length = _int("max_length", self.max_length, minimum=2)
         self.corruptions = [str(c).strip() for c in _as_list(self.corruptions) if str(c).strip()]
         self.severities = [_int("severities", s, minimum=1) for s in _as_list(self.severities)]
         if self.corruptions and (not self.severities or max(self.severities) > 5):

@@ -141,6 +141,8 @@ class TaskModel(nn.Module):
         self.head_prefix = "decoder." if task == "reconstruction" else "backbone." + classifier_prefix(self.backbone)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.mean.numel():  # a text model: tokens are not normalised
+            return x
         return (x.clamp(0.0, 1.0) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def forward(self, x: torch.Tensor, frozen_backbone: bool = False) -> torch.Tensor:

@@ -87,12 +87,14 @@ class TrainingRun:
         self.steps_per_epoch = max(1, math.ceil(per_rank_examples / self.per_rank_batch))
         # resolve what depends on the data
         updates: dict[str, Any] = {}
-        if cfg.crop_padding is None:
+        if hasattr(self.wrapper, "tokenize"):  # text: no image augmentation
+            updates.update(augment=False, flip=False, crop_padding=0)
+        if cfg.crop_padding is None and "crop_padding" not in updates:
             updates["crop_padding"] = max(1, int(self.wrapper.input_size[1]) // 8)
-        if cfg.flip is None:
+        if cfg.flip is None and "flip" not in updates:
             updates["flip"] = default_flip(cfg.data)
         if cfg.lr is None:
-            updates["lr"] = default_lr(cfg.strategy)
+            updates["lr"] = default_lr(cfg.strategy, text=hasattr(self.wrapper, "tokenize"))
         if updates:
             self.cfg = cfg = cfg.replace(**updates)
 

@@ -21,7 +21,6 @@ import torch
 
 from ftlens import io
 from ftlens.errors import ConfigError, LayerError
-from ftlens.images import as_images
 from ftlens.invariance import parallel
 from ftlens.invariance.inputs import (
     ModelLike,
@@ -48,6 +47,7 @@ from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
 from ftlens.similarity.measure import Measure
 from ftlens.store import Cache, resolve_cache, tensor_hash
+from ftlens.texts import input_note, pool_inputs
 
 __all__ = ["compare", "compare_plan", "stir"]
 
@@ -117,7 +117,9 @@ def compare(
     Args:
         pretrained, finetuned: models (wrappers or specs for :func:`ftlens.load_model`).
         images: the image pool (n, C, H, W) in [0, 1] (a tensor, a Dataset or a DataLoader:
-            :func:`ftlens.images.as_images`); each seed draws ``n_images`` of it
+            :func:`ftlens.images.as_images`), or for text models texts (strings, a tokenised
+            batch, a text dataset), read by both models as the pretrained model's word vectors
+            (:func:`ftlens.texts.pool_inputs`); each seed draws ``n_images`` of it
             (``None``: the whole pool) and its own start noise
             (:mod:`ftlens.invariance.pool`: disjoint samples when the pool allows).
         layers: layer names / globs present in both models (default: the pretrained model's).
@@ -169,12 +171,13 @@ def compare(
     """
     t_start = time.perf_counter()
     chosen, debiased = stir_measure(measure, debiased)  # an unknown or unfit measure fails before any work
-    images = as_images(images)
     if first_term not in FIRST_TERMS:
         raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
     executor = executor or parallel.executor(processes=processes, threads=threads, cache=cache)
     pt = as_model(pretrained, PRETRAINED, image_size)
     ft = as_model(finetuned, FINETUNED, image_size)
+    images = pool_inputs(images, pt)  # texts: the pretrained model's word vectors
+    note = input_note(pt, {FINETUNED: ft})
     models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)
     pt, ft = models[PRETRAINED], models[FINETUNED]
     # one session per model for the whole call: the weights are checked (and hashed again where
@@ -184,13 +187,13 @@ def compare(
                         steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased,
                         first_term=first_term, batch_size=batch_size, autocast=autocast, progress=progress,
                         bootstrap=bootstrap, confidence=confidence, residual_threshold=residual_threshold,
-                        schedule=schedule, batch_layers=batch_layers, chosen=chosen)
+                        schedule=schedule, batch_layers=batch_layers, chosen=chosen, note=note)
 
 
 def _compare(pt: ModelWrapper, ft: ModelWrapper, images: torch.Tensor, device, executor: Executor, t_start: float, *,
              layers, seeds, n_images, steps, step_size, start, cache, debiased, first_term, batch_size, autocast,
              progress, bootstrap, confidence, residual_threshold, schedule, batch_layers,
-             chosen: Measure | None) -> Comparison | None:
+             chosen: Measure | None, note: Any) -> Comparison | None:
     fields = schedule_fields(schedule)
     if fields.get("schedule", PAPER.schedule) != "fixed" and "stop_residual" not in fields:
         # one threshold: the early-stopping schedules stop images at a fraction of the convergence gate's
@@ -259,6 +262,8 @@ def _compare(pt: ModelWrapper, ft: ModelWrapper, images: torch.Tensor, device, e
             "total_s": time.perf_counter() - t_start,
         },
     }
+    if note is not None:
+        config["inputs"] = note
     if done.info:
         config["distributed"] = done.info
     return build_comparison(stir_df, cka_df, inversion_table(plan, invs), config, boot_df)
@@ -330,6 +335,7 @@ def stir(
     chosen, debiased = stir_measure(measure, debiased)
     ref = as_model(reference, "reference", image_size)
     ref_label = reference_name or ref.name
+    images = pool_inputs(images, ref)  # texts: the reference model's word vectors
     tmodels = _label_models(target, image_size)
     check_input_sizes({ref_label: ref, **tmodels}, images)
     tlayers = {}

@@ -51,9 +51,10 @@ def pool_size(available: int, n_images: int, seeds: int) -> int:
 
 @dataclass
 class ImagePool:
-    """Images (n, C, H, W) in [0, 1], their labels (n,), and their indices in the dataset's split."""
+    """Images (n, C, H, W) in [0, 1] (a text dataset: a list of texts), their labels (n,), and their
+    indices in the dataset's split."""
 
-    images: torch.Tensor
+    images: torch.Tensor | list[str]
     labels: torch.Tensor
     indices: list[int]
     dataset: str = ""
@@ -77,7 +78,10 @@ def image_pool(dataset: ImageDataset, n_images: int, seeds: int, *, seed: int = 
                          f"(n_images <= {total})")
     n = pool_size(total, n_images, seeds)
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n]
-    if hasattr(dataset, "tensors"):
+    if hasattr(dataset, "texts"):  # a text dataset: the texts (the compared models read them as word vectors)
+        images = [dataset.texts[i] for i in idx.tolist()]
+        labels = dataset.labels[idx].clone()
+    elif hasattr(dataset, "tensors"):
         images, labels = dataset.tensors()
         images, labels = images[idx].clone(), labels[idx].clone()
     else:

@@ -26,6 +26,7 @@ from ftlens.inversion.settings import InversionSettings, _autocast_dtype, schedu
 from ftlens.inversion.starts import _batch_starts
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
+from ftlens.texts import model_inputs
 
 __all__ = ["invert", "invert_many"]
 
@@ -51,7 +52,9 @@ def invert(
     Args:
         model: the reference model (a :class:`~ftlens.models.ModelWrapper`).
         layer: one layer name of ``model`` (see ``model.layers``).
-        images: ``X``, float ``(n, C, H, W)`` in [0, 1] at the model's input size.
+        images: ``X``, float ``(n, C, H, W)`` in [0, 1] at the model's input size; for a text
+            model, texts (strings, a tokenised batch, tokens) or word vectors ``(n, T, D + 1)``,
+            inverted in the model's word-vector space (:attr:`ModelWrapper.domain`).
         steps: gradient steps (``steps + 1`` iterates are evaluated, the last one included).
         step_size: L2 length of each normalised step, per image, in [0, 1] pixel units.
         start: ``"noise"`` (N(0, 1), the default), ``"mixed"`` or ``"uniform"``.
@@ -77,6 +80,7 @@ def invert(
     """
     settings = InversionSettings(steps=steps, step_size=step_size, start=start,
                                  autocast=None if autocast is None else str(autocast), **schedule_fields(schedule))
+    images = model_inputs(images, model)  # texts: the model's word vectors
     if compile is None:
         return _invert(model, layer, images, settings, seed, batch_size=batch_size, device=device,
                        progress=progress)
@@ -135,6 +139,7 @@ def _invert(
                 hi = min(n, lo + bs)
                 x_true = images[lo:hi].to(device=device, dtype=torch.float32, non_blocking=True)
                 x0 = _batch_starts(images, settings.start, seed, lo, hi).to(device, non_blocking=True)
+                x0 = model.domain.start(x0, x_true, settings.start)  # images: as drawn
                 if cl:
                     x_true = x_true.contiguous(memory_format=torch.channels_last)
                     x0 = x0.contiguous(memory_format=torch.channels_last)
@@ -193,6 +198,7 @@ def invert_many(
     (:mod:`ftlens.inversion.batched`; the same results up to rounding) where the model allows.
     """
     layer_list = model.resolve_layers(layers)
+    images = model_inputs(images, model)  # texts: the model's word vectors
     if current_runtime().batch_layers if batch_layers is None else batch_layers:
         from ftlens.inversion.batched import Job, invert_jobs
 

@@ -217,6 +217,7 @@ def invert_jobs(
             x_true = torch.cat([jobs[order[p]].images[a:b] for p, a, b in parts]).to(device, torch.float32)
             x0 = torch.cat([_batch_starts(jobs[order[p]].images, settings.start, jobs[order[p]].seed, a, b)
                             for p, a, b in parts]).to(device)
+            x0 = model.domain.start(x0, x_true, settings.start)  # images: as drawn
             if cl:
                 x_true = x_true.contiguous(memory_format=torch.channels_last)
                 x0 = x0.contiguous(memory_format=torch.channels_last)
@@ -311,7 +312,8 @@ def _invert_rows(model, layers, depths, counts, x_true, x0, settings, amp_dtype,
                 "step 0); check the weights (a diverged checkpoint?) and the images")
     norms = [n.norm(dim=1).clamp_min(_TINY) for n in targets]
 
-    x, best_x, best, _, _, _ = loop._loop_state(x0, steps, device)
+    domain = model.domain
+    x, best_x, best, _, _, _ = loop._loop_state(x0, steps, device, domain)
     b = x.shape[0]
     hist = torch.zeros((n_q, steps + 1), device=device)
     best_hist = torch.zeros((n_q, steps + 1), device=device)
@@ -341,7 +343,7 @@ def _invert_rows(model, layers, depths, counts, x_true, x0, settings, amp_dtype,
         r = residual.detach()
         bad = torch.zeros(n_q, device=device).index_add_(0, active_job, (~torch.isfinite(r)).float()) > 0
         first_bad = torch.where((first_bad < 0) & bad, t, first_bad)
-        candidate = x.detach() if t else x.detach().clamp(0.0, 1.0)
+        candidate = x.detach() if t else domain.project(x.detach().clone())
         if fixed:
             improved = r < best
             torch.where(improved, r, best, out=best)
@@ -362,9 +364,9 @@ def _invert_rows(model, layers, depths, counts, x_true, x0, settings, amp_dtype,
         if fixed:
             grad_norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
             x = x.detach()
-            x.addcdiv_(grad, grad_norm.view(view), value=-settings.step_size).clamp_(0.0, 1.0)
+            domain.project(x.addcdiv_(grad, grad_norm.view(view), value=-settings.step_size * domain.scale))
             continue
-        x = rules.step(settings, x, grad, state, improved, t)
+        x = rules.step(settings, x, grad, state, improved, t, domain)
         done = rules.stopping(settings, r, prev, new_best, state)
         if done is not None and bool(done.any()):  # one host sync per step, as in the per-layer loop
             keep = ~done

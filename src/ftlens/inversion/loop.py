@@ -17,6 +17,7 @@ from ftlens.errors import ConfigError, ConfigTypeError, NumericalError
 from ftlens.inversion import rules
 from ftlens.inversion.settings import InversionSettings
 from ftlens.models import ModelWrapper
+from ftlens.models.domain import PIXELS, InputDomain
 
 #: Floor for norms we divide by (a zero gradient then gives a zero step).
 _TINY = 1e-30
@@ -71,12 +72,13 @@ def _invert_batch(
             return _layer_rep(model, x, layer)
     if settings.adaptive:
         return _invert_batch_adaptive(model, layer, x_true, x0, settings, amp_dtype, on_step, forward, stats)
+    domain = model.domain
     device = x_true.device
     b = x_true.shape[0]
     steps, step_size = settings.steps, settings.step_size
     target, target_norm = _target(model, layer, x_true, amp_dtype, forward)
 
-    x, best_x, best, history, best_history, first_bad = _loop_state(x0, steps, device)
+    x, best_x, best, history, best_history, first_bad = _loop_state(x0, steps, device, domain)
     view = (b,) + (1,) * (x.dim() - 1)
 
     for t in range(steps + 1):
@@ -91,8 +93,8 @@ def _invert_batch(
         first_bad = torch.where((first_bad < 0) & bad.any(), t, first_bad)
         improved = r < best  # NaN compares False: a NaN iterate is never kept
         torch.where(improved, r, best, out=best)
-        # iterates after a step are in range already; only the (noise) start needs the clamp
-        candidate = x.detach() if t else x.detach().clamp(0.0, 1.0)
+        # iterates after a step are in the domain already; only the (noise) start needs the projection
+        candidate = x.detach() if t else domain.project(x.detach().clone())
         torch.where(improved.view(view), candidate, best_x, out=best_x)
         history[t] = r.mean()
         best_history[t] = best.mean()
@@ -100,7 +102,7 @@ def _invert_batch(
             (grad,) = torch.autograd.grad(residual.sum(), x)
             grad_norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY).view(view)
             x = x.detach()
-            x.addcdiv_(grad, grad_norm, value=-step_size).clamp_(0.0, 1.0)
+            domain.project(x.addcdiv_(grad, grad_norm, value=-step_size * domain.scale))
         if on_step is not None:
             on_step(t, history[t])
     _check_bad(model, layer, int(first_bad), steps)  # the one host sync of the batch
@@ -133,13 +135,14 @@ def _check_bad(model: ModelWrapper, layer: str, bad_step: int, steps: int) -> No
 
 
 
-def _loop_state(x0: torch.Tensor, steps: int, device: torch.device):
+def _loop_state(x0: torch.Tensor, steps: int, device: torch.device, domain: InputDomain = PIXELS):
     """The state both schedules start from: the iterate ``x`` (a copy of ``x0``), the best iterate so far
-    (``x0`` clamped to [0, 1]), the best residual per image (inf), the mean residual and mean best
-    residual per step (``(steps + 1,)``, filled by the loop) and the first non-finite step (-1: none)."""
+    (``x0`` projected to the input domain: clamped to [0, 1] for images), the best residual per image
+    (inf), the mean residual and mean best residual per step (``(steps + 1,)``, filled by the loop)
+    and the first non-finite step (-1: none)."""
     b = x0.shape[0]
     x = x0.clone()
-    return (x, x.clamp(0.0, 1.0), torch.full((b,), math.inf, device=device),
+    return (x, domain.project(x.clone()), torch.full((b,), math.inf, device=device),
             torch.empty(steps + 1, device=device), torch.empty(steps + 1, device=device),
             torch.full((), -1, dtype=torch.long, device=device))
 
@@ -164,12 +167,13 @@ def _invert_batch_adaptive(
     running (one host sync per step for the check). A stopped image keeps its best iterate;
     in ``history`` it counts with its best residual from then on.
     """
+    domain = model.domain
     device = x_true.device
     b = x_true.shape[0]
     steps = settings.steps
     target, target_norm = _target(model, layer, x_true, amp_dtype, forward)
 
-    x, best_x, best, history, best_history, first_bad = _loop_state(x0, steps, device)
+    x, best_x, best, history, best_history, first_bad = _loop_state(x0, steps, device, domain)
     active = torch.arange(b, device=device)  # batch rows still running
     state = rules.init_rows(settings, x)  # per-row rule state of the running rows
     frozen = torch.zeros((), device=device)  # sum of the best residuals of stopped images
@@ -192,7 +196,7 @@ def _invert_batch_adaptive(
         improved = r < prev
         new_best = torch.where(improved, r, prev)
         best[active] = new_best
-        candidate = x.detach() if t else x.detach().clamp(0.0, 1.0)
+        candidate = x.detach() if t else domain.project(x.detach().clone())
         best_x[active] = torch.where(improved.view(view), candidate, best_x[active])
         history[t] = (r.sum() + frozen) / b
         best_history[t] = best.mean()
@@ -201,7 +205,7 @@ def _invert_batch_adaptive(
         if last:
             break
         (grad,) = torch.autograd.grad(residual.sum(), x)
-        x = rules.step(settings, x, grad, state, improved, t)
+        x = rules.step(settings, x, grad, state, improved, t, domain)
         done = rules.stopping(settings, r, prev, new_best, state)
         if done is not None and bool(done.any()):  # a host sync per step, only with early stopping
             keep = ~done

@@ -6,7 +6,8 @@ per-layer loop (:mod:`ftlens.inversion.loop`) and the cross-layer one
 (:mod:`ftlens.inversion.batched`) share them operation for operation. A row's update depends only
 on its own gradient and state, never on the other rows of the batch.
 
-Update rules (``settings.schedule``):
+Update rules (``settings.schedule``; the clamp to [0, 1] and the pixel units are those of
+images: the model's :class:`~ftlens.models.domain.InputDomain` says what they are for its inputs):
 
 - ``"fixed"`` (the paper): ``x <- clamp(x - step_size * g / ||g||, 0, 1)``;
 - ``"adaptive"``: the same direction with a per-row step length, times ``grow`` after an
@@ -28,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from ftlens.inversion.settings import InversionSettings
+from ftlens.models.domain import PIXELS, InputDomain
 
 __all__ = ["init_rows", "keep_rows", "step", "stopping"]
 
@@ -59,10 +61,11 @@ def keep_rows(rows: Rows, keep: torch.Tensor) -> Rows:
 
 
 def step(settings: InversionSettings, x: torch.Tensor, grad: torch.Tensor, rows: Rows,
-         improved: torch.Tensor, t: int) -> torch.Tensor:
-    """The next iterate (detached, in [0, 1]) after evaluation ``t`` of ``x`` (b, ...), whose
-    gradient is ``grad``; ``improved`` (b,): whether evaluation ``t`` lowered the row's best residual.
-    Updates ``rows`` in place."""
+         improved: torch.Tensor, t: int, domain: InputDomain = PIXELS) -> torch.Tensor:
+    """The next iterate (detached, in the model's input ``domain``: [0, 1] for images) after
+    evaluation ``t`` of ``x`` (b, ...), whose gradient is ``grad``; ``improved`` (b,): whether
+    evaluation ``t`` lowered the row's best residual. Step lengths are in units of
+    ``domain.scale`` (1 for pixels). Updates ``rows`` in place."""
     x = x.detach()
     view = (x.shape[0],) + (1,) * (x.dim() - 1)
     if settings.schedule == "adam":
@@ -71,17 +74,17 @@ def step(settings: InversionSettings, x: torch.Tensor, grad: torch.Tensor, rows:
         v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
         k = t + 1
         denom = (v / (1 - _BETA2 ** k)).sqrt_().add_(_EPS)
-        x.addcdiv_(m, denom, value=-settings.lr / (1 - _BETA1 ** k))
-        return x.clamp_(0.0, 1.0)
+        x.addcdiv_(m, denom, value=-settings.lr * domain.scale / (1 - _BETA1 ** k))
+        return domain.project(x)
     grad_norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
     if settings.schedule == "fixed":
-        return x.addcdiv_(grad, grad_norm.view(view), value=-settings.step_size).clamp_(0.0, 1.0)
+        return domain.project(x.addcdiv_(grad, grad_norm.view(view), value=-settings.step_size * domain.scale))
     size = rows["size"]
     if t:
         max_size = settings.max_step_size or 8.0 * settings.step_size
         size = torch.where(improved, (size * settings.grow).clamp_max(max_size), size * settings.decay)
         rows["size"] = size
-    return x.addcmul_(grad, (size / grad_norm).view(view), value=-1.0).clamp_(0.0, 1.0)
+    return domain.project(x.addcmul_(grad, (size / grad_norm).view(view), value=-domain.scale))
 
 
 def stopping(settings: InversionSettings, r: torch.Tensor, prev: torch.Tensor, new_best: torch.Tensor,

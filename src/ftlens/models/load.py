@@ -172,7 +172,7 @@ def wrap(built: Built, spec: str, *, layers: Sequence[str] | None, mean: Sequenc
         input_size = (channels or (d.input_size[0] if d.input_size else 3), *hw)
     elif d.input_size is not None:
         input_size = (channels or d.input_size[0], *d.input_size[1:])
-    return ModelWrapper(
+    return (family.wrapper_class() or ModelWrapper)(
         module, spec=spec, mean=mean or pre.get("mean") or d.mean, std=std or pre.get("std") or d.std,
         input_size=input_size, layers=layers, source=built.source, extra_state=extra_state, name=built.name,
         random_init=built.random_init, tokens=tokens, family=family.prefix, info=built.info, owned=owned,
@@ -275,12 +275,14 @@ def _natural_key(name: str) -> list:
 
 
 def rebuild(wrapper: ModelWrapper, **kwargs: Any) -> ModelWrapper:
-    """A fresh, randomly initialised model of the same architecture (for ``scratch``)."""
+    """A fresh, randomly initialised model of the same architecture (for ``scratch``; what the
+    family keeps, :meth:`~ftlens.models.families.base.Family.keep_on_rebuild`, comes from ``wrapper``)."""
     prefix = family_prefix(wrapper.source.spec)
     if wrapper.source.spec == "module" or prefix is None:
         raise ModelError("cannot rebuild a user-supplied nn.Module; pass a spec (timm:, torchvision:, hf:, ...)")
     built = _build(prefix, wrapper.source.spec.split(":", 1)[1], pretrained=False,
                                    **{**wrapper.source.kwargs, **kwargs})
+    family_named(built.family).keep_on_rebuild(wrapper.module, built.module)
     built = Built(built.module, built.source, random_init=True, family=built.family)
     size = wrapper.input_size
     return wrap(built, wrapper.source.spec, layers=wrapper.layers, mean=wrapper.mean, std=wrapper.std,

@@ -29,6 +29,7 @@ from torch import nn
 
 from ftlens.errors import ImageError, ImageSizeError, LayerError, NumericalError
 from ftlens.models.capture import capture, check_token_mode, reduce_output
+from ftlens.models.domain import PIXELS, InputDomain
 from ftlens.models.families import family_named
 from ftlens.models.families.base import INPUT_OF, PRE_LOGITS, Defaults, Source
 from ftlens.models.fingerprint import WeightDigests, combine, module_tensors
@@ -206,6 +207,12 @@ class ModelWrapper:
     def defaults(self) -> Defaults:
         """What the model's family says about it (cached until :meth:`refresh_modules`)."""
         return self._defaults
+
+    @property
+    def domain(self) -> InputDomain:
+        """Where this model's inputs live for an inversion: pixels in [0, 1]
+        (:data:`~ftlens.models.domain.PIXELS`)."""
+        return PIXELS
 
     @property
     def num_features(self) -> int:

@@ -99,7 +99,7 @@ def run_wise(cfg: FinetuneConfig, runtime: Runtime, *, overwrite: bool) -> RunRe
         io.write_text(d.config, cfg.to_yaml())
     runtime.barrier()
     size = tuple(wrapper.input_size[1:])
-    test_src, test = load_test_source(cfg, size, runtime)
+    test_src, test = load_test_source(cfg, size, runtime, wrapper)
     corrupted = corrupted_sources(cfg, test_src, size)
     for src in corrupted.values():
         src.to(runtime.device)

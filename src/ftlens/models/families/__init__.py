@@ -17,6 +17,7 @@ from ftlens.models.families.module import ModuleFamily
 from ftlens.models.families.open_clip import OpenClipFamily
 from ftlens.models.families.peft import PeftFamily
 from ftlens.models.families.presets import PRESETS, PresetFamily
+from ftlens.models.families.text import TextFamily
 from ftlens.models.families.timm import TimmFamily
 from ftlens.models.families.torchvision import TorchvisionFamily
 
@@ -32,6 +33,7 @@ FAMILIES: dict[str, Family] = {
     "torchvision": TorchvisionFamily(),
     "hf": HFFamily(),
     "open_clip": OpenClipFamily(),
+    "text": TextFamily(),
     "module": ModuleFamily(),
 }
 

@@ -124,6 +124,15 @@ class Family:
     def defaults(self, module: nn.Module) -> Defaults:
         raise NotImplementedError
 
+    def keep_on_rebuild(self, old: nn.Module, new: nn.Module) -> None:
+        """What a fresh random model of the architecture (``scratch``) keeps from ``old`` (in
+        place on ``new``; default: nothing)."""
+
+    def wrapper_class(self) -> type | None:
+        """The :class:`~ftlens.models.ModelWrapper` subclass that reads this family's models
+        (None: the wrapper itself; text models: :class:`~ftlens.models.text_wrapper.TextWrapper`)."""
+        return None
+
     def set_image_size(self, module: nn.Module, hw: tuple[int, int]) -> None:
         """Make ``module`` take ``hw`` images; default: accepted as is (convolutional models)."""
 

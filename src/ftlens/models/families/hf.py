@@ -1,6 +1,7 @@
 """``hf:NAME_OR_DIR``: Hugging Face transformers vision models (``ViTModel``,
 ``ViTForImageClassification``, ``Dinov2Model``, ``CLIPVisionModel``, the image tower of a
-``CLIPModel``, ...). A local directory written by ``save_pretrained`` loads offline with its
+``CLIPModel``, ...); a text model's directory (BERT, RoBERTa, DistilBERT, GPT-2) is handed to
+the text family (:mod:`ftlens.models.families.text`). A local directory written by ``save_pretrained`` loads offline with its
 weights; a hub id loads its weights with ``pretrained=True`` (else its config with random weights).
 
 The model is wrapped in :class:`~ftlens.models.families.adapter.FeatureClassifier`: the encoder
@@ -62,6 +63,10 @@ class HFFamily(Family):
         online = True if local else hub_online()
         try:
             config = transformers.AutoConfig.from_pretrained(name, local_files_only=not online, trust_remote_code=False)
+            from ftlens.models.families.text import TextFamily, is_text_config
+
+            if is_text_config(config):  # a language transformer: the text family reads it
+                return TextFamily().build(name, pretrained=pretrained, **kwargs)
             has_weights = local and any(Path(name).glob("*.safetensors"))
             load_weights = has_weights if local else pretrained
             arch = (getattr(config, "architectures", None) or [None])[0]

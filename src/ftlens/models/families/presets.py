@@ -1,6 +1,7 @@
 """``ftlens:NAME``: small CPU-friendly ViTs (:data:`PRESETS`, random weights) and real pretrained
 weights that ship inside a package (:data:`ftlens.weights.WEIGHTS`, e.g.
-``ftlens:efficientnet-lite0-in1k``). Both are timm models, described by the timm family."""
+``ftlens:efficientnet-lite0-in1k``). Both are timm models, described by the timm family; the
+language transformers of :data:`ftlens.weights.TEXT_WEIGHTS` (``ftlens:minilm-l6``) by the text family."""
 
 from __future__ import annotations
 
@@ -28,8 +29,15 @@ class PresetFamily(Family):
     def build(self, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
         import timm
 
-        from ftlens.weights import WEIGHTS, load_weights
+        from ftlens.weights import TEXT_WEIGHTS, WEIGHTS, load_weights
 
+        if name in TEXT_WEIGHTS:  # a language transformer with its real weights: the text family
+            from ftlens.models.families.text import record
+
+            weights = TEXT_WEIGHTS[name]
+            module = weights.build(**kwargs)
+            return Built(module, Source(f"text:{name}", record(module)), random_init=False, family="text",
+                         info={"weights": weights.SOURCE})
         if name in WEIGHTS:  # real weights: rebuilt as their timm architecture
             module, info = load_weights(name, **kwargs)
             module.pretrained_cfg = {**module.pretrained_cfg, "mean": info.mean, "std": info.std,
@@ -37,7 +45,7 @@ class PresetFamily(Family):
             return Built(module, Source(info.arch, dict(kwargs)), random_init=False, family="timm",
                          info={"weights": info.source})
         if name not in PRESETS:
-            known = list(PRESETS) + list(WEIGHTS)
+            known = list(PRESETS) + list(WEIGHTS) + list(TEXT_WEIGHTS)
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.3)
             raise ModelError(
                 f"unknown ftlens preset {name!r}; presets: {', '.join(known)}"
