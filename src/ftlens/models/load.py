@@ -22,8 +22,11 @@ from ftlens.models.checkpoint import (
 )
 from ftlens.models.families import FAMILIES, family_named, family_of, family_prefix
 from ftlens.models.families.base import PRE_LOGITS, Built, Source
+from ftlens.models.text_wrapper import TextWrapper
 from ftlens.models.wrapper import ModelWrapper, short_name
 
+#: The wrapper of each family's models, by the name :meth:`Family.wrapper_class` gives.
+_WRAPPERS: dict[str | None, type[ModelWrapper]] = {None: ModelWrapper, "text": TextWrapper}
 
 def load_model(
     spec: str | os.PathLike | nn.Module,
@@ -172,7 +175,7 @@ def wrap(built: Built, spec: str, *, layers: Sequence[str] | None, mean: Sequenc
         input_size = (channels or (d.input_size[0] if d.input_size else 3), *hw)
     elif d.input_size is not None:
         input_size = (channels or d.input_size[0], *d.input_size[1:])
-    return (family.wrapper_class() or ModelWrapper)(
+    return _WRAPPERS[family.wrapper_class()](
         module, spec=spec, mean=mean or pre.get("mean") or d.mean, std=std or pre.get("std") or d.std,
         input_size=input_size, layers=layers, source=built.source, extra_state=extra_state, name=built.name,
         random_init=built.random_init, tokens=tokens, family=family.prefix, info=built.info, owned=owned,

@@ -128,9 +128,10 @@ class Family:
         """What a fresh random model of the architecture (``scratch``) keeps from ``old`` (in
         place on ``new``; default: nothing)."""
 
-    def wrapper_class(self) -> type | None:
-        """The :class:`~ftlens.models.ModelWrapper` subclass that reads this family's models
-        (None: the wrapper itself; text models: :class:`~ftlens.models.text_wrapper.TextWrapper`)."""
+    def wrapper_class(self) -> str | None:
+        """Which wrapper reads this family's models, by name (a family sits below the wrappers,
+        so it names one and :func:`ftlens.models.load.load` picks it): None for
+        :class:`~ftlens.models.ModelWrapper`, ``"text"`` for :class:`~ftlens.models.text_wrapper.TextWrapper`."""
         return None
 
     def set_image_size(self, module: nn.Module, hw: tuple[int, int]) -> None:

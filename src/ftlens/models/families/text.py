@@ -105,10 +105,8 @@ class TextFamily(Family):
         with torch.no_grad():
             new.word_embeddings.copy_(old.word_embeddings)
 
-    def wrapper_class(self) -> type:
-        from ftlens.models.text_wrapper import TextWrapper
-
-        return TextWrapper
+    def wrapper_class(self) -> str:
+        return "text"
 
     def defaults(self, module: nn.Module) -> Defaults:
         blocks = block_names(module)
