@@ -108,6 +108,7 @@ def quick(config: ExperimentConfig) -> ExperimentConfig:
     c = copy.deepcopy(config)
     if c.model.removeprefix("ftlens:") not in {**WEIGHTS, **TEXT_WEIGHTS}:
         c.model = "ftlens:vit-micro"
+        c.analysis.layers = None  # the config's layers are those of its own model: every block of the micro ViT
     if c.pretrain:
         c.pretrain.update(epochs=1, train_size=256, test_size=128)
     c.defaults.update(epochs=2, train_size=256, test_size=128, corruption_size=128)
