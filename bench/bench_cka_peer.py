@@ -20,8 +20,9 @@ b, loader, layers=..., model2_layers=..., device="cpu")``.
 Each run is its own spawned process, the packages alternating (ftlens, peer, ftlens, ...), so
 that each peak resident memory (``ru_maxrss``: the whole process, imports, models and images
 included, as a user sees it) is its own and both share the machine's load alike. Prints one JSON
-object: per package and ``n`` the wall time of the comparison (min and median over repeats) and the
-peak memory; the largest difference between the two packages' values before pytorch-cka's clamp
+object: per package and ``n`` the wall time of the comparison (min and median over repeats; on a
+shared machine, also its CPU time and the load average beside each run on stderr) and the peak
+memory; the largest difference between the two packages' values before pytorch-cka's clamp
 to [0, 1]; and, with ``--float64-reference``, both against pytorch-cka's own formula run in
 float64 (its float32 arithmetic on uncentred Grams loses digits to cancellation).
 """
@@ -79,22 +80,27 @@ def _setup(args: dict):
     return a, b, x, mean, std, DataLoader, TensorDataset
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_gib() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (rss / 1024**3) if sys.platform == "darwin" else rss / 1024**2  # bytes on macOS, KiB on Linux
 
 
 def _run_ftlens(args: dict, queue: mp.Queue) -> None:
-    import ftlens
+    from ftlens import CKA  # imported before the clock starts, as pytorch-cka's package is
 
     a, b, x, _mean, _std, DataLoader, TensorDataset = _setup(args)  # noqa: N806
     loader = DataLoader(TensorDataset(x), batch_size=args["batch_size"])
-    start = time.perf_counter()
-    result = ftlens.CKA(a, b, first_layers=_blocks(a), second_layers=_blocks(b)).compare(
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    result = CKA(a, b, first_layers=_blocks(a), second_layers=_blocks(b)).compare(
         loader, estimator=args["estimator"])
-    seconds = time.perf_counter() - start
-    queue.put({"seconds": seconds, "peak_gib": _peak_gib(), "values": result.matrix.to_numpy().tolist(),
-               "estimator": result.config.get("estimator")})
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    queue.put({"seconds": seconds, "cpu_seconds": cpu, "peak_gib": _peak_gib(),
+               "values": result.matrix.to_numpy().tolist(), "estimator": result.config.get("estimator")})
 
 
 def _run_peer(args: dict, queue: mp.Queue) -> None:
@@ -113,10 +119,10 @@ def _run_peer(args: dict, queue: mp.Queue) -> None:
         return clamped_ratio(self, xy, xx, yy)
 
     cka.CKA._compute_cka_matrix = keep
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     cka.compute_cka(a, b, loader, layers=_blocks(a), model2_layers=_blocks(b), device="cpu", progress=False)
-    seconds = time.perf_counter() - start
-    queue.put({"seconds": seconds, "peak_gib": _peak_gib(), "values": raw["values"]})
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    queue.put({"seconds": seconds, "cpu_seconds": cpu, "peak_gib": _peak_gib(), "values": raw["values"]})
 
 
 def _spawn(target, args: dict) -> dict:
@@ -152,6 +158,7 @@ def main() -> None:
     import cka
 
     report["setup"]["pytorch_cka"] = cka.__version__
+    report["setup"]["load_average_at_start"] = [round(v, 1) for v in os.getloadavg()]  # a shared machine?
     runs: dict = {}
     folder = tempfile.mkdtemp(prefix="bench-cka-")
     for n in args["sizes"]:
@@ -161,12 +168,15 @@ def main() -> None:
             for name, target in (("ftlens", _run_ftlens), ("pytorch-cka", _run_peer)):
                 out = _spawn(target, {**args, "n": n, "images": path})
                 runs.setdefault((name, n), []).append(out)
-                print(f"n={n} repeat {r} {name}: {out['seconds']:.2f} s, {out['peak_gib']:.3f} GiB", file=sys.stderr)
+                print(f"n={n} repeat {r} {name}: {out['seconds']:.2f} s (CPU {out['cpu_seconds']:.1f} s), "
+                      f"{out['peak_gib']:.3f} GiB, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
     table = {}
     for (name, n), outs in runs.items():
         secs = [o["seconds"] for o in outs]
+        cpus = [o["cpu_seconds"] for o in outs]
         table.setdefault(str(n), {})[name] = {
             "seconds_min": round(min(secs), 2), "seconds_median": round(statistics.median(secs), 2),
+            "cpu_seconds_median": round(statistics.median(cpus), 2), "seconds_all": [round(t, 2) for t in secs],
             "peak_gib_max": round(max(o["peak_gib"] for o in outs), 3),
             **({"estimator": outs[0]["estimator"]} if "estimator" in outs[0] else {})}
         if name == "ftlens" and outs[0]["estimator"] == "minibatch":
@@ -187,6 +197,7 @@ def main() -> None:
             row["peer_float32_vs_peer_float64"] = float(np.nanmax(np.abs(theirs - ref)))
     shutil.rmtree(folder, ignore_errors=True)
     report["results"] = table
+    report["setup"]["load_average_at_end"] = [round(v, 1) for v in os.getloadavg()]
     print(json.dumps(report, indent=2))
 
 

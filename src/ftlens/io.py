@@ -136,22 +136,26 @@ def _json_default(obj: Any) -> Any:
 def versions() -> dict[str, str]:
     """Versions of what produced a result (recorded in every run, comparison and report)."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import numpy
     import pandas
-    import sklearn
     import timm
     import torch
 
     from ftlens._version import __version__
 
+    try:  # read from its metadata: importing scikit-learn (and scipy) takes a second
+        sklearn_version = version("scikit-learn")
+    except PackageNotFoundError:
+        sklearn_version = "not installed"
     return {
         "ftlens": __version__,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "numpy": numpy.__version__,
         "pandas": pandas.__version__,
-        "scikit-learn": sklearn.__version__,
+        "scikit-learn": sklearn_version,
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, CUDA {torch.cuda.is_available()}",
     }

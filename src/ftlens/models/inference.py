@@ -1,7 +1,7 @@
 """A module for inference only: each BatchNorm folded into the convolution that feeds it.
 
 In eval mode ``bn(conv(x))`` is one convolution with rescaled weights and a bias
-(:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`), which saves a pass over every feature map:
+(:func:`torch.nn.utils.fusion.fuse_conv_bn_weights`), which saves a pass over every feature map:
 on a CPU a ResNet's forward is about a quarter faster. Which convolution feeds which BatchNorm is
 read from one forward (the BatchNorm's input *is* the convolution's output); only plain
 ``nn.Conv2d`` / ``nn.BatchNorm2d`` pairs with running statistics are folded (timm's
@@ -15,7 +15,7 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = ["fold_batchnorm"]
 
@@ -58,15 +58,23 @@ def _pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
 
 
 def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
-    """``(copy, folds)``: a deep copy of ``module`` in eval mode with every BatchNorm fed by a
+    """``(copy, folds)``: a copy of ``module`` in eval mode with every BatchNorm fed by a
     convolution (in a forward of ``example``, a normalised input batch) folded into it and
-    replaced by ``nn.Identity``; ``folds`` is how many. ``module`` itself is not changed."""
-    folded = copy.deepcopy(module).eval()
-    pairs = _pairs(folded, example)
+    replaced by ``nn.Identity``; ``folds`` is how many. ``module`` itself is not changed.
+
+    The copy takes new tensors only where they differ: the folded convolutions' weights and biases
+    are new, every other tensor is copied, and the folded pairs' old tensors are never copied."""
+    pairs = _pairs(module, example)
+    replaced = {id(t): t for c, b in pairs for m in (module.get_submodule(c), module.get_submodule(b))
+                for t in (*m._parameters.values(), *m._buffers.values()) if t is not None}
+    folded = copy.deepcopy(module, memo=dict(replaced))  # the pairs' tensors shared, and replaced below
+    folded.eval()
     for conv_name, bn_name in pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
-        fused = fuse_conv_bn_eval(conv, bn)  # type: ignore[type-var, arg-type]  # _pairs: a Conv2d and its BatchNorm2d
-        fused.requires_grad_(False)
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                            bn.weight, bn.bias)
+        fused = copy.copy(conv)  # a module of its own whose parameters are new tensors
+        fused._parameters = {"weight": weight.requires_grad_(False), "bias": bias.requires_grad_(False)}
         folded.set_submodule(conv_name, fused)
         folded.set_submodule(bn_name, nn.Identity())
     return folded, len(pairs)

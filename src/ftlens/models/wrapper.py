@@ -33,7 +33,7 @@ from ftlens.models.domain import PIXELS, InputDomain
 from ftlens.models.families import family_named
 from ftlens.models.families.base import INPUT_OF, PRE_LOGITS, Defaults, Source
 from ftlens.models.fingerprint import WeightDigests, combine, module_tensors
-from ftlens.models.session import is_cnn, one_thread, working_state
+from ftlens.models.session import has_depthwise, is_cnn, one_thread, working_state
 from ftlens.models.trace import ExecutionTrace, trace_module
 from ftlens.progress import track
 
@@ -96,6 +96,7 @@ class ModelWrapper:
         self.module = module
         self._work_device: torch.device | None = None
         self._depth = 0  # nesting of session()
+        self._channels_last = True  # a CNN's sessions store its weights channels-last
         self._checked = False  # inside a session(check=True): the digests are current
         self._digests = WeightDigests()
         self.spec = spec
@@ -117,7 +118,10 @@ class ModelWrapper:
         self.refresh_modules(fingerprint=False)
         if input_size is not None:
             self._set_input_size(input_size)
-            self._layers = self.resolve_layers(self._requested or self._default_layers())
+            if self._any_size and self._requested:  # the names now; their order with the first images' size
+                self._expand(self._requested)
+            else:
+                self._layers = self.resolve_layers(self._requested or self._default_layers())
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -174,7 +178,8 @@ class ModelWrapper:
             self._sync_weights()
         keep = bool(self._digests)
         try:
-            with working_state(self.module, device=self._work_device, channels_last=self._cnn and channels_last):
+            with working_state(self.module, device=self._work_device,
+                               channels_last=self._cnn and self._channels_last and channels_last):
                 if keep:  # the digests are of these values: record where ftlens put them
                     self._digests.adopt(self._modules)
                 self._depth, self._checked = 1, check
@@ -328,18 +333,21 @@ class ModelWrapper:
     def folded(self, example: torch.Tensor) -> ModelWrapper:
         """A copy for inference only, each BatchNorm folded into the convolution that feeds it
         (:func:`ftlens.models.inference.fold_batchnorm`, found in a forward of ``example``, images
-        ``(n, C, H, W)``); the same layer outputs up to float rounding. ``self`` if nothing folds."""
+        ``(n, C, H, W)``); the same layer outputs up to float rounding. ``self`` if nothing folds.
+        The copy is channels-last only with depthwise convolutions
+        (:func:`ftlens.models.session.has_depthwise`)."""
         from ftlens.models.inference import fold_batchnorm
 
         with self.session(channels_last=False), torch.no_grad(), one_thread():
             module, folds = fold_batchnorm(self.module, self._normalize(example[:1].to(self.device)))
         if not folds:
             return self
-        new = self._owning(module)
+        new = self._owning(module, channels_last=has_depthwise(module))
         new._trace = self._trace  # the same modules run in the same order (an Identity where a BatchNorm was)
         return new
 
-    def _owning(self, module: nn.Module) -> ModelWrapper:
+    def _owning(self, module: nn.Module, channels_last: bool = True) -> ModelWrapper:
+        """A wrapper like this one around ``module`` (a copy it owns), channels-last if a CNN and asked."""
         new = copy.copy(self)
         new.module = module
         new.owned = True
@@ -347,9 +355,10 @@ class ModelWrapper:
         new._depth = 0
         new._checked = False
         new._digests = WeightDigests()
-        channels_last_if_cnn(new.module).eval().requires_grad_(False)
+        (channels_last_if_cnn(new.module) if channels_last else new.module).eval().requires_grad_(False)
         if self._work_device is not None:
             new.module.to(self._work_device)
+        new._channels_last = channels_last  # its sessions keep the memory format chosen here
         new.refresh_modules(fingerprint=False)
         new._layers = self._layers
         new.extra_state = {k: v.clone() for k, v in self.extra_state.items()}
@@ -493,6 +502,10 @@ class ModelWrapper:
         """
         if layers is None:
             return self.layers
+        return self._sort_by_execution(self._expand(layers))
+
+    def _expand(self, layers: str | Sequence[str]) -> list[str]:
+        """Globs expanded and names checked (a :class:`LayerError` with close matches), in the given order."""
         if isinstance(layers, str):
             layers = [layers]
         available = self.available_layers
@@ -516,7 +529,7 @@ class ModelWrapper:
                     f"unknown layer {pattern!r} for model {self.name}.{hint} "
                     f"(`ftlens layers {self.spec}` lists all {len(available)} layers)"
                 )
-        return self._sort_by_execution(resolved)
+        return resolved
 
     def _sort_by_execution(self, layers: list[str]) -> list[str]:
         trace = self.trace
