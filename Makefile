@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ftlens-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 OUT    ?= runs/demo
 
-.PHONY: demo test lint typecheck bench clean venv
+.PHONY: demo demo-text test lint typecheck bench clean venv
 
 venv: $(STAMP)
 
@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/ftlens demo --out $(OUT)
+
+demo-text: $(STAMP)
+	$(VENV)/bin/ftlens demo text --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
