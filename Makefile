@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.ftlens-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 OUT    ?= runs/demo
 
-.PHONY: demo demo-text test lint bench clean venv
+.PHONY: demo demo-text test lint typecheck bench clean venv
 
 venv: $(STAMP)
 
@@ -36,12 +36,17 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 
+# mypy on src/ftlens with the settings of pyproject.toml ([tool.mypy])
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
 bench: $(STAMP)
 	$(PIP) install -q -e ".[bench]"
 	$(PY) bench/bench_cka.py
 	$(PY) bench/bench_inversion.py
 	$(PY) bench/bench_compare.py
 	$(PY) bench/bench_peer.py
+	$(PY) bench/bench_cka_peer.py --threads 2
 	$(PY) bench/bench_kernels.py
 	$(PY) bench/bench_layers.py --threads 1
 

@@ -61,7 +61,7 @@ def test_a_registered_family_loads_and_compares(toy, tmp_path):
     assert load_model(ToyNet()).layers == pt.layers
 
     pool = torch.rand(16, 3, 12, 12, generator=torch.Generator().manual_seed(1))
-    kw = dict(seeds=1, n_images=8, steps=5, step_size=0.2, cache=None, progress=False)
+    kw = dict(seeds=1, n_images=8, steps=40, cache=None, progress=False)
     same = compare(pt, pt.copy(), pool, **kw).per_layer
     assert (same["learning"] == 0).all() and (same["forgetting"] == 0).all()
     ft = pt.copy()

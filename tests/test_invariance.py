@@ -86,7 +86,7 @@ def test_linear_toy_directionality():
     projection = _linear(basis @ basis.T)
     identity = _linear(torch.eye(64))
     x = torch.rand(48, 1, 8, 8, generator=g)
-    kw = dict(steps=60, step_size=0.1, cache=None, progress=False)
+    kw = dict(steps=200, cache=None, progress=False, schedule={"stop_residual": 0.01})  # converge fully
     id_given_proj = stir(identity, projection, x, **kw)
     proj_given_id = stir(projection, identity, x, **kw)
     s_ip = float(id_given_proj["stir"].iloc[0])

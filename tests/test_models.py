@@ -93,7 +93,7 @@ def test_glob_layers_in_execution_order(make_vit):
 
 def test_images_of_wrong_shape_or_range(make_vit):
     w = make_vit()
-    with pytest.raises(ImageError, match="shape"):
+    with pytest.raises(ImageError, match="pass image_size=32"):
         w.representations(torch.rand(2, 3, 32, 32))
     with pytest.raises(ImageError, match=r"\[0, 1\]"):
         w.representations(torch.rand(2, 3, 16, 16) * 255)

@@ -32,20 +32,26 @@ from ftlens.similarity import (
     unregister,
 )
 
-N, D = 60, 32  # D well above the subspace measures' k = 10
+N, D = 100, 32  # D well above the subspace measures' k = 10; N > 2 D + 1: no canonical correlation is 1 by force
 _G = torch.Generator().manual_seed(0)
 A = torch.randn(N, D, generator=_G, dtype=torch.float64)
 B = A @ torch.randn(D, D, generator=_G, dtype=torch.float64) * 0.3 + torch.randn(N, D, generator=_G, dtype=torch.float64)
+# neurons of different scales, as a layer's are: with exchangeable (isotropic) neurons a rotation of B changes
+# a measure that weights neurons (PWCCA) by much less than in real layers
+B = B * torch.exp(torch.linspace(-1.5, 1.5, D, dtype=torch.float64))
 _Q, _ = torch.linalg.qr(torch.randn(D, D, generator=_G, dtype=torch.float64))
 _M = torch.randn(D, D, generator=_G, dtype=torch.float64) + 0.5 * torch.eye(D, dtype=torch.float64)
 _ROWS = torch.randperm(N, generator=_G)
 _COLS = torch.randperm(D, generator=_G)
+# a translation by a vector that is not constant over the features (a constant shift leaves per-input
+# correlations across features unchanged, so it would not test RSA's correlation distance)
+_T = 5.0 + torch.randn(D, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 #: transformation of the second representation (n, d) -> (n, d'); one per name in TRANSFORMATIONS
 TRANSFORMS = {
     "orthogonal": lambda x: x @ _Q,
     "isotropic_scale": lambda x: 3.7 * x,
-    "translation": lambda x: x + 5.0,
+    "translation": lambda x: x + _T,
     "feature_permutation": lambda x: x[:, _COLS],
     "invertible_linear": lambda x: x @ _M,
     "sample_shuffle": lambda x: x[_ROWS],  # rows no longer paired with the first representation's

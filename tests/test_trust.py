@@ -194,7 +194,8 @@ def test_compression_uses_the_corrected_flow(monkeypatch, tmp_path, synthetic_co
 def test_confounded_strategy_comparison_lists_what_differs(tmp_path):
     from ftlens.findings import confounders, run_roles
 
-    assert run_roles(CONFIG) == {"ft": "pt-start", "scratch": "from-zero", "reconstruction": None, "lp-ft": "lpft"}
+    assert run_roles(CONFIG) == {"ft": "pt-start", "scratch": "from-zero", "reconstruction": None, "lp-ft": "lpft",
+                                 "lp-ft-control": "pt-start"}
     assert confounders(CONFIG, "pt-start", "lpft") == ["lr: 0.03 vs 0.01"]
     pd.DataFrame([{"run": r, "split": s, "layer": "pre_logits", "measure": "mean_squared_difference", "value": v}
                   for r, s, v in (("pt-start", "ID", 2.0), ("pt-start", "OOD", 1.0), ("lpft", "ID", 0.5),
@@ -203,6 +204,26 @@ def test_confounded_strategy_comparison_lists_what_differs(tmp_path):
 
     f = {x["id"]: x for x in compute_findings(tmp_path, CONFIG)}["lpft-distorts-less"]
     assert f["verdict"] == INCONCLUSIVE and "lr: 0.03 vs 0.01" in f["reason"]
+
+
+def test_lp_ft_is_compared_with_its_control_arm_when_the_config_names_one(tmp_path):
+    """An FT arm at LP-FT's settings (role lp_ft_control) removes the confounder; the ID-vs-OOD
+    finding stays on the pretrained-start run."""
+    from ftlens.findings import compute_findings, confounders, run_roles
+
+    cfg = {**CONFIG, "runs": [*CONFIG["runs"], {"name": "ft-slow", "strategy": "ft", "lr": 0.01}],
+           "roles": {"lp_ft_control": "ft-slow"}}
+    assert run_roles(cfg)["lp-ft-control"] == "ft-slow" and run_roles(cfg)["ft"] == "pt-start"
+    assert confounders(cfg, "ft-slow", "lpft") == []
+    pd.DataFrame([{"run": r, "split": s, "layer": "pre_logits", "measure": "mean_squared_difference", "value": v}
+                  for r, s, v in (("pt-start", "ID", 2.0), ("pt-start", "OOD", 1.0), ("ft-slow", "ID", 0.9),
+                                  ("ft-slow", "OOD", 0.8), ("lpft", "ID", 0.5), ("lpft", "OOD", 0.4))]
+                 ).to_csv(tmp_path / "distortion.csv", index=False)
+    f = {x["id"]: x for x in compute_findings(tmp_path, cfg)}
+    assert "'ft-slow', 'lpft'" in f["lpft-distorts-less"]["rule"]
+    assert f["lpft-distorts-less"]["statistic"] == pytest.approx(0.9 - 0.5)
+    assert "differ in more than" not in (f["lpft-distorts-less"]["reason"] or "")
+    assert f["ft-distorts-id-more"]["statistic"] == pytest.approx(2.0 - 1.0)
 
 
 # ------------------------------------------------------------------------------ ftlens validate
@@ -268,5 +289,9 @@ def test_smoke_sized_runs_are_named():
 
     assert is_smoke(builtin_config("demo")) == []
     why = is_smoke(quick(builtin_config("demo")))
-    assert any("images per seed" in w for w in why) and any("inversion steps" in w for w in why)
+    assert any("images per seed" in w for w in why)
+    # the step cap is no criterion (the convergence gate judges the inversions); epochs only with dynamics
+    assert is_smoke({"analysis": {"images": 500, "seeds": 3, "steps": 5}}) == []
+    assert is_smoke({"analysis": {"images": 500, "seeds": 3}, "defaults": {"epochs": 2}}) == []
+    assert is_smoke({"analysis": {"images": 500, "seeds": 3, "dynamics": ["ft"]}, "defaults": {"epochs": 2}})
     assert is_smoke({"analysis": {"images": "<b>x</b>"}}) == []  # unreadable values are not numbers

@@ -359,7 +359,7 @@ def test_roles_come_from_the_config_not_from_run_names(monkeypatch, tmp_path):
             {"name": "pixels", "task": "reconstruction"}, {"name": "probe-then-ft", "strategy": "lp-ft"}]
     roles = resolve_roles({"runs": runs})
     assert roles == {"pretrained_start": "full", "scratch_control": "rand", "reconstruction_task": "pixels",
-                     "lp_ft": "probe-then-ft"}
+                     "lp_ft": "probe-then-ft", "lp_ft_control": "full"}
     assert resolve_roles({"runs": runs, "roles": {"pretrained_start": "probe-then-ft"}})["pretrained_start"] == \
         "probe-then-ft"
     asked = []

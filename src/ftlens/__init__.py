@@ -8,6 +8,7 @@ The public API (importing :mod:`ftlens` stays cheap: each name loads its module 
   :func:`subspace_similarity`, :func:`procrustes_distance`, and the one-liner
   ``ftlens.CKA(first, second).compare(loader).plot()`` (:class:`CKA`, :func:`load_cka`)
 - invariance:  :func:`invert`, :func:`stir`, :func:`compare`, :class:`Comparison`, :func:`load_comparison`
+- weights:     :func:`weight_diff` (what finetuning changed in the weights, per layer)
 - finetuning:  :func:`finetune`; over epochs: :func:`dynamics`
 - experiments: :func:`run_experiment`, :class:`ExperimentLayout`, :func:`build_report`
 - figures:     :mod:`ftlens.plot`; images from a tensor, Dataset or DataLoader: :func:`as_images`
@@ -18,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ftlens._version import __version__
 
 _EXPORTS = {
     "load_model": "ftlens.models",
@@ -41,6 +42,9 @@ _EXPORTS = {
     "load_comparison": "ftlens.invariance",
     "finetune": "ftlens.finetune",
     "dynamics": "ftlens.analysis.dynamics",
+    "weight_diff": "ftlens.analysis.weight_space",
+    "WeightDiff": "ftlens.analysis.weight_space",
+    "load_weight_diff": "ftlens.analysis.weight_space",
     "run_experiment": "ftlens.experiment",
     "ExperimentLayout": "ftlens.layout",
     "build_report": "ftlens.report.build",
@@ -70,6 +74,9 @@ __all__ = [
     "load_comparison",
     "finetune",
     "dynamics",
+    "weight_diff",
+    "WeightDiff",
+    "load_weight_diff",
     "run_experiment",
     "ExperimentLayout",
     "build_report",
@@ -81,6 +88,7 @@ assert set(__all__) == {"__version__", *_EXPORTS, *_SUBMODULES}
 if TYPE_CHECKING:  # what the lazy exports resolve to, for type checkers and IDEs
     from ftlens import plot
     from ftlens.analysis.dynamics import dynamics
+    from ftlens.analysis.weight_space import WeightDiff, load_weight_diff, weight_diff
     from ftlens.cka import CKA, CKAResult, load_cka
     from ftlens.experiment import run_experiment
     from ftlens.finetune import finetune

@@ -2,13 +2,15 @@
 or :class:`~ftlens.errors.OutputError` messages that name the option, the value and the fix.
 
 Used by the API (settings objects, configs), the experiment config and every CLI command, so the
-same value is refused the same way everywhere.
+same value is refused the same way everywhere. A leaf: it imports nothing from ftlens but the
+errors; a whole configuration is checked beside its own fields
+(:func:`ftlens.experiment_config.check_experiment`, :class:`ftlens.finetune.config.FinetuneConfig`).
 """
 
 from __future__ import annotations
 
-import difflib
 import errno
+import importlib
 import math
 import numbers
 import os
@@ -19,7 +21,6 @@ from typing import Any
 import yaml
 
 from ftlens.errors import ConfigError, OutputError
-from ftlens.settings import PAPER
 
 #: Largest inversion step size accepted: the L2 diameter of a 3x512x512 image in [0, 1] is ~887;
 #: a step longer than that leaves the image cube in one step and means nothing.
@@ -27,6 +28,14 @@ MAX_STEP_SIZE = 1000.0
 #: Inversion starts (see ftlens.inversion).
 STARTS = ("noise", "mixed", "uniform")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+#: Old import paths: names that moved to a module above this one (looked up when asked for).
+_MOVED = {"check_experiment": "ftlens.experiment_config"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'ftlens.checks' has no attribute {name!r}")
 
 
 def integer(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -117,7 +126,7 @@ def os_error_message(exc: OSError) -> str:
         errno.EPERM: "permission denied: choose a folder you can write",
         errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
         errno.EDQUOT: "the disk quota is exceeded: free some space and run the same command again",
-    }.get(exc.errno, "")
+    }.get(exc.errno, "") if exc.errno is not None else ""
     text = exc.strerror or str(exc)
     return f"cannot write{where}: {text}" + (f"; {advice}" if advice else "")
 
@@ -135,126 +144,6 @@ def read_yaml(path: str | os.PathLike, what: str = "config") -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{what} file {path} is not valid YAML ({' '.join(str(exc).split())})") from None
-
-
-def _fields(cls_name: str) -> tuple[str, ...]:
-    from ftlens import experiment
-
-    return tuple(getattr(experiment, cls_name).__dataclass_fields__)
-
-
-def _keys(where: str, d: Any, known: tuple[str, ...]) -> dict:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(d).__name__} {d!r:.60}")
-    unknown = sorted(str(k) for k in d if k not in known)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown {where} keys {unknown}{hint}; known: {', '.join(known)}")
-    return d
-
-
-def _string(where: str, value: Any, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
-
-
-def _bool(where: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-
-
-def _names(where: str, value: Any, runs: list[str], optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a list of run names, got {value!r}")
-    missing = [v for v in value if v not in runs]
-    if missing:
-        raise ConfigError(f"{where} names run(s) {', '.join(missing)} that the config does not define; runs: "
-                          f"{', '.join(runs)}")
-
-
-def check_experiment(d: Any) -> dict[str, Any]:
-    """Check a whole experiment config (a mapping read from YAML) before any work starts: keys,
-    types, ranges, run names, and every run's finetuning options. Returns ``d``; ConfigError
-    names the first problem and where it is."""
-    d = _keys("experiment config", d, _fields("ExperimentConfig"))
-    for key in ("name", "model", "data", "runs"):
-        if key not in d:
-            raise ConfigError(f"the experiment config needs {key!r}")
-    plain_name("experiment name", d["name"])
-    _string("model", d["model"])
-    _string("data", d["data"])
-    if d.get("title") is not None and not isinstance(d["title"], str):
-        raise ConfigError(f"title must be a string, got {d['title']!r}")
-    for key in ("data_dir",):
-        _string(key, d.get(key), optional=True)
-    if "device" in d:
-        _string("device", d["device"])
-    if "pretrained" in d:
-        _bool("pretrained", d["pretrained"])
-    if d.get("roles") is not None and not isinstance(d["roles"], dict):
-        raise ConfigError(f"roles must be a mapping of role to run name, got {d['roles']!r:.60}")
-    runs = d["runs"]
-    if not isinstance(runs, list) or not runs:
-        raise ConfigError(f"runs must be a list of runs (each a mapping with a name and a strategy), got {runs!r:.60}")
-    names: list[str] = []
-    for i, run in enumerate(runs):
-        if not isinstance(run, dict) or "name" not in run:
-            raise ConfigError(f"runs[{i}] must be a mapping with a name (e.g. {{name: ft, strategy: ft}}), got {run!r:.60}")
-        name = plain_name(f"run name (runs[{i}])", run["name"])
-        if name in names or (name == "pretrain" and d.get("pretrain")):
-            raise ConfigError(f"every run needs a unique name: {name!r} is used twice (runs/{name} would be shared)")
-        names.append(name)
-    defaults = d.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"defaults must be a mapping of finetuning options, got {defaults!r:.60}")
-    # imported here, not at the top: ftlens.finetune imports this module (a cycle)
-    from ftlens.finetune.config import FinetuneConfig
-
-    base = {"model": d["model"], "data": d["data"], "out": "unused"}
-    if d.get("image_size") is not None:
-        base["image_size"] = d["image_size"]
-    checks = [(f"run {r['name']!r}", {**base, **defaults, **{k: v for k, v in r.items() if k != "name"}}) for r in runs]
-    if d.get("pretrain") is not None:
-        if not isinstance(d["pretrain"], dict):
-            raise ConfigError(f"pretrain must be a mapping of finetuning options, got {d['pretrain']!r:.60}")
-        checks.insert(0, ("pretrain", {**base, "strategy": "scratch", **d["pretrain"]}))
-    for where, options in checks:
-        if options.get("strategy") == "wise-ft":
-            options.setdefault("wise_to", "unused@last")
-        try:
-            FinetuneConfig.from_dict(options)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    a = _keys("analysis", d.get("analysis") or {}, _fields("AnalysisConfig"))
-    for key in ("images", "seeds", "distortion_images"):
-        if key in a:
-            integer(f"analysis.{key}", a[key], minimum=1)
-    if "batch_size" in a and a["batch_size"] is not None:
-        integer("analysis.batch_size", a["batch_size"], minimum=1)
-    if "steps" in a or "step_size" in a:
-        try:
-            inversion_options(a.get("steps", PAPER.steps), a.get("step_size", PAPER.step_size), PAPER.start)
-        except ConfigError as exc:
-            raise ConfigError(f"analysis.{exc}") from None
-    if "debiased" in a:
-        _bool("analysis.debiased", a["debiased"])
-    layers = a.get("layers")
-    if layers is not None and (not isinstance(layers, list) or not all(isinstance(x, str) and x for x in layers)):
-        raise ConfigError(f"analysis.layers must be a list of layer names or globs, got {layers!r}")
-    for key in ("compare", "dynamics", "distortion"):
-        _names(f"analysis.{key}", a.get(key), names)
-    epochs = a.get("dynamics_epochs")
-    if epochs is not None:
-        if not isinstance(epochs, list):
-            raise ConfigError(f"analysis.dynamics_epochs must be a list of epochs, got {epochs!r}")
-        for e in epochs:
-            integer("analysis.dynamics_epochs", e, minimum=0)
-    return d
 
 
 def cli_options(*, out: str | os.PathLike | None = None, images: Any = None, seeds: Any = None, steps: Any = None,

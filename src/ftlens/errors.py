@@ -85,8 +85,9 @@ class ModelError(FtlensError, ValueError):
     a LoRA adapter that does not fit its base)."""
 
 
-class ImageSizeError(ModelError):
-    """An input size the architecture cannot take."""
+class ImageSizeError(ModelError, ImageError):
+    """An input size the architecture cannot take, or images of a size the model does not take
+    (the message names the ``image_size`` argument that fixes it)."""
 
 
 class MissingDependencyError(FtlensError, ImportError):

@@ -1,9 +1,9 @@
 """An experiment: pretrain (optional) -> finetune runs -> compare -> dynamics -> correlation
 -> distortion -> findings -> report. One code path for the embedded demo and the paper.
 
-A config (YAML) names a model, an optional pretraining run, a downstream dataset, a list of
-finetuning runs (each a strategy/task with overrides of ``defaults``) and the analysis settings.
-:func:`run_experiment` executes the stages in order; each stage writes its results under the
+A config (YAML, :mod:`ftlens.experiment_config`) names a model, an optional pretraining run, a
+downstream dataset, a list of finetuning runs (each a strategy/task with overrides of
+``defaults``) and the analysis settings. :func:`run_experiment` executes the stages in order; each stage writes its results under the
 output directory and is skipped (or resumed) when they are already there, so a killed
 experiment picks up where it stopped: finetuning resumes from its last complete epoch and
 inversions come from the content-keyed cache.
@@ -16,11 +16,8 @@ certain roles (pretrained start, scratch control, reconstruction task, LP-FT): a
 
 from __future__ import annotations
 
-import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +35,18 @@ from ftlens import (  # models.load_model, data.get_dataset: looked up when call
 from ftlens.analysis.correlation import correlation_table
 from ftlens.analysis.distortion import feature_distortion, write_examples
 from ftlens.analysis.dynamics import corrupted_accuracy, dynamics, read_dynamics, run_metrics
-from ftlens.checks import check_experiment, check_writable_dir, read_yaml
+from ftlens.analysis.weight_space import weight_diff
+from ftlens.checks import check_writable_dir
 from ftlens.data.base import float_to_uint8, uint8_to_float
 from ftlens.data.corruptions import corrupt
-from ftlens.distributed import context
-from ftlens.errors import ConfigError, OutputError
+from ftlens.errors import OutputError
+from ftlens.experiment_config import (  # noqa: F401  (re-exported: the configuration's old home)
+    AnalysisConfig,
+    ExperimentConfig,
+    builtin_config,
+    check_experiment,
+    quick,
+)
 from ftlens.findings import compute_findings
 from ftlens.finetune import finetune
 from ftlens.finetune.loop import check_device
@@ -50,108 +54,13 @@ from ftlens.finetune.rundir import describe_folder
 from ftlens.finetune.strategies import get_strategy
 from ftlens.invariance import compare
 from ftlens.invariance.pool import image_pool
-from ftlens.layout import ROLES, ExperimentLayout, resolve_roles
-from ftlens.models import takes_pretrained
+from ftlens.layout import ExperimentLayout
+from ftlens.models import ModelWrapper, takes_pretrained
+from ftlens.process_group import context
 from ftlens.report.build import build_report, read_config
-from ftlens.settings import PAPER
-from ftlens.weights import TEXT_WEIGHTS, WEIGHTS
 
 STAGES = ("pretrain", "finetune", "compare", "dynamics", "correlation", "distortion", "findings", "report")
 _ALL_RANKS = ("pretrain", "finetune", "compare", "dynamics")  # the stages that use every process
-
-
-@dataclass
-class AnalysisConfig:
-    """What to measure and how precisely."""
-
-    images: int = PAPER.images  # images per seed
-    seeds: int = PAPER.seeds
-    steps: int = PAPER.steps  # inversion steps
-    step_size: float = PAPER.step_size
-    layers: list[str] | None = None  # default: every block
-    debiased: bool = PAPER.debiased  # CKA estimator; the paper uses the biased one
-    residual_threshold: float = PAPER.residual_threshold  # the convergence gate of every layer
-    bootstrap: int = PAPER.bootstrap  # image resamples per seed for the intervals
-    compare: list[str] | None = None  # run names (default: every run except lp / wise-ft)
-    dynamics: list[str] = field(default_factory=list)
-    dynamics_epochs: list[int] | None = None
-    distortion: list[str] = field(default_factory=list)
-    distortion_images: int = 256
-    batch_size: int | None = None
-
-
-@dataclass
-class ExperimentConfig:
-    """One experiment (see the module docstring)."""
-
-    name: str
-    model: str
-    data: str
-    runs: list[dict[str, Any]]
-    title: str = ""
-    pretrained: bool = False  # load hub weights for `model` (timm)
-    image_size: int | list[int] | None = None  # input resolution of every run (None: the model's own)
-    pretrain: dict[str, Any] | None = None  # a pretraining run (finetune kwargs) from random init
-    defaults: dict[str, Any] = field(default_factory=dict)
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    data_dir: str | None = None
-    device: str = "cpu"
-    roles: dict[str, str] = field(default_factory=dict)  # role -> run name (ftlens.layout.ROLES)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
-        """Build from a mapping, checked whole first (:func:`ftlens.checks.check_experiment`)."""
-
-        d = copy.deepcopy(check_experiment(d))
-        analysis = d.pop("analysis", {}) or {}
-        names = [r["name"] for r in d["runs"]]
-        roles = d.get("roles") or {}
-        bad_roles = sorted(set(roles) - set(ROLES))
-        if bad_roles:
-            raise ConfigError(f"unknown run roles {bad_roles}; roles: {sorted(ROLES)}")
-        missing = sorted(str(v) for v in roles.values() if v not in names)
-        if missing:
-            raise ConfigError(f"roles name runs {missing} that are not in runs ({names}); fix roles: in the config")
-        return cls(analysis=AnalysisConfig(**analysis), **d)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> ExperimentConfig:
-        return cls.from_dict(read_yaml(path, "experiment config"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def resolved_roles(self) -> dict[str, str | None]:
-        """``{role: run name or None}``: the config's ``roles`` completed by strategy and task."""
-        return resolve_roles(self)
-
-
-def builtin_config(name: str) -> ExperimentConfig:
-    """A config shipped inside the package (``demo``, ``demo-quick``)."""
-    text = resources.files("ftlens.configs").joinpath(f"{name}.yaml").read_text()
-    return ExperimentConfig.from_dict(yaml.safe_load(text))
-
-
-def quick(config: ExperimentConfig) -> ExperimentConfig:
-    """A tiny variant of any config (seconds, for tests): few epochs, images and steps. The model
-    becomes ``ftlens:vit-micro``, except real pretrained weights (``ftlens:efficientnet-lite0-in1k``,
-    ``ftlens:minilm-l6``), which are the point of their config and small enough."""
-
-    c = copy.deepcopy(config)
-    if c.model.removeprefix("ftlens:") not in {**WEIGHTS, **TEXT_WEIGHTS}:
-        c.model = "ftlens:vit-micro"
-    if c.pretrain:
-        c.pretrain.update(epochs=1, train_size=256, test_size=128)
-    c.defaults.update(epochs=2, train_size=256, test_size=128, corruption_size=128)
-    c.defaults["corruptions"] = (c.defaults.get("corruptions") or ["gaussian_noise"])[:2]
-    c.defaults["severities"] = [1, 5]
-    for r in c.runs:
-        if r.get("hp_epochs", 0) > 1:
-            r["hp_epochs"] = 1
-        r.pop("epochs", None)
-    a = c.analysis
-    a.images, a.seeds, a.steps, a.distortion_images = 32, 2, 8, 32
-    return c
 
 
 # --------------------------------------------------------------------------- runner
@@ -177,8 +86,8 @@ class Experiment:
             return f"{self.run_dir('pretrain')}@last"
         return self.config.model
 
-    def load_pretrained(self):
-        size = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
+    def load_pretrained(self) -> ModelWrapper:
+        size: dict[str, Any] = {"image_size": self.config.image_size} if self.config.image_size is not None else {}
         if self.config.defaults.get("max_length") is not None:  # a text model: the runs' length
             size = {"max_length": self.config.defaults["max_length"]}
         if self.config.pretrain:
@@ -297,12 +206,16 @@ class Experiment:
         images, _ = self._image_pool(self.config.analysis.images, self.config.analysis.seeds)
         for name in self.compare_names():
             target = self.layout.compare(name)
-            if (target / "comparison.json").exists():
-                continue
-            ft = models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
-            cmp = compare(pt, ft, images, **self._compare_kwargs())
-            if cmp is not None:  # None on ranks other than 0 under a launcher
+            ft = None
+            if not (target / "comparison.json").exists():
+                ft = models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
+                cmp = compare(pt, ft, images, **self._compare_kwargs())
+                if cmp is None:  # None on ranks other than 0 under a launcher: rank 0 writes
+                    continue
                 cmp.save(target)
+            if not (self.layout.weights(name) / "weights.json").exists():  # the same two models' weight diff
+                ft = ft or models.load_model(f"{self.run_dir(name)}@last", layers=self.config.analysis.layers)
+                weight_diff(pt, ft, layers=self.config.analysis.layers).save(self.layout.weights(name))
 
     def stage_dynamics(self) -> None:
         if not self.config.analysis.dynamics:

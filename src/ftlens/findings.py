@@ -62,10 +62,12 @@ def _config(out: Path, config: Any) -> dict[str, Any] | None:
 
 
 def run_roles(config: dict[str, Any] | None) -> dict[str, str | None]:
-    """``{"ft", "scratch", "reconstruction", "lp-ft": run name}`` from :func:`ftlens.layout.resolve_roles`."""
+    """``{"ft", "scratch", "reconstruction", "lp-ft", "lp-ft-control": run name}`` from
+    :func:`ftlens.layout.resolve_roles`."""
     roles = resolve_roles(config)
     return {"ft": roles["pretrained_start"], "scratch": roles["scratch_control"],
-            "reconstruction": roles["reconstruction_task"], "lp-ft": roles["lp_ft"]}
+            "reconstruction": roles["reconstruction_task"], "lp-ft": roles["lp_ft"],
+            "lp-ft-control": roles["lp_ft_control"]}
 
 
 def confounders(config: dict[str, Any] | None, a: str, b: str) -> list[str]:
@@ -286,7 +288,7 @@ def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dic
     ``examples``: the per-example values and image sources of :func:`ftlens.analysis.distortion.read_examples`;
     without them (results of older versions) there is one value per run and split and no interval.
     """
-    ft_name, lpft_name = roles["ft"] or "ft", roles["lp-ft"] or "lp-ft"
+    ft_name, lpft_name = roles.get("lp-ft-control") or roles["ft"] or "ft", roles["lp-ft"] or "lp-ft"
     pl = d[(d["layer"] == "pre_logits") & (d["measure"] == "mean_squared_difference")]
     val = {(r.run, r.split): float(r.value) for r in pl.itertuples()}
     values, sources = examples if examples is not None else ({}, {})
@@ -335,6 +337,7 @@ def _distortion_findings(d: pd.DataFrame, cfg: dict[str, Any] | None, roles: dic
                   "which both runs see: one resample of the images applies to both" if intervals else
                   "comparison of two values"),
             n_points=n or 2, reason=reason, numbers={**nums, "differences": "; ".join(differ) or "none"}))
+    ft_name = roles["ft"] or "ft"
     if (ft_name, "ID") in val and (ft_name, "OOD") in val:
         nums = {"ft_ID": val[(ft_name, "ID")], "ft_OOD": val[(ft_name, "OOD")]}
         a, b = per.get((ft_name, "ID")), per.get((ft_name, "OOD"))
@@ -469,22 +472,22 @@ def _number(value: Any, default: float) -> float:
 
 
 def is_smoke(config: Any, settings: Settings = PAPER) -> list[str]:
-    """Why a run is smoke-sized (empty when it is not): far fewer images, seeds or steps than the paper's."""
+    """Why a run is smoke-sized (empty when it is not): far fewer images or seeds than the paper's,
+    or too few epochs for its dynamics. The inversion budget is not a criterion: with an
+    early-stopping schedule ``steps`` is a cap, and whether the inversions converged is the
+    convergence gate's question (a finding on an unconverged layer is inconclusive)."""
     cfg = config.to_dict() if hasattr(config, "to_dict") else (config or {})
     a = cfg.get("analysis") or {}
     if not isinstance(a, dict):
         return []
     images, seeds = _number(a.get("images"), settings.images), _number(a.get("seeds"), settings.seeds)
-    steps = _number(a.get("steps"), settings.steps)
     why = []
     if images < 100:
         why.append(f"{images:g} images per seed (the paper: {settings.images})")
     if seeds < settings.min_seeds:
         why.append(f"{seeds:g} seed(s) (the paper: {settings.seeds})")
-    if steps < settings.steps // 2:
-        why.append(f"{steps:g} inversion steps (the paper: {settings.steps})")
     defaults = cfg.get("defaults") or {}
     epochs = _number(defaults.get("epochs"), float("inf")) if isinstance(defaults, dict) else float("inf")
-    if epochs < settings.min_epochs:
-        why.append(f"{epochs:g} epochs per run")
+    if a.get("dynamics") and epochs < settings.min_epochs:
+        why.append(f"{epochs:g} epochs per run for the dynamics over epochs")
     return why

@@ -6,6 +6,7 @@ the value range ([0, 1]) and the size themselves.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ftlens.errors import ImageError
 
-__all__ = ["as_images"]
+__all__ = ["as_images", "count_images", "image_batches"]
 
 
 def _first(item: Any) -> Any:
@@ -83,3 +84,67 @@ def as_images(images: Any, n: int | None = None) -> torch.Tensor:
     if not torch.is_floating_point(x):
         raise ImageError(f"images have dtype {x.dtype}; give floats in [0, 1] (e.g. uint8 images / 255)")
     return x
+
+
+def count_images(images: Any, n: int | None = None) -> int | None:
+    """How many images :func:`image_batches` will yield (None when an iterable does not say)."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        total = int(images.shape[0]) if images.ndim == 4 else 1
+    elif isinstance(images, DataLoader):
+        dataset = images.dataset
+        try:
+            total = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return n
+        if images.drop_last and images.batch_size:
+            total -= total % images.batch_size
+    elif isinstance(images, Dataset) and hasattr(images, "__len__"):
+        total = len(images)
+    else:
+        return n
+    return total if n is None else min(n, total)
+
+
+def image_batches(images: Any, n: int | None = None, batch_size: int = 256) -> Iterator[torch.Tensor]:
+    """Float batches ``(b, C, H, W)`` of at most the first ``n`` images, read lazily: slices of a
+    tensor / array, ``batch_size`` items of a ``Dataset`` stacked, or the batches of a
+    ``DataLoader`` / iterable as they come (their own sizes; the last one cut at ``n``)."""
+    if batch_size < 1:
+        raise ImageError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        x = _tensor(images)
+        if x.ndim == 3:
+            x = x.unsqueeze(0)
+        total = x.shape[0] if n is None else min(n, x.shape[0])
+        chunks = (x[i : min(i + batch_size, total)] for i in range(0, total, batch_size))
+    elif isinstance(images, Dataset) and hasattr(images, "__len__") and not isinstance(images, DataLoader):
+        total = len(images) if n is None else min(n, len(images))
+        chunks = (torch.stack([_tensor(_first(images[i])) for i in range(lo, min(lo + batch_size, total))])
+                  for lo in range(0, total, batch_size))
+    elif hasattr(images, "__iter__"):
+        chunks = _iterable_batches(images, n)
+    else:
+        chunks = iter([_tensor(images)])
+    seen = False
+    for b in chunks:
+        if not torch.is_floating_point(b):
+            raise ImageError(f"images have dtype {b.dtype}; give floats in [0, 1] (e.g. uint8 images / 255)")
+        seen = True
+        yield b
+    if not seen:
+        raise ImageError("no images: the tensor, Dataset or DataLoader is empty")
+
+
+def _iterable_batches(images: Any, n: int | None) -> Iterator[torch.Tensor]:
+    have = 0
+    for batch in images:
+        b = _tensor(_first(batch))
+        if b.ndim == 3:  # an iterable of single images
+            b = b.unsqueeze(0)
+        if n is not None and have + b.shape[0] > n:
+            b = b[: n - have]
+        if b.shape[0]:
+            yield b
+        have += b.shape[0]
+        if n is not None and have >= n:
+            return

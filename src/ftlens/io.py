@@ -32,6 +32,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, on_wait: Any = None) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the (empty) lock file ``path`` for the duration; yields
+    whether a lock is held (False where the folder cannot be written or has no ``flock``: then
+    nothing is serialised). A second process blocks until the first one leaves; ``on_wait()`` is
+    called once if it has to wait. The lock file stays (removing it would race with a waiter)."""
+    try:
+        import fcntl
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        yield False
+        return
+    try:
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -106,22 +136,26 @@ def _json_default(obj: Any) -> Any:
 def versions() -> dict[str, str]:
     """Versions of what produced a result (recorded in every run, comparison and report)."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import numpy
     import pandas
-    import sklearn
     import timm
     import torch
 
-    import ftlens
+    from ftlens._version import __version__
 
+    try:  # read from its metadata: importing scikit-learn (and scipy) takes a second
+        sklearn_version = version("scikit-learn")
+    except PackageNotFoundError:
+        sklearn_version = "not installed"
     return {
-        "ftlens": ftlens.__version__,
+        "ftlens": __version__,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "numpy": numpy.__version__,
         "pandas": pandas.__version__,
-        "scikit-learn": sklearn.__version__,
+        "scikit-learn": sklearn_version,
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, CUDA {torch.cuda.is_available()}",
     }

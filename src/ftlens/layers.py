@@ -53,7 +53,7 @@ def _enclosing(layer: str, numbered: dict[str, int]) -> int | None:
     for k in range(len(parts) - 1, 0, -1):
         parent = ".".join(parts[:k])
         n = numbered.get(parent)
-        if n is None and _ELEMENT.search(parent) is not None and _ELEMENT.search(parent).end() == len(parent):
+        if n is None and (element := _ELEMENT.search(parent)) is not None and element.end() == len(parent):
             n = _listed(parent)
         if n is not None:
             return n

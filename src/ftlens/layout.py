@@ -7,6 +7,8 @@ written by                 marker                           also in the folder
 =========================  ===============================  ==========================================
 ``ftlens compare``         ``comparison.json``              per_layer.csv, flow.csv, stir.csv, *.png
 ``ftlens cka``             ``cka.json``                     cka.csv, cka.png
+``ftlens weights``         ``weights.json``                 weights.csv, weight_tensors.csv,
+                                                            weight_spectrum.csv, weights.png
 ``ftlens dynamics``        ``dynamics.csv``                 dynamics.json, correlation.csv (when the
                                                             run logged corrupted accuracy)
 ``ftlens finetune``        ``metrics.csv``                  config.yaml, checkpoints/, state.json
@@ -17,6 +19,7 @@ An experiment (:class:`ExperimentLayout`) nests the same result folders::
     OUT/config.yaml              the resolved experiment configuration
     OUT/runs/<run>/              finetuning runs (a finetune folder each)
     OUT/compare/<run>/           a compare folder: the run's last epoch vs the pretrained model
+    OUT/compare/<run>/weights/   a weights folder: the same two models' weight-space diff
     OUT/dynamics/<run>/          a dynamics folder of selected runs
     OUT/correlation/<run>.csv    the hypothesis grid against corrupted accuracy
     OUT/distortion.csv           feature distortion per run, split, layer and measure, with intervals
@@ -45,6 +48,7 @@ from ftlens.errors import ConfigError
 MARKERS: dict[str, str] = {
     "compare": "comparison.json",
     "cka": "cka.json",
+    "weights": "weights.json",
     "dynamics": "dynamics.csv",
     "run": "metrics.csv",
 }
@@ -57,6 +61,7 @@ ROLES: dict[str, str] = {
     "scratch_control": "the same architecture trained from random weights (strategy scratch)",
     "reconstruction_task": "FT from the pretrained weights for reconstruction (task reconstruction)",
     "lp_ft": "linear probing then finetuning (strategy lp-ft)",
+    "lp_ft_control": "the FT run that LP-FT is compared with, at LP-FT's settings (default: pretrained_start)",
 }
 #: the run names an experiment without a config is read with (the demo's names)
 DEFAULT_ROLE_NAMES: dict[str, str] = {
@@ -64,6 +69,7 @@ DEFAULT_ROLE_NAMES: dict[str, str] = {
     "scratch_control": "scratch",
     "reconstruction_task": "reconstruction",
     "lp_ft": "lp-ft",
+    "lp_ft_control": "ft",
 }
 
 
@@ -110,6 +116,9 @@ class ExperimentLayout:
 
     def dynamics(self, name: str) -> Path:
         return self.root / "dynamics" / name
+
+    def weights(self, name: str) -> Path:
+        return self.compare(name) / "weights"
 
     def correlation(self, name: str) -> Path:
         return self.root / "correlation" / f"{name}.csv"
@@ -168,7 +177,7 @@ def is_experiment_dir(path: str | os.PathLike) -> bool:
 
 
 def result_kind(path: str | os.PathLike) -> str | None:
-    """``"experiment"``, ``"compare"``, ``"cka"``, ``"dynamics"``, ``"run"`` or None for other folders."""
+    """``"experiment"``, ``"compare"``, ``"cka"``, ``"weights"``, ``"dynamics"``, ``"run"`` or None for other folders."""
     p = Path(path)
     if is_experiment_dir(p):
         return "experiment"
@@ -214,4 +223,8 @@ def resolve_roles(config: Any = None, runs: Iterable[Mapping[str, Any]] | None =
         "reconstruction_task": first(None, "reconstruction"),
         "lp_ft": first("lp-ft", None),
     }
-    return {role: explicit.get(role, found[role]) for role in ROLES}
+    found["lp_ft_control"] = found["pretrained_start"]
+    roles = {role: explicit.get(role, found[role]) for role in ROLES}
+    if "lp_ft_control" not in explicit:
+        roles["lp_ft_control"] = roles["pretrained_start"]
+    return roles

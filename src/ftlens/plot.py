@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftlens.report.analysis_plots import plot_correlation_scatter as correlation_scatter
 from ftlens.report.analysis_plots import plot_distortion as distortion
@@ -26,6 +26,9 @@ from ftlens.report.figures import cka_heatmap as cka
 from ftlens.report.figures import save_figure as save
 from ftlens.report.invariance_plots import flow_heatmap as flow
 from ftlens.report.invariance_plots import metric_panels as per_layer
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "STYLE",
@@ -51,7 +54,7 @@ _LABELS = {
 }
 
 
-def overlay(comparisons: Mapping[str, Any], metric: str = "forgetting", *, title: str | None = None):
+def overlay(comparisons: Mapping[str, Any], metric: str = "forgetting", *, title: str | None = None) -> Figure:
     """One line per run over layers for ``metric`` (``learning``, ``forgetting``, ``cka_divergence``
     or any ``per_layer`` column), bands = intervals or ± std over seeds.
 

@@ -7,6 +7,7 @@
 - :func:`bootstrap_interval`: the normal interval ``estimate -+ z * sd(replicates)``. CKA on a
   resample with repeated images is shifted (repeats weigh those images more), so the
   replicates are used for the spread only, centred on the estimate from the real images.
+- :func:`correlation_interval`: Pearson or Spearman r over pairs with its Fisher-z interval.
 - :func:`decide`: a verdict from an interval and the claimed direction: ``held`` when the
   interval excludes the null on the claimed side, ``did not hold`` when it excludes it on the
   other side, otherwise ``inconclusive``; any reason given (too few seeds, unconverged
@@ -20,7 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["HELD", "INCONCLUSIVE", "NOT_HELD", "VERDICTS", "bootstrap_interval", "decide", "percentile_interval",
+__all__ = ["HELD", "INCONCLUSIVE", "NOT_HELD", "VERDICTS", "bootstrap_interval", "correlation_interval", "decide",
+           "percentile_interval",
            "t_interval", "welch_interval"]
 
 HELD = "held"
@@ -41,17 +43,18 @@ def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95, axis: 
     return mean - half, mean + half
 
 
-def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+def welch_interval(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+                   level: float = 0.95) -> tuple[float, float]:
     """Interval of ``mean(a) - mean(b)`` (independent samples, unequal variances); NaN if either has < 2."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or len(b) < 2:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(x) < 2 or len(y) < 2:
         return float("nan"), float("nan")
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    diff = a.mean() - b.mean()
-    se = np.sqrt(va + vb)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    diff = x.mean() - y.mean()
+    se = np.sqrt(vx + vy)
     if se == 0:
         return float(diff), float(diff)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     half = stats.t.ppf(0.5 + level / 2, df) * se
     return float(diff - half), float(diff + half)
 
@@ -94,3 +97,26 @@ def decide(lo: float, hi: float, *, direction: str = "greater", null: float = 0.
     if above or below:
         return NOT_HELD, None
     return INCONCLUSIVE, f"the interval [{lo:.4g}, {hi:.4g}] contains the null value {null:g}"
+
+
+def correlation_interval(x: Sequence[float], y: Sequence[float], level: float = 0.95,
+                         method: str = "spearman") -> tuple[float, float, float, int]:
+    """``(r, lo, hi, n)``: Pearson or Spearman correlation of the finite pairs of ``x`` and ``y`` and
+    its ``level`` interval from Fisher's z (``atanh r``) with standard error ``1 / sqrt(n - 3)``
+    (Pearson) or Bonett & Wright's ``sqrt((1 + r^2 / 2) / (n - 3))`` (Spearman). The interval is
+    NaN for fewer than 4 pairs; ``r`` is NaN when either side is constant."""
+    if method not in ("spearman", "pearson"):
+        raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}")
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    n = int(a.size)
+    if n < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan"), float("nan"), float("nan"), n
+    r = float((stats.spearmanr if method == "spearman" else stats.pearsonr)(a, b)[0])
+    if n < 4:
+        return r, float("nan"), float("nan"), n
+    se = np.sqrt((1.0 + r * r / 2.0) / (n - 3)) if method == "spearman" else 1.0 / np.sqrt(n - 3)
+    z = np.arctanh(np.clip(r, -1 + 1e-15, 1 - 1e-15))
+    half = stats.norm.ppf(0.5 + level / 2) * se
+    return r, float(np.tanh(z - half)), float(np.tanh(z + half)), n

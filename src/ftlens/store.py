@@ -29,8 +29,9 @@ Layout under the root (``$FTLENS_CACHE_DIR`` or ``~/.cache/ftlens``)::
     tables/cd/cd34....parquet           pandas tables
 
 Batch size and device are *not* part of an inversion's key: they change results only by float
-rounding. Weights changed in place need ``wrapper.refresh_fingerprint()`` before the next lookup
-(the wrapper caches its fingerprint).
+rounding. Weights changed in place (a training step, ``load_state_dict``) change the key by
+themselves: the wrapper checks its fingerprint against the weights at use time
+(:attr:`ftlens.models.ModelWrapper.fingerprint`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from safetensors.torch import save_file
 
 from ftlens import io
 from ftlens.errors import CacheWarning, ConfigTypeError
+from ftlens.warn import warn
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -69,15 +71,14 @@ __all__ = [
 CACHE_DIR_ENV = "FTLENS_CACHE_DIR"
 #: Metadata fields every entry carries: the key it was written for, the sha256 of its tensors.
 KEY_FIELD, HASH_FIELD = "ftlens_key", "ftlens_sha256"
-#: What the inversion cache used to export from here (now in ftlens.inversion).
-_MOVED = ("cached_inversion", "inversion_key", "CODE_VERSION")
+#: Old import paths: what the inversion cache used to export from here (now in ftlens.inversion).
+_MOVED = {"cached_inversion": "ftlens.inversion", "inversion_key": "ftlens.inversion",
+          "CODE_VERSION": "ftlens.inversion"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
-        from ftlens import inversion
-
-        return getattr(inversion, name)
+        return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module 'ftlens.store' has no attribute {name!r}")
 
 
@@ -166,7 +167,7 @@ class Cache:
         return self.path(key).exists()
 
     def _ignore(self, path: Path, why: str) -> None:
-        warnings.warn(f"ignoring cache entry {path}: {why}; it will be recomputed", CacheWarning, stacklevel=3)
+        warn(f"ignoring cache entry {path}: {why}; it will be recomputed", CacheWarning)
         self.misses += 1
 
     # ------------------------------------------------------------------ tensors
@@ -228,9 +229,9 @@ class Cache:
 
     def _warn_read_only(self, exc: OSError) -> None:
         if not self._read_only_warned:
-            warnings.warn(f"the cache {self.root} cannot be written ({exc.strerror or exc}); results are computed "
+            warn(f"the cache {self.root} cannot be written ({exc.strerror or exc}); results are computed "
                           "but not cached (choose another --cache-dir / $FTLENS_CACHE_DIR to keep them)",
-                          CacheWarning, stacklevel=3)
+                          CacheWarning)
             self._read_only_warned = True
 
     @contextlib.contextmanager
@@ -238,24 +239,8 @@ class Cache:
         """Hold an exclusive lock on ``key`` (a lock file beside the entry); yields whether a lock
         is held (False where the folder cannot be written or has no ``flock``)."""
         path = self.path(key, kind)
-        lock_path = path.with_name(f".{key}.lock")
-        try:
-            import fcntl
-
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except (ImportError, OSError):
-            yield False
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)  # releases the lock
+        with io.file_lock(path.with_name(f".{key}.lock")) as held:
+            yield held
 
     def compute(
         self,

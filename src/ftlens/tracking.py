@@ -4,8 +4,9 @@ Both are optional. ``ftlens finetune --tensorboard`` writes event files to ``RUN
 (``tensorboard --logdir runs/``; needs the ``tensorboard`` package: ``pip install
 'ftlens[tracking]'``); ``--wandb PROJECT`` logs to that W&B project when ``wandb`` is installed.
 Logged per epoch: every number of the run's ``metrics.csv`` row (losses, accuracies, learning
-rate, corrupted accuracy); :func:`ftlens.analysis.dynamics.dynamics` adds learning, forgetting and
-cka divergence per layer and epoch to the same run.
+rate, corrupted accuracy, and with ``--monitor-forgetting`` the monitor's signal under ``monitor/``
+with every layer's learning and forgetting); :func:`ftlens.analysis.dynamics.dynamics` adds
+learning, forgetting and cka divergence per layer and epoch to the same run.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
 
 def _tag(key: str) -> str:
     """``test_acc`` -> ``test/acc``; ``acc_gaussian_noise_s3`` -> ``corrupted/acc_gaussian_noise_s3``."""
-    for prefix in ("train", "test", "energy"):
+    for prefix in ("train", "test", "energy", "monitor"):
         if key.startswith(prefix + "_"):
             return f"{prefix}/{key[len(prefix) + 1:]}"
     if key.startswith(("corrupted_", "acc_", "l1_")):

@@ -90,6 +90,7 @@ def dynamics(
             continue
         frame = cmp.per_layer.reset_index().rename(columns={"index": "layer"})
         frame.insert(0, "epoch", epoch)
+        frame["estimator"] = cmp.estimator  # biased / debiased linear CKA, or the measure inside STIR
         sub = subspace_per_layer(pt, ft, images, layers=list(frame["layer"]),
                                  n_images=compare_kwargs.get("n_images", PAPER.images))
         frame["subspace_similarity"] = frame["layer"].map(sub)

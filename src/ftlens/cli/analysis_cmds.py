@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app, common
+from ftlens.cli import common
+from ftlens.cli.app import app
 from ftlens.cli.common import console, fail_on_ftlens_error
 
 
@@ -28,6 +29,8 @@ def dynamics_cmd(
     steps: int = common.steps_option(),
     step_size: float = common.step_size_option(),
     debiased: bool = common.debiased_option(),
+    measure: str = typer.Option(None, "--measure", help="The similarity inside STIR and cka divergence instead of "
+                                "linear CKA (a registered similarity measure, as in `ftlens compare --measure`)."),
     batch_size: int = common.batch_size_option(),
     device: str = common.device_option(),
     image_size: str = common.image_size_option(),
@@ -44,6 +47,9 @@ def dynamics_cmd(
     from ftlens.checks import cli_options
 
     cli_options(out=out, images=images, seeds=seeds, steps=steps, step_size=step_size, batch_size=batch_size)
+    from ftlens.invariance.score import estimator_of, stir_measure
+
+    chosen, debiased = stir_measure(measure, debiased)  # an unknown or unfit measure fails before any work
     import yaml
 
     from ftlens import io, progress
@@ -83,11 +89,12 @@ def dynamics_cmd(
                    f"{seeds} seed(s), {steps} steps")
     table = dynamics(run_dir, pt, x, epochs=wanted, layers=layer_list, out=out, seeds=seeds, n_images=images,
                      steps=steps, step_size=step_size, debiased=debiased, cache=cache, batch_size=batch_size,
-                     device=None if device == "cpu" else device)
+                     device=None if device == "cpu" else device, measure=chosen)
     io.write_json(Path(out) / "dynamics.json", {
         "kind": "ftlens.dynamics", "run": str(Path(run_dir).resolve()), "pretrained": pretrained, "data": data,
         "images": images, "seeds": seeds, "steps": steps, "step_size": step_size,
-        "estimator": "debiased" if debiased else "biased", "versions": io.versions()})
+        "estimator": estimator_of(chosen, debiased), "measure": chosen.name if chosen is not None else
+        ("linear_cka_debiased" if debiased else "linear_cka"), "versions": io.versions()})
     from ftlens.report.figures import fmt_num
 
     summary = table.groupby("epoch")[["learning", "forgetting", "cka_divergence"]].mean()

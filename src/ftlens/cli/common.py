@@ -92,8 +92,8 @@ LAYERS_HELP = ("Layers or globs, repeatable and/or comma-separated (--layers blo
 IMAGES_HELP = (f"Images per seed (the paper: {PAPER_IMAGES}); default {PAPER_IMAGES}, or the whole test split "
                "when it is smaller.")
 SEEDS_HELP = "Seeds: each draws its own image sample and inversion start (the paper: 3)."
-STEPS_HELP = "Inversion steps (the paper: 50)."
-STEP_SIZE_HELP = "L2 length of each inversion step (the paper: 0.5)."
+STEPS_HELP = "The most inversion steps an image takes (default 150; the paper: 50 fixed steps)."
+STEP_SIZE_HELP = "L2 length of each normalised inversion step, --schedule fixed or adaptive (the paper: 0.5)."
 BATCH_HELP = "Images per batch (default: 256 on the CPU, from free memory on CUDA)."
 CACHE_DIR_HELP = "Inversion cache (default $FTLENS_CACHE_DIR or ~/.cache/ftlens)."
 NO_CACHE_HELP = "Neither read nor write the inversion cache."
@@ -138,9 +138,10 @@ def steps_option() -> Any:
 
 
 def schedule_option() -> Any:
-    return typer.Option(PAPER.schedule, "--schedule", help="Inversion schedule: adaptive (per-image step length; an "
-                        "image stops at the residual threshold or when it stops improving; --steps is the cap) or "
-                        "fixed (the paper: every image every step, fixed length).")
+    return typer.Option(PAPER.schedule, "--schedule", help="Inversion schedule: adam (the default: Adam on the "
+                        "pixels; an image stops at a fifth of the residual threshold or when it stops improving; "
+                        "--steps is the cap), adaptive (normalised steps of per-image length) or fixed (the paper: "
+                        "every image every step of length --step-size; the paper's text: --steps 50).")
 
 
 def step_size_option() -> Any:

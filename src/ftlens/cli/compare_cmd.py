@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app, common
+from ftlens.cli import common
+from ftlens.cli.app import app
 from ftlens.cli.common import console, fail_on_ftlens_error
 from ftlens.errors import ConfigError
 from ftlens.settings import PAPER
@@ -24,8 +25,11 @@ def print_summary(comparison, title: str | None = None) -> None:
     cfg = comparison.config
     head = title or f"{cfg['finetuned']['name']} vs {cfg['pretrained']['name']}"
     level = comparison.per_layer.attrs.get("confidence", 0.95)
+    est = comparison.estimator
+    similarity = f"linear CKA ({est} HSIC)" if est in ("biased", "debiased") else \
+        str(cfg.get("similarity", est)).removesuffix(", float64")
     table = Table(
-        title=f"{head}: linear CKA ({comparison.estimator} HSIC), mean [{level:.0%} interval] over {len(cfg['seeds'])} "
+        title=f"{head}: {similarity}, mean [{level:.0%} interval] over {len(cfg['seeds'])} "
         f"seed(s) and image resamples, {cfg['n_images']} images, {cfg['inversion']['steps']} steps, first term "
         f"{cfg['first_term']}",
         title_style="bold",
@@ -72,6 +76,9 @@ def compare_cmd(
     tokens: str = common.tokens_option(),
     start: str = typer.Option(PAPER.start, "--start", help="Inversion start: noise, mixed or uniform."),
     debiased: bool = common.debiased_option(),
+    measure: str = typer.Option(None, "--measure", help="The similarity inside STIR and cka divergence instead of "
+                                "linear CKA: a registered similarity measure, e.g. svcca, rsa_correlation_spearman, "
+                                "mutual_knn (an unknown name lists them); no image bootstrap then."),
     first_term: str = typer.Option(PAPER.first_term, "--first-term", help="measured (STIR of a layer with itself) "
                                    "or one (the paper's 1 - STIR)."),
     residual_threshold: float = typer.Option(PAPER.residual_threshold, "--residual-threshold",
@@ -103,7 +110,8 @@ def compare_cmd(
     """Learning, forgetting, cka divergence and InvarianceFlow of two models, layer by layer.
 
     STIR with representation inversion (2L inversions per seed). Writes OUT/*.csv,
-    OUT/comparison.json and OUT/*.png; `ftlens report OUT` turns them into a page.
+    OUT/comparison.json, OUT/*.png and the two models' weight diff in OUT/weights (`ftlens weights`);
+    `ftlens report OUT` turns them into a page.
 
     Sharded: `--processes N`, or `torchrun --nproc_per_node N -m ftlens compare ...` /
     `accelerate launch --multi_gpu --num_processes N -m ftlens compare ...`; every process
@@ -112,15 +120,18 @@ def compare_cmd(
 
     cli_options(out=out, images=images, seeds=seeds, steps=steps, step_size=step_size, start=start,
                 batch_size=batch_size)
-    from ftlens import distributed, inversion, progress
+    from ftlens import inversion, process_group, progress
     from ftlens.data import get_dataset
     from ftlens.invariance import compare
+    from ftlens.invariance.score import stir_measure
+
+    stir_measure(measure, debiased)  # an unknown or unfit measure fails before anything is loaded
     from ftlens.invariance.pool import image_pool
     from ftlens.models import load_model
 
     if schedule not in inversion.SCHEDULE_PRESETS:
         raise ConfigError(f"--schedule must be one of {', '.join(inversion.SCHEDULE_PRESETS)}, got {schedule!r}")
-    ctx = distributed.context()
+    ctx = process_group.context()
     sharded = ctx.distributed or processes > 1
     if sharded and no_cache:
         raise ConfigError("a sharded run (--processes N > 1, or a launcher's WORLD_SIZE > 1) needs the "
@@ -151,13 +162,16 @@ def compare_cmd(
             steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased, first_term=first_term,
             batch_size=batch_size, autocast="bf16" if bf16 else None, device=device, progress=None,
             residual_threshold=residual_threshold, bootstrap=bootstrap,
-            schedule=schedule,
+            schedule=schedule, measure=measure,
         )
     if result is None:  # a rank other than 0 under a launcher: rank 0 merges and writes
         return
     result.config["data"] = {**pool.describe(), "name": data}
     progress.stage(f"writing {out}")
     result.save(out)
+    from ftlens.analysis.weight_space import weight_diff
+
+    weight_diff(pt, ft, layers=layer_list).save(Path(out) / "weights")  # beside forgetting in the report
     print_summary(result)
     if not no_plots:
         from ftlens.report.invariance_plots import save_comparison_plots

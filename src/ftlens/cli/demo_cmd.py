@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app
+from ftlens.cli.app import app
 from ftlens.cli.common import console, fail_on_ftlens_error, parse_list
 from ftlens.errors import ConfigError
 
@@ -29,7 +29,7 @@ def _run(config, out: Path, stages: str | None, no_cache: bool, device: str | No
     start = time.perf_counter()
     exp = Experiment(config, out, **({"cache": None} if no_cache else {}))
     report = exp.run(chosen)
-    from ftlens.distributed import context
+    from ftlens.process_group import context
 
     if not context().is_main:  # under accelerate / torchrun: rank 0 reports
         return

@@ -13,13 +13,14 @@ from typing import Any
 
 import typer
 
-from ftlens.cli import app
+from ftlens.cli.app import app
 
 _MODEL = "Model and data"
 _TASK = "Task and strategy"
 _OPT = "Optimisation"
 _ROB = "Robustness"
 _RUN = "Run"
+_MON = "Forgetting monitor"
 
 
 @app.command("finetune")
@@ -73,6 +74,10 @@ def finetune_cmd(
     stop_after: int | None = typer.Option(None, "--stop-after", help="Stop after this epoch (resumable later).", rich_help_panel=_RUN),
     tensorboard: bool | None = typer.Option(None, "--tensorboard/--no-tensorboard", help="Write TensorBoard curves to OUT/tensorboard (needs tensorboard: pip install 'ftlens[tracking]').", rich_help_panel=_RUN),
     wandb: str | None = typer.Option(None, "--wandb", help="Log each epoch to this Weights & Biases project (needs wandb).", rich_help_panel=_RUN),
+    monitor_forgetting: bool | None = typer.Option(None, "--monitor-forgetting/--no-monitor-forgetting", help="After every epoch: learning and forgetting per layer against epoch 0 on a few test images, and the signal forgetting_spread (std of forgetting over layers 2..L), beside accuracy (metrics.csv, monitor.csv, TensorBoard / W&B).", rich_help_panel=_MON),
+    monitor_images: int | None = typer.Option(None, "--monitor-images", help="Test images of the monitor (default 32).", rich_help_panel=_MON),
+    monitor_steps: int | None = typer.Option(None, "--monitor-steps", help="Inversion steps of the monitor (default 50, at most: the default schedule stops converged images early).", rich_help_panel=_MON),
+    monitor_keep: bool | None = typer.Option(None, "--monitor-keep/--no-monitor-keep", help="Keep the checkpoint of the epoch the signal prefers (its largest value) as OUT/preferred.safetensors.", rich_help_panel=_MON),
 ) -> None:
     """Finetune a model (classification or reconstruction) with a chosen strategy; one checkpoint per epoch.
 
@@ -111,7 +116,8 @@ def print_summary(result) -> None:
 
     df = result.metrics
     cols = [c for c in ("epoch", "phase", "alpha", "lr", "train_loss", "train_acc", "penalty", "test_loss", "test_acc",
-                        "test_l1", "test_psnr", "corrupted_acc_mean", "corrupted_l1_mean") if c in df.columns]
+                        "test_l1", "test_psnr", "corrupted_acc_mean", "corrupted_l1_mean", "monitor_forgetting_spread")
+            if c in df.columns]
     table = Table(title=f"{result.config.strategy} · {result.config.task} · {result.config.data}", show_lines=False)
     for c in cols:
         table.add_column(c, justify="left" if c == "phase" else "right")
@@ -133,6 +139,11 @@ def print_summary(result) -> None:
         lines.append(f"energy at the start of FT (epoch {e['epoch']}): {acc}train loss {e['train_loss']:.4f}")
     if result.linear_probe:
         lines.append(f"linear probe: C = {result.linear_probe['C']:.0e}, validation acc {result.linear_probe['val_acc']:.3f}")
+    if result.monitor and result.monitor.get("preferred_epoch") is not None:
+        m = result.monitor
+        kept = f", kept as {result.run_dir}/preferred.safetensors" if m.get("kept_epoch") is not None else ""
+        lines.append(f"forgetting monitor: forgetting_spread prefers epoch {m['preferred_epoch']} "
+                     f"({result.run_dir}@{m['preferred_epoch']}{kept}); per layer in {result.run_dir}/monitor.csv")
     if not result.completed:
         lines.append(f"stopped after epoch {result.last_epoch}; run the same command again to continue")
     for line in lines:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app, common
+from ftlens.cli import common
+from ftlens.cli.app import app
 from ftlens.cli.common import console, fail_on_ftlens_error
 
 
@@ -75,6 +76,9 @@ def cka_cmd(
     measure: str = typer.Option(None, "--measure", help="A registered similarity measure instead of linear "
                                 "CKA, e.g. rbf_cka or procrustes_distance (an unknown name lists them all)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image sample."),
+    estimator: str = typer.Option("auto", "--estimator", help="exact (all images at once: biased, or --debiased), "
+                                  "minibatch (Nguyen et al.'s HSIC_1 averaged over batches of --batch-size; memory "
+                                  "flat in the number of images) or auto (exact when it fits in 1 GiB)."),
     batch_size: int = common.batch_size_option(),
     device: str = common.device_option(),
     image_size: str = common.image_size_option(),
@@ -107,7 +111,7 @@ def cka_cmd(
     n = common.images_for(images, len(dataset), data)
     x, _ = sample_images(dataset, n, seed=seed)
     progress.stage(f"CKA on {n} images of {data}")
-    result = cka.compare(x, batch_size=batch_size or 256, progress=True)
+    result = cka.compare(x, batch_size=batch_size or 256, progress=True, estimator=estimator)
     result.config.update(data=data, seed=seed)
     matrix = result.matrix
     console.print(f"[bold]{result.title}, {n} images of {data}[/bold]")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ftlens.cli import app, common
+from ftlens.cli import common
+from ftlens.cli.app import app
 from ftlens.cli.common import console, fail_on_ftlens_error
 from ftlens.settings import PAPER
 

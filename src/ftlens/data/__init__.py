@@ -28,6 +28,9 @@ in :mod:`ftlens.data.corruptions`.
 from __future__ import annotations
 
 import difflib
+import os
+from collections.abc import Sequence
+from typing import Any
 
 from ftlens.errors import DatasetError
 
@@ -106,11 +109,11 @@ def list_datasets() -> list[str]:
 def get_dataset(
     name: str,
     split: str = "train",
-    image_size=(32, 32),
-    data_dir=None,
+    image_size: int | Sequence[int] = (32, 32),
+    data_dir: str | os.PathLike | None = None,
     download: bool | None = None,
     seed: int = 0,
-    **kw,
+    **kw: Any,
 ) -> ImageDataset:
     """A dataset of ``(image float32 (3, H, W) in [0, 1], label int)``.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
 
 
-def parse_image_size(image_size) -> tuple[int, int]:
+def parse_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     """``32`` or ``(32, 32)`` or ``(3, 32, 32)`` -> ``(H, W)``; DatasetError if invalid."""
     if isinstance(image_size, (int, np.integer)):
         size = (int(image_size), int(image_size))
@@ -120,11 +121,15 @@ class ImageDataset(Dataset):
 
     in_memory = False
 
-    def __init__(self, name: str, split: str, classes: Sequence[str], image_size):
+    def __init__(self, name: str, split: str, classes: Sequence[str],
+                 image_size: int | Sequence[int]) -> None:
         self.name = name
         self.split = split
         self.classes = [str(c) for c in classes]
         self.image_size = parse_image_size(image_size)
+
+    def __len__(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
@@ -156,7 +161,7 @@ class TensorImageDataset(ImageDataset):
         split: str,
         classes: Sequence[str],
         info: dict | None = None,
-    ):
+    ) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise DatasetError(f"{name}: images must be (n, 3, H, W), got {tuple(images.shape)}")
         if len(images) != len(labels):
@@ -202,7 +207,7 @@ class SubsetImageDataset(ImageDataset):
         return self._targets
 
 
-def sample_images(dataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_images(dataset: Any, n: int, seed: int = 0) -> tuple[Any, torch.Tensor]:
     """A seeded sample of ``n`` images without replacement -> ``(images (n,3,H,W), labels (n,))``
     (a text dataset: ``(list of n texts, labels)``).
 

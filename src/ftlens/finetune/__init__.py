@@ -6,8 +6,9 @@
 Modules: ``config`` (the validated options) -> ``run`` (:func:`finetune`) -> ``build`` (start
 model, task model) + ``sources`` (data) -> ``training`` (the epoch loop, over ``loop``'s
 optimiser, scheduler and train/eval steps) -> ``evaluation`` / ``robustness`` (metrics rows) ->
-``rundir`` (files, resumption) -> ``result``. ``strategies/``: one module per strategy and the
-registry ``STRATEGIES``; ``tasks`` (heads, decoder), ``linear_probe``.
+``rundir`` (files, resumption) -> ``result``. ``strategies/``: one module per strategy,
+registered into ``registry`` (``STRATEGIES``, which ``config`` reads); ``tasks`` (heads,
+decoder), ``linear_probe``.
 """
 
 from ftlens.finetune.config import TASKS, ConfigError, FinetuneConfig

@@ -6,8 +6,6 @@ architecture) and :meth:`Strategy.build_task_model` (a task model of its own, FL
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from ftlens.errors import ConfigError, FtlensError, RandomWeightsWarning
@@ -16,6 +14,7 @@ from ftlens.finetune.loop import epoch_seed
 from ftlens.finetune.strategies import get_strategy
 from ftlens.finetune.tasks import TaskModel, make_decoder, reset_classifier
 from ftlens.models import ModelWrapper, load_model, rebuild, takes_pretrained
+from ftlens.warn import warn
 
 #: Random stream of the fresh task head (``epoch_seed``'s third argument).
 SEED_HEAD = 7
@@ -57,12 +56,11 @@ def warn_if_random(cfg: FinetuneConfig, wrapper: ModelWrapper) -> None:
     """A :class:`RandomWeightsWarning` when finetuning (a strategy with ``pretrained_start``)
     starts from random weights."""
     if wrapper.random_init and get_strategy(cfg.strategy).pretrained_start:
-        warnings.warn(
+        warn(
             f"{cfg.pretrained_from or cfg.model} starts from random weights (no pretrained weights were loaded), "
             "so this is training from scratch, not finetuning; pass a pretrained model (timm:NAME with "
             "--pretrained, a checkpoint, or --pretrained-from RUN@last)",
             RandomWeightsWarning,
-            stacklevel=3,
         )
 
 
@@ -77,7 +75,7 @@ def build_task_model(cfg: FinetuneConfig, wrapper: ModelWrapper, num_classes: in
     if cfg.task == "classification":
         reset_classifier(wrapper, num_classes)
         if cfg.head_init == "zero-shot":
-            from ftlens.clip import zero_shot_head
+            from ftlens.models.families.clip.zero_shot import zero_shot_head
 
             if not classes:
                 raise FtlensError(f"dataset {cfg.data!r} has no class names; a zero-shot head needs them")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ftlens.errors import ConfigError
-from ftlens.finetune.strategies import STRATEGIES, canonical_name, get_strategy
+from ftlens.finetune.registry import STRATEGIES, canonical_name, get_strategy
 
 TASKS = ("classification", "reconstruction")
 HEAD_INITS = ("random", "zero-shot")
@@ -53,7 +53,10 @@ def default_lr(strategy: str, text: bool = False) -> float:
 
 #: Fields that may change between a killed run and its resumption (they do not change results
 #: on the same device).
-RESUME_FREE_FIELDS = frozenset({"out", "device", "num_workers", "eval_batch_size", "download", "data_dir"})
+RESUME_FREE_FIELDS = frozenset({"out", "device", "num_workers", "eval_batch_size", "download", "data_dir",
+                                "monitor_forgetting", "monitor_images", "monitor_steps", "monitor_keep"})
+#: Test images and inversion steps of the live forgetting monitor (:mod:`ftlens.finetune.monitor`).
+MONITOR_IMAGES, MONITOR_STEPS = 32, 50
 
 
 @dataclass
@@ -127,6 +130,12 @@ class FinetuneConfig:
         are not held in memory; None: up to 8, by the CPU count), eval_batch_size, out (the run
         directory), tensorboard (event files in ``RUN_DIR/tensorboard``), wandb (a Weights &
         Biases project; see :mod:`ftlens.tracking`).
+    Monitor (:mod:`ftlens.finetune.monitor`; changes nothing in the training):
+        monitor_forgetting: after every epoch, learning and forgetting per layer against epoch 0
+            on ``monitor_images`` test images with ``monitor_steps`` inversion steps, and the
+            signal ``forgetting_spread`` (std of forgetting over layers 2..L) beside accuracy.
+        monitor_keep: keep the checkpoint of the epoch the signal prefers (its largest value)
+            as ``RUN_DIR/preferred.safetensors``.
     """
 
     # model and data
@@ -185,6 +194,11 @@ class FinetuneConfig:
     out: str | None = None
     tensorboard: bool = False  # TensorBoard event files in RUN_DIR/tensorboard (ftlens.tracking)
     wandb: str | None = None  # a Weights & Biases project to log to (needs wandb)
+    # monitor
+    monitor_forgetting: bool = False
+    monitor_images: int = MONITOR_IMAGES
+    monitor_steps: int = MONITOR_STEPS
+    monitor_keep: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -302,6 +316,12 @@ class FinetuneConfig:
         self.surgical_blocks = parse_blocks(self.surgical_blocks)
         self.surgical_layers = [str(p).strip() for p in _as_list(self.surgical_layers) if str(p).strip()] or None
         self.freeze_bn = bool(self.freeze_bn)
+        self.monitor_forgetting, self.monitor_keep = bool(self.monitor_forgetting), bool(self.monitor_keep)
+        self.monitor_images = _int("monitor_images", self.monitor_images, minimum=4)
+        self.monitor_steps = _int("monitor_steps", self.monitor_steps, minimum=1)
+        if self.monitor_keep and not self.monitor_forgetting:
+            raise ConfigError("monitor_keep (--monitor-keep) keeps the checkpoint the forgetting monitor prefers; "
+                              "turn the monitor on with monitor_forgetting (--monitor-forgetting)")
         self.image_size = parse_image_size(self.image_size)
         if self.max_length is not None:
             self.max_length = _int("max_length", self.max_length, minimum=2)

@@ -25,6 +25,8 @@ class RunResult:
         energy: ``{"train_acc", "train_loss", "epoch"}`` at the start of FT (hp-ft, lp-ft).
         linear_probe: the probe's summary (lp, lp-ft).
         completed: False when the call stopped early (``stop_after``).
+        monitor: the forgetting monitor's summary (``monitor.json``: the signal per epoch, the
+            preferred epoch) when it ran (:mod:`ftlens.finetune.monitor`).
     """
 
     run_dir: Path
@@ -34,6 +36,7 @@ class RunResult:
     energy: dict[str, Any] | None = None
     linear_probe: dict[str, Any] | None = None
     completed: bool = True
+    monitor: dict[str, Any] | None = None
 
     @property
     def last_epoch(self) -> int:

@@ -7,6 +7,7 @@ run: :mod:`~ftlens.finetune.build`, :mod:`~ftlens.finetune.sources`; the epoch l
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from ftlens.finetune.config import FinetuneConfig
 from ftlens.finetune.loop import Runtime
 from ftlens.finetune.result import RunResult
-from ftlens.finetune.rundir import check_output_dir
+from ftlens.finetune.rundir import check_output_dir, run_lock
 from ftlens.finetune.strategies import get_strategy
 from ftlens.finetune.training import TrainingRun
 
@@ -55,7 +56,9 @@ def finetune(
     cfg = cfg.replace(out=str(cfg.out or default_out(cfg)))
     check_output_dir(Path(cfg.out))  # before loading anything
     devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    # one process trains a run folder at a time (the main rank of a launcher's job holds the lock)
+    lock = run_lock(cfg.out) if runtime.is_main else contextlib.nullcontext()
+    with lock, torch.random.fork_rng(devices=devices):
         strategy = get_strategy(cfg.strategy)
         result = strategy.run(cfg, runtime, resume=resume, overwrite=overwrite, stop_after=stop_after,
                               progress=progress)

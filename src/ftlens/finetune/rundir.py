@@ -10,6 +10,13 @@ A run directory holds::
     energy.json                      hp-ft / lp-ft: train accuracy and loss at the start of FT
     linear_probe.json                lp / lp-ft: the chosen C and the validation scores
     run.json                         versions, device, seconds per epoch (not part of results)
+    monitor.csv, monitor.json        --monitor-forgetting: learning / forgetting per epoch and layer,
+                                     the signal per epoch and the epoch it prefers
+    preferred.safetensors            --monitor-keep: the checkpoint of that epoch
+
+    .ftlens.lock                     held (flock) by the process training the run: a second process
+                                     asked to train the same folder waits, then resumes, which
+                                     returns the first one's finished run instead of training again
 
 Epoch ``e`` is complete once its state file and its checkpoint both exist (the state is written
 first, then the checkpoint, then the previous state is removed; every write is atomic).
@@ -38,6 +45,19 @@ from ftlens.finetune.config import RESUME_FREE_FIELDS, FinetuneConfig
 from ftlens.models import checkpoint_path
 
 STATE_DIR = "state"
+LOCK_NAME = ".ftlens.lock"
+
+
+def run_lock(path: str | Path) -> Any:
+    """The run folder's lock (:func:`ftlens.io.file_lock` on ``path/.ftlens.lock``): held while a
+    process trains the run; another one waits (saying so on stderr) and then finds the run done."""
+    import sys
+
+    def say() -> None:
+        print(f"another process is training {path}; waiting for it to finish (then its run is reused)",
+              file=sys.stderr, flush=True)
+
+    return io.file_lock(Path(path) / LOCK_NAME, on_wait=say)
 
 
 class RunDir:
@@ -51,6 +71,9 @@ class RunDir:
     energy = property(lambda self: self.path / "energy.json")
     probe = property(lambda self: self.path / "linear_probe.json")
     info = property(lambda self: self.path / "run.json")
+    monitor_table = property(lambda self: self.path / "monitor.csv")
+    monitor_summary = property(lambda self: self.path / "monitor.json")
+    preferred = property(lambda self: self.path / "preferred.safetensors")
     checkpoints = property(lambda self: self.path / "checkpoints")
     states = property(lambda self: self.path / STATE_DIR)
 
@@ -108,7 +131,8 @@ class RunDir:
         return self.checkpoint_epochs() >= set(range(epochs + 1)) and self.metrics.is_file()
 
     def wipe(self) -> None:
-        for p in (self.config, self.metrics, self.energy, self.probe, self.info):
+        for p in (self.config, self.metrics, self.energy, self.probe, self.info, self.monitor_table,
+                  self.monitor_summary, self.preferred):
             p.unlink(missing_ok=True)
         for d in (self.checkpoints, self.states):
             if d.is_dir():
@@ -142,7 +166,7 @@ class RunDir:
                 )
         elif self.path.exists():
             check_output_dir(self.path)
-            if any(self.path.iterdir()):
+            if any(p.name != LOCK_NAME for p in self.path.iterdir()):
                 raise OutputError(
                     f"{self.path} is not empty ({describe_folder(self.path)}) and has no config.yaml, so it is "
                     "not a run ftlens can continue. Nothing was changed: choose another --out, or pass "
@@ -179,7 +203,7 @@ def same_place(a: Any, b: Any, old_out: Any, new_out: Any) -> bool:
 
 def describe_folder(path: Path, limit: int = 5) -> str:
     """``"it holds a.txt, b/, ... (12 entries)"`` for an error message."""
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(path).iterdir())
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(path).iterdir() if p.name != LOCK_NAME)
     shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
     return f"it holds {shown}"
 

@@ -146,7 +146,9 @@ class TrainingRun:
             self._epoch_zero()
             start = 0
         tracker = self._tracker()
+        self.monitor = self._monitor(last)
         if last is None:
+            self._monitor_epoch(0, self.rows[-1], tracker)
             tracker.log(self.rows[-1], 0)
         self.start_weights = None
         if self.strategy.uses_start_weights:  # the backbone of epoch 0 (the starting point), also after a resume
@@ -179,6 +181,7 @@ class TrainingRun:
                 row = self._epoch(epoch, phase, state if epoch == start + 1 else None, on_step)
                 self.seconds[str(epoch)] = time.perf_counter() - tic
                 self._save(epoch)
+                self._monitor_epoch(epoch, row, tracker)
                 tracker.log(row, epoch)
                 if bar is not None:
                     bar.advance(epoch_task)
@@ -187,8 +190,9 @@ class TrainingRun:
         df = metrics_frame(self.rows, self.energy)
         rt.barrier()
         model = load_model(f"{d.path}@last")
+        monitor = dict(self.monitor.summary) if self.monitor is not None else None
         return RunResult(run_dir=d.path, metrics=df, model=model, config=cfg, energy=self.energy,
-                         linear_probe=self.probe, completed=end >= total)
+                         linear_probe=self.probe, completed=end >= total, monitor=monitor)
 
     def _shared_result(self) -> RunResult:
         """A finished run without its training states: its files as they are, nothing trained."""
@@ -213,6 +217,35 @@ class TrainingRun:
             return Tracker(self.dir.path)
         return Tracker(self.dir.path, tensorboard=cfg.tensorboard, wandb_project=cfg.wandb,
                        name=Path(cfg.out).name if cfg.out else None, config=cfg.to_dict())
+
+    def _monitor(self, last: int | None):
+        """The forgetting monitor (rank 0, ``monitor_forgetting``), or None."""
+        cfg, rt = self.cfg, self.runtime
+        if not (cfg.monitor_forgetting and rt.is_main):
+            return None
+        from ftlens.finetune.monitor import ForgettingMonitor
+
+        kwargs = dict(steps=cfg.monitor_steps, keep=cfg.monitor_keep,
+                      device=rt.device if rt.device.type == "cuda" else None)
+        if self.test_src.dataset is not None:
+            monitor = ForgettingMonitor.for_run(self.dir.path, self.test_src.dataset, cfg.monitor_images, **kwargs)
+        else:
+            monitor = ForgettingMonitor(self.dir.path, self.test_src.images[: cfg.monitor_images].cpu(), **kwargs)
+        monitor.forget_after(last if last is not None else -1)
+        return monitor
+
+    def _monitor_epoch(self, epoch: int, row: dict[str, Any], tracker) -> None:
+        """Learning / forgetting of the saved epoch against epoch 0 into ``row`` (and metrics.csv, the
+        state); the training's random streams are left as they were."""
+        if self.monitor is None:
+            return
+        with torch.random.fork_rng(devices=[]):
+            row.update(self.monitor.measure(epoch))
+        state = load_state(self.dir.state(epoch))
+        state["metrics"] = self.rows
+        save_state(self.dir.state(epoch), state)
+        write_metrics(self.dir.metrics, self.rows, self.energy)
+        tracker.log(self.monitor.per_layer(epoch), epoch, prefix="monitor/")
 
     # ---------------------------------------------------------------- epochs
     def _epoch_zero(self) -> None:

@@ -25,29 +25,29 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "PRETRAINED": "score",
-    "FINETUNED": "score",
-    "STIR_COLUMNS": "score",
-    "score": "score",
-    "cka_table": "score",
-    "FIRST_TERMS": "metrics",
-    "derive_metrics": "metrics",
-    "Plan": "plan",
-    "WorkItem": "plan",
-    "plan_inversions": "plan",
-    "sample_indices": "pool",
-    "image_pool": "pool",
-    "ImagePool": "pool",
-    "Execution": "run",
-    "Executor": "run",
-    "InProcess": "run",
-    "run_item": "run",
-    "run_plan": "run",
-    "Comparison": "result",
-    "load_comparison": "result",
-    "compare": "api",
-    "compare_plan": "api",
-    "stir": "api",
+    "PRETRAINED": "ftlens.invariance.score",
+    "FINETUNED": "ftlens.invariance.score",
+    "STIR_COLUMNS": "ftlens.invariance.score",
+    "score": "ftlens.invariance.score",
+    "cka_table": "ftlens.invariance.score",
+    "FIRST_TERMS": "ftlens.invariance.metrics",
+    "derive_metrics": "ftlens.invariance.metrics",
+    "Plan": "ftlens.invariance.plan",
+    "WorkItem": "ftlens.invariance.plan",
+    "plan_inversions": "ftlens.invariance.plan",
+    "sample_indices": "ftlens.invariance.pool",
+    "image_pool": "ftlens.invariance.pool",
+    "ImagePool": "ftlens.invariance.pool",
+    "Execution": "ftlens.invariance.run",
+    "Executor": "ftlens.invariance.run",
+    "InProcess": "ftlens.invariance.run",
+    "run_item": "ftlens.invariance.run",
+    "run_plan": "ftlens.invariance.run",
+    "Comparison": "ftlens.invariance.result",
+    "load_comparison": "ftlens.invariance.result",
+    "compare": "ftlens.invariance.api",
+    "compare_plan": "ftlens.invariance.api",
+    "stir": "ftlens.invariance.api",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -57,7 +57,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'ftlens.invariance' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"ftlens.invariance.{module}"), name)
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:

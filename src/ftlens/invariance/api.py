@@ -2,13 +2,14 @@
 
 Both are *plan -> run -> score -> derive*: :func:`~ftlens.invariance.plan.plan_inversions`
 lists the work items, an executor runs them (:class:`~ftlens.invariance.run.InProcess`, or
-the local-process and ``torch.distributed`` executors of :mod:`ftlens.distributed`), the
+the local-process and ``torch.distributed`` executors of :mod:`ftlens.invariance.parallel`), the
 scorer turns inversions into tidy STIR / CKA tables, and the pure derivations give per-layer
 metrics and flows. ``compare`` is the one way to run a comparison, in one process or many.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import time
@@ -18,8 +19,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ftlens import distributed, io
+from ftlens import io
 from ftlens.errors import ConfigError, LayerError
+from ftlens.invariance import parallel
 from ftlens.invariance.inputs import (
     ModelLike,
     as_model,
@@ -30,11 +32,20 @@ from ftlens.invariance.metrics import FIRST_TERMS
 from ftlens.invariance.plan import Plan, plan_inversions
 from ftlens.invariance.result import Comparison, build_comparison, inversion_table, model_info
 from ftlens.invariance.run import Executor, run_plan
-from ftlens.invariance.score import BOOTSTRAP_COLUMNS, FINETUNED, PRETRAINED, cka_table, score
+from ftlens.invariance.score import (
+    BOOTSTRAP_COLUMNS,
+    FINETUNED,
+    PRETRAINED,
+    cka_table,
+    estimator_of,
+    score,
+    stir_measure,
+)
 from ftlens.inversion import InversionSettings, runtime, schedule_fields
 from ftlens.layers import layer_numbers
 from ftlens.models import ModelWrapper
 from ftlens.settings import PAPER
+from ftlens.similarity.measure import Measure
 from ftlens.store import Cache, resolve_cache, tensor_hash
 from ftlens.texts import input_note, pool_inputs
 
@@ -95,6 +106,8 @@ def compare(
     residual_threshold: float = PAPER.residual_threshold,
     schedule: str | Mapping[str, Any] | None = None,
     batch_layers: bool | None = None,
+    measure: str | Measure | None = None,
+    image_size: int | Sequence[int] | None = None,
 ) -> Comparison | None:
     """Learning, forgetting, cka divergence and InvarianceFlow of ``finetuned`` vs ``pretrained``.
 
@@ -131,7 +144,7 @@ def compare(
             single-process one. Under a launcher (``accelerate launch``, ``torchrun``) the
             launcher's processes are used and every rank but 0 returns ``None``.
         executor: where the work items run (default from ``processes`` and the launcher:
-            :func:`ftlens.distributed.executor`).
+            :func:`ftlens.invariance.parallel.executor`).
         bootstrap: resamples of the images within each seed for the per-layer intervals
             (0: intervals over seeds only); cheap, from the Gram matrices.
         confidence: level of the intervals (0.95).
@@ -140,6 +153,13 @@ def compare(
         batch_layers: run each model's inversions (all layers and seeds) in one staged batch
             per step (:mod:`ftlens.inversion.batched`; speed only, same results up to rounding,
             not in the cache key); default: the current :func:`ftlens.inversion.runtime`'s (off).
+        measure: the similarity inside STIR and cka divergence instead of linear CKA: a registered
+            similarity measure's name (``svcca``, ``rsa_correlation_spearman``, ``mutual_knn``, ...;
+            :func:`ftlens.similarity.measure_names`) or a :class:`~ftlens.similarity.Measure`. The
+            inversions are the same (and cached the same); there is no image bootstrap with a
+            measure other than linear CKA (intervals over seeds).
+        image_size: input resolution for models given as specs or module objects
+            (:func:`ftlens.load_model`'s; a ViT is resampled to it, a CNN takes the images' size).
 
     Returns:
         a :class:`~ftlens.invariance.result.Comparison` (``None`` on ranks other than 0 under a
@@ -150,15 +170,30 @@ def compare(
         wrong shape, fewer than ``n_images``, or models with different input sizes.
     """
     t_start = time.perf_counter()
+    chosen, debiased = stir_measure(measure, debiased)  # an unknown or unfit measure fails before any work
     if first_term not in FIRST_TERMS:
         raise ConfigError(f"first_term must be one of {FIRST_TERMS}, got {first_term!r}")
-    executor = executor or distributed.executor(processes=processes, threads=threads, cache=cache)
-    pt = as_model(pretrained, PRETRAINED)
-    ft = as_model(finetuned, FINETUNED)
+    executor = executor or parallel.executor(processes=processes, threads=threads, cache=cache)
+    pt = as_model(pretrained, PRETRAINED, image_size)
+    ft = as_model(finetuned, FINETUNED, image_size)
     images = pool_inputs(images, pt)  # texts: the pretrained model's word vectors
     note = input_note(pt, {FINETUNED: ft})
     models, images, device = executor.prepare({PRETRAINED: pt, FINETUNED: ft}, images, device)
     pt, ft = models[PRETRAINED], models[FINETUNED]
+    # one session per model for the whole call: the weights are checked (and hashed again where
+    # they changed) once, here, and the models are in their working state until the end
+    with pt.session(check=True), ft.session(check=True):
+        return _compare(pt, ft, images, device, executor, t_start, layers=layers, seeds=seeds, n_images=n_images,
+                        steps=steps, step_size=step_size, start=start, cache=cache, debiased=debiased,
+                        first_term=first_term, batch_size=batch_size, autocast=autocast, progress=progress,
+                        bootstrap=bootstrap, confidence=confidence, residual_threshold=residual_threshold,
+                        schedule=schedule, batch_layers=batch_layers, chosen=chosen, note=note)
+
+
+def _compare(pt: ModelWrapper, ft: ModelWrapper, images: torch.Tensor, device, executor: Executor, t_start: float, *,
+             layers, seeds, n_images, steps, step_size, start, cache, debiased, first_term, batch_size, autocast,
+             progress, bootstrap, confidence, residual_threshold, schedule, batch_layers,
+             chosen: Measure | None, note: Any) -> Comparison | None:
     fields = schedule_fields(schedule)
     if fields.get("schedule", PAPER.schedule) != "fixed" and "stop_residual" not in fields:
         # one threshold: the early-stopping schedules stop images at a fraction of the convergence gate's
@@ -178,13 +213,14 @@ def compare(
     boot_rows: list = []
     stir_df = score(plan, invs, images, {PRETRAINED: (pt, layer_list), FINETUNED: (ft, layer_list)},
                     debiased=debiased, batch_size=batch_size, clean_grams=clean, bootstrap=bootstrap,
-                    bootstrap_rows=boot_rows)
+                    bootstrap_rows=boot_rows, measure=chosen)
     numbers = layer_numbers(layer_list, pt)
     cka_df = cka_table(clean, plan.seeds, layer_list, debiased, numbers=numbers, bootstrap=bootstrap,
-                       bootstrap_rows=boot_rows, n_images=plan.n_images)
+                       bootstrap_rows=boot_rows, n_images=plan.n_images, measure=chosen)
     boot_df = pd.DataFrame(boot_rows, columns=BOOTSTRAP_COLUMNS) if boot_rows else None
     t_score = time.perf_counter()
-    estimator = "debiased" if debiased else "biased"
+    estimator = estimator_of(chosen, debiased)
+    similarity = f"linear CKA ({estimator} HSIC), float64" if chosen is None else f"{chosen.label}, float64"
     config: dict[str, Any] = {
         "kind": "ftlens.compare",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -200,10 +236,11 @@ def compare(
         "samples": {str(k): v for k, v in plan.samples.items()},
         "inversion": settings.as_dict(),
         "estimator": estimator,
-        "similarity": f"linear CKA ({estimator} HSIC), float64",
+        "similarity": similarity,
+        "measure": chosen.name if chosen is not None else ("linear_cka_debiased" if debiased else "linear_cka"),
         "first_term": first_term,
         "confidence": confidence,
-        "bootstrap": int(bootstrap),
+        "bootstrap": int(bootstrap) if chosen is None else 0,
         "residual_threshold": residual_threshold,
         "flow_definition": {
             "flow": "eq. 5 as printed: flow[i, j] = STIR(ft^[j] | pt^[i]) - STIR(ft^[i] | pt^[j]); "
@@ -232,14 +269,14 @@ def compare(
     return build_comparison(stir_df, cka_df, inversion_table(plan, invs), config, boot_df)
 
 
-def _label_models(target) -> dict[str, ModelWrapper]:
+def _label_models(target, image_size=None) -> dict[str, ModelWrapper]:
     if isinstance(target, Mapping):
-        return {str(k): as_model(v, f"target {k}") for k, v in target.items()}
+        return {str(k): as_model(v, f"target {k}", image_size) for k, v in target.items()}
     if isinstance(target, (ModelWrapper, str, os.PathLike)):
         target = [target]
     out: dict[str, ModelWrapper] = {}
     for i, m in enumerate(target):
-        m = as_model(m, f"target {i}")
+        m = as_model(m, f"target {i}", image_size)
         label, k = m.name, 2
         while label in out:
             label, k = f"{m.name}#{k}", k + 1
@@ -267,6 +304,8 @@ def stir(
     reference_name: str | None = None,
     progress: bool | None = None,
     schedule: str | Mapping[str, Any] | None = None,
+    measure: str | Measure | None = None,
+    image_size: int | Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """``STIR(target^[i] | reference^[j])`` for every target layer ``i`` and reference layer ``j``.
 
@@ -284,16 +323,20 @@ def stir(
         cache: ``True`` (default directory), a directory / :class:`~ftlens.store.Cache`, or None.
         schedule: inversion schedule: ``None`` / ``"adaptive"`` (default), ``"fixed"`` (the
             paper) or a mapping (:func:`ftlens.inversion.schedule_fields`).
+        measure: a registered similarity measure instead of linear CKA (as in :func:`compare`).
+        image_size: input resolution for models given as specs or module objects.
 
     Returns:
         Tidy DataFrame with columns ``target, reference, target_layer, target_layer_number,
         reference_layer, reference_layer_number, seed, stir, residual, estimator``
-        (``residual``: mean relative residual of the inversion; layer numbers 1-based).
+        (``residual``: mean relative residual of the inversion; layer numbers 1-based;
+        ``estimator``: ``biased`` / ``debiased`` for linear CKA, else the measure's name).
     """
-    ref = as_model(reference, "reference")
+    chosen, debiased = stir_measure(measure, debiased)
+    ref = as_model(reference, "reference", image_size)
     ref_label = reference_name or ref.name
     images = pool_inputs(images, ref)  # texts: the reference model's word vectors
-    tmodels = _label_models(target)
+    tmodels = _label_models(target, image_size)
     check_input_sizes({ref_label: ref, **tmodels}, images)
     tlayers = {}
     for label, m in tmodels.items():
@@ -303,8 +346,11 @@ def stir(
             raise LayerError(f"target {label}: {exc}") from None
     settings = InversionSettings(steps=steps, step_size=step_size, start=start, autocast=autocast,
                                  **schedule_fields(schedule))
-    plan = plan_inversions({ref_label: ref}, images, layers=reference_layers, seeds=seeds, n_images=n_images,
-                           settings=settings, device=device)
-    invs = run_plan(plan, images, cache=cache, batch_size=batch_size, progress=progress)
-    return score(plan, invs, images, {label: (m, tlayers[label]) for label, m in tmodels.items()},
-                 debiased=debiased, batch_size=batch_size)
+    with contextlib.ExitStack() as stack:  # each model checked once and in its working state throughout
+        for m in {id(m): m for m in (ref, *tmodels.values())}.values():
+            stack.enter_context(m.session(check=True))
+        plan = plan_inversions({ref_label: ref}, images, layers=reference_layers, seeds=seeds, n_images=n_images,
+                               settings=settings, device=device)
+        invs = run_plan(plan, images, cache=cache, batch_size=batch_size, progress=progress)
+        return score(plan, invs, images, {label: (m, tlayers[label]) for label, m in tmodels.items()},
+                     debiased=debiased, batch_size=batch_size, measure=chosen)

@@ -8,18 +8,29 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ftlens.errors import ConfigError, ImageError, LayerError
+from ftlens.errors import ConfigError, ImageError, ImageSizeError, LayerError
 from ftlens.models import ModelWrapper, load_model
 
 __all__ = ["ModelLike", "as_model", "check_input_sizes", "check_pool", "resolve_shared_layers", "seed_list"]
 
 ModelLike = ModelWrapper | str | os.PathLike
 
-def as_model(model: ModelLike | torch.nn.Module, what: str) -> ModelWrapper:
-    """``model`` as a :class:`~ftlens.models.ModelWrapper` (a spec or a module object is loaded)."""
+def as_model(model: ModelLike | torch.nn.Module, what: str, image_size: int | Sequence[int] | None = None
+             ) -> ModelWrapper:
+    """``model`` as a :class:`~ftlens.models.ModelWrapper` (a spec or a module object is loaded,
+    at ``image_size`` when given; a wrapper must already take that size, or any size)."""
     if isinstance(model, ModelWrapper):
+        if image_size is not None and model.input_size is not None and not model._any_size:
+            from ftlens.models.load import hw_of
+
+            hw = hw_of(image_size)
+            if tuple(model.input_size[1:]) != hw:
+                raise ImageSizeError(
+                    f"the {what} model {model.name} was loaded for {model.input_size[1]}x{model.input_size[2]} "
+                    f"images, not {hw[0]}x{hw[1]}; load it with ftlens.load_model(..., image_size={hw[0]}) "
+                    "or pass the spec or module instead of the wrapper")
         return model
-    return load_model(model)  # a spec, or a module object (its family describes it)
+    return load_model(model, **({"image_size": image_size} if image_size is not None else {}))
 
 
 def check_input_sizes(models: Mapping[str, ModelWrapper], images: torch.Tensor | None = None) -> None:
@@ -30,9 +41,10 @@ def check_input_sizes(models: Mapping[str, ModelWrapper], images: torch.Tensor |
     sizes = {label: m.input_size for label, m in models.items()}
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"{label} {m.name}: {sizes[label]}" for label, m in models.items())
-        raise ImageError(
+        raise ImageSizeError(
             f"the models expect different input sizes ({listed}), so no image set fits all of them; "
-            "compare models with the same input size (C, H, W), e.g. load them with the same img_size"
+            "pass the same image_size for all of them (ftlens.load_model / ftlens.compare image_size=..., "
+            "--image-size on the command line)"
         )
 
 

@@ -12,10 +12,14 @@ only on ``(pool size, n_images, seed)``, so cache keys do not depend on the othe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ftlens.errors import ImageError
+
+if TYPE_CHECKING:
+    from ftlens.data.base import ImageDataset
 
 __all__ = ["ImagePool", "image_pool", "pool_size", "sample_indices"]
 
@@ -62,7 +66,7 @@ class ImagePool:
                 "indices": list(self.indices)}
 
 
-def image_pool(dataset, n_images: int, seeds: int, *, seed: int = POOL_SEED) -> ImagePool:
+def image_pool(dataset: ImageDataset, n_images: int, seeds: int, *, seed: int = POOL_SEED) -> ImagePool:
     """The pool for ``seeds`` seeds of ``n_images`` images from ``dataset`` (a dataset of ``ftlens.data``).
 
     Raises ImageError when the dataset has fewer than ``n_images`` images.

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from ftlens.invariance.plan import Plan, WorkItem
-from ftlens.inversion import Inversion, cached_inversion, current_runtime
+from ftlens.inversion import Inversion, ProgressFn, cached_inversion, current_runtime
 from ftlens.inversion.batched import Job
 from ftlens.inversion.cached import cached_inversions
 from ftlens.models import ModelWrapper
@@ -81,7 +81,7 @@ def run_item(
     *,
     cache: Cache | str | os.PathLike | bool | None = True,
     batch_size: int | None = None,
-    progress=False,
+    progress: bool | ProgressFn | None = False,
 ) -> Inversion:
     """Compute (or load from ``cache``) the inversion of one work item.
 
@@ -178,10 +178,11 @@ class Executor(Protocol):
     ``is_main`` says whether this process scores and returns the result.
     """
 
-    is_main: bool
+    @property
+    def is_main(self) -> bool: ...
 
     def prepare(self, models: Mapping[str, ModelWrapper], images: torch.Tensor,
-                device: torch.device | None) -> tuple[dict[str, ModelWrapper], torch.Tensor, torch.device | None]: ...
+                device: str | torch.device | None) -> tuple[dict[str, ModelWrapper], torch.Tensor, str | torch.device | None]: ...
 
     def run(self, plan: Plan, images: torch.Tensor, *, cache: Cache | None, batch_size: int | None,
             progress: bool | None) -> Execution | None: ...
@@ -192,7 +193,8 @@ class InProcess:
 
     is_main = True
 
-    def prepare(self, models, images, device):
+    def prepare(self, models: Mapping[str, ModelWrapper], images: torch.Tensor,
+                device: str | torch.device | None) -> tuple[dict[str, ModelWrapper], torch.Tensor, str | torch.device | None]:
         return dict(models), images, device
 
     def run(self, plan: Plan, images: torch.Tensor, *, cache: Cache | None, batch_size: int | None,

@@ -2,7 +2,11 @@
 
 ``STIR(target^[i] | reference^[j]) = CKA(target^[i](X), target^[i](X'_j))`` where ``X'_j`` is
 inverted on ``reference^[j]``; every CKA is computed from float64 Gram matrices
-(:func:`ftlens.similarity.cka_from_grams`).
+(:func:`ftlens.similarity.cka_from_grams`). Another registered *similarity* measure
+(``measure=NAME``: SVCCA, RSA, mutual k-NN, ...; :mod:`ftlens.similarity.registry`) can take CKA's
+place: then the clean and inverted representations are kept instead of their Grams, the measure
+is called on each pair, and there is no image bootstrap (resampling repeats images, which CCA and
+nearest-neighbour measures cannot take; the intervals are over seeds).
 """
 
 from __future__ import annotations
@@ -12,15 +16,53 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import torch
 
+from ftlens.errors import ConfigError
 from ftlens.invariance.plan import Plan
 from ftlens.inversion import Inversion
 from ftlens.layers import layer_numbers
 from ftlens.models import ModelWrapper
 from ftlens.similarity import cka_from_grams, gram_linear
+from ftlens.similarity.measure import Measure
+from ftlens.similarity.registry import get_measure, measure_names
 from ftlens.vocabulary import FINETUNED, PRETRAINED
 
 __all__ = ["BOOTSTRAP_COLUMNS", "CKA_COLUMNS", "FINETUNED", "PRETRAINED", "STIR_COLUMNS", "bootstrap_cka",
-           "bootstrap_indices", "cka_table", "grams", "score"]
+           "bootstrap_indices", "cka_table", "grams", "score", "stir_measure"]
+
+#: the measures STIR computes from Gram matrices (with the image bootstrap)
+GRAM_MEASURES = {"linear_cka": False, "linear_cka_debiased": True}
+
+
+def stir_measure(measure: str | Measure | None, debiased: bool = False) -> tuple[Measure | None, bool]:
+    """``(measure, debiased)`` of STIR: ``(None, debiased)`` for linear CKA (from Grams;
+    ``linear_cka_debiased`` sets ``debiased``), else ``(a registered similarity, False)``; a
+    distance, or ``debiased`` with another measure, is a :class:`ConfigError`."""
+    if measure is None:
+        return None, bool(debiased)
+    m = get_measure(measure)
+    if m.name in GRAM_MEASURES:
+        if debiased and not GRAM_MEASURES[m.name]:
+            raise ConfigError("debiased=True (--debiased) selects linear_cka_debiased, but the measure 'linear_cka' "
+                              "was given: name one of them")
+        return None, GRAM_MEASURES[m.name]
+    if debiased:
+        raise ConfigError(f"debiased=True (--debiased) is a CKA estimator; the measure {m.name!r} has none: drop it")
+    if m.kind != "similarity":
+        similar = [n for n in measure_names() if get_measure(n).kind == "similarity"]
+        raise ConfigError(f"STIR needs a similarity (1 = the layer ignores what the reference ignored); {m.name!r} is a "
+                          f"{m.kind}. Similarity measures: {', '.join(similar)}")
+    return m, False
+
+
+def estimator_of(measure: Measure | None, debiased: bool) -> str:
+    """What the ``estimator`` column says: ``biased`` / ``debiased`` (linear CKA) or the measure's name."""
+    return measure.name if measure is not None else ("debiased" if debiased else "biased")
+
+
+def features(model: ModelWrapper, x: torch.Tensor, layers: list[str], batch_size: int | None) -> dict[str, torch.Tensor]:
+    """``{layer: (n, features)}`` representations of ``model``'s ``layers`` on images ``x`` (CPU tensors)."""
+    reps = model.representations(x, layers, batch_size=batch_size or 256)
+    return {layer: reps.pop(layer).cpu() for layer in layers}
 
 #: the tidy STIR table (``PRETRAINED`` / ``FINETUNED``, the role labels, come from :mod:`ftlens.vocabulary`)
 STIR_COLUMNS = ["target", "reference", "target_layer", "target_layer_number", "reference_layer",
@@ -90,17 +132,11 @@ def _grams_on_device(model: ModelWrapper, x: torch.Tensor, layers: list[str], ba
     device = model.device
     bs = batch_size or 256
     chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
-    was_training = model.module.training
-    model.module.eval()
-    try:
-        with torch.inference_mode():
-            for lo in range(0, x.shape[0], bs):
-                reps = model.forward_layers(x[lo : lo + bs].to(device, non_blocking=True), layers, clone=False)
-                for layer in layers:
-                    chunks[layer].append(reps[layer].float())
-    finally:
-        if was_training:
-            model.module.train()
+    with model.session(), torch.inference_mode():
+        for lo in range(0, x.shape[0], bs):
+            reps = model.forward_layers(x[lo : lo + bs].to(device, non_blocking=True), layers, clone=False)
+            for layer in layers:
+                chunks[layer].append(reps[layer].float())
     return {layer: gram_linear(torch.cat(chunks.pop(layer))).cpu() for layer in layers}
 
 
@@ -115,6 +151,7 @@ def score(
     clean_grams: dict | None = None,
     bootstrap: int = 0,
     bootstrap_rows: list | None = None,
+    measure: Measure | None = None,
 ) -> pd.DataFrame:
     """Tidy STIR table of every target layer against every finished inversion of the plan.
 
@@ -129,7 +166,9 @@ def score(
             (reused if already filled), e.g. to compute CKA on clean images without another forward.
         bootstrap: resamples of the images per seed for the per-layer (``target_layer ==
             reference_layer``) values; appended to ``bootstrap_rows`` as tuples of
-            :data:`BOOTSTRAP_COLUMNS` (:func:`bootstrap_cka`).
+            :data:`BOOTSTRAP_COLUMNS` (:func:`bootstrap_cka`); linear CKA only.
+        measure: another similarity instead of linear CKA (:func:`stir_measure`); ``clean_grams``
+            then holds representations, not Grams.
     """
     clean = clean_grams if clean_grams is not None else {}
     missing = [item for item in plan.items if item.key not in inversions]
@@ -138,7 +177,8 @@ def score(
             f"{len(missing)} work item(s) have no inversion (first: {missing[0].describe()}); "
             "run them first (run_plan) or load them from the cache"
         )
-    estimator = "debiased" if debiased else "biased"
+    estimator = estimator_of(measure, debiased)
+    prepare = grams if measure is None else features
     numbers = {label: dict(zip(layers, layer_numbers(list(layers), model), strict=True))
                for label, (model, layers) in targets.items()}
     ref_numbers = {label: dict(zip(plan.layers[label], layer_numbers(plan.layers[label], model), strict=True))
@@ -148,20 +188,23 @@ def score(
         x = plan.sample(images, seed)
         for label, (model, layers) in targets.items():
             if (label, seed) not in clean:
-                clean[(label, seed)] = grams(model, x, list(layers), batch_size)
+                clean[(label, seed)] = prepare(model, x, list(layers), batch_size)
         for item in (it for it in plan.items if it.seed == seed):
             inv = inversions[item.key]
             residual = inv.mean_residual
             for label, (model, layers) in targets.items():
-                inverted = grams(model, inv.images, list(layers), batch_size)
+                inverted = prepare(model, inv.images, list(layers), batch_size)
                 for layer in layers:
-                    value = cka_from_grams(clean[(label, seed)][layer], inverted[layer], debiased=debiased,
-                                           names=(f"layer {layer} of the {label} model",
-                                                  f"layer {layer} of the {label} model on images inverted through "
-                                                  f"layer {item.layer} of the {item.reference} model"))
+                    if measure is not None:
+                        value = measure(clean[(label, seed)][layer], inverted[layer])
+                    else:
+                        value = cka_from_grams(clean[(label, seed)][layer], inverted[layer], debiased=debiased,
+                                               names=(f"layer {layer} of the {label} model",
+                                                      f"layer {layer} of the {label} model on images inverted "
+                                                      f"through layer {item.layer} of the {item.reference} model"))
                     rows.append((label, item.reference, layer, numbers[label][layer], item.layer,
                                  ref_numbers[item.reference][item.layer], seed, value, residual))
-                if bootstrap and bootstrap_rows is not None and item.layer in layers:
+                if bootstrap and bootstrap_rows is not None and item.layer in layers and measure is None:
                     index = bootstrap_indices(plan.n_images, bootstrap, seed)
                     values = bootstrap_cka(clean[(label, seed)][item.layer], inverted[item.layer], index,
                                            debiased=debiased)
@@ -183,17 +226,20 @@ def cka_table(
     bootstrap: int = 0,
     bootstrap_rows: list | None = None,
     n_images: int | None = None,
+    measure: Measure | None = None,
 ) -> pd.DataFrame:
     """Tidy clean-image CKA: ``CKA(ft^[a], pt^[b])`` and ``CKA(pt^[a], pt^[b])`` for all a, b.
 
     One row per (model, layer a, pretrained_layer b, seed) (:data:`CKA_COLUMNS`); ``numbers``
     are the layers' 1-based positions (default ``1..L``). With ``bootstrap``, the per-layer ``CKA(ft^[i], pt^[i])`` of each resample of the seed's
-    ``n_images`` images is appended to ``bootstrap_rows`` (quantity ``"cka"``).
+    ``n_images`` images is appended to ``bootstrap_rows`` (quantity ``"cka"``). With ``measure``
+    (:func:`stir_measure`), ``clean_grams`` holds representations and the column ``cka`` is that
+    measure (no bootstrap).
     """
     number = dict(zip(layers, numbers if numbers is not None else range(1, len(layers) + 1), strict=True))
     rows = []
     for seed in seeds:
-        if bootstrap and bootstrap_rows is not None:
+        if bootstrap and bootstrap_rows is not None and measure is None:
             index = bootstrap_indices(int(n_images), bootstrap, seed)
             for layer in layers:
                 values = bootstrap_cka(clean_grams[(FINETUNED, seed)][layer], clean_grams[(PRETRAINED, seed)][layer],
@@ -205,9 +251,13 @@ def cka_table(
             own = clean_grams[(model, seed)]
             for la in layers:
                 for lb in layers:
-                    value = cka_from_grams(own[la], pt[lb], debiased=debiased,
-                                           names=(f"layer {la} of the {model} model", f"layer {lb} of the {PRETRAINED} model"))
+                    if measure is not None:
+                        value = measure(own[la], pt[lb])
+                    else:
+                        value = cka_from_grams(own[la], pt[lb], debiased=debiased,
+                                               names=(f"layer {la} of the {model} model",
+                                                      f"layer {lb} of the {PRETRAINED} model"))
                     rows.append((model, la, number[la], lb, number[lb], seed, value))
     df = pd.DataFrame(rows, columns=CKA_COLUMNS)
-    df["estimator"] = "debiased" if debiased else "biased"
+    df["estimator"] = estimator_of(measure, debiased)
     return df

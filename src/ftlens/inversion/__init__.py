@@ -15,17 +15,22 @@ Given a model ``m``, a layer ``j`` and images ``X`` (values in [0, 1]), :func:`i
 - the iterate with the lowest residual seen is kept per image ("use best"), the start and the
   last iterate included (``steps`` gradient steps, ``steps + 1`` evaluated iterates).
 
-Schedules (:class:`InversionSettings`). ``schedule="fixed"`` is the paper's loop above, every
-image taking every step. The default ``"adaptive"`` keeps the method (the start, the residual,
-the normalised-gradient direction, the clamp, "use best") and changes two things per image:
-the step length (multiplied by ``grow`` = 1.5 after a step that lowered the image's best
-residual, by ``decay`` = 0.5 after one that did not, capped at ``8 * step_size``) and when it
-stops (once its best residual is at most ``stop_residual`` = :data:`STOP_RESIDUAL`, or
-after ``patience`` = 3 evaluations in a row without a 1% improvement; ``steps`` is the cap).
-The batch shrinks to the images still running. A moment-based optimiser (Adam) was not taken:
-its steps are not normalised-gradient steps, so it would be another method, not a schedule of
-this one. The choice is measured in BENCHMARKS.md (STIR within 0.02 of the fixed path with
-fewer image-steps).
+Schedules (:class:`InversionSettings`, rules in :mod:`ftlens.inversion.rules`).
+``schedule="fixed"`` is the paper's loop above, every image taking every step. The default
+``"adam"`` keeps the method's objective, start, clamp and "use best" and changes the step: Adam on
+the pixels (per-pixel moment estimates, step ``lr`` = 0.05 in [0, 1] pixel units), up to ``steps``
+= 150 steps, an image stopping once its best residual is at most ``stop_residual`` =
+:data:`STOP_RESIDUAL` or fell by less than 1% over its last ``patience`` = 20 evaluations.
+``"adaptive"`` (the default before Adam) keeps the normalised-gradient direction with a per-image
+step length (times ``grow`` = 1.5 after a step that lowered the image's best residual, times
+``decay`` = 0.5 after one that did not) and stops an image after ``patience`` evaluations in a row
+without a 1% improvement. The batch shrinks to the images still running. Why Adam: the
+normalised gradient of a deep layer is concentrated in few pixels, so a step of fixed L2 length
+moves those and starves the rest, and the adaptive schedule's stop ends images that are still
+improving slowly; Adam scales each pixel by its own gradient history. Measured in
+BENCHMARKS.md ("Which inversion converges"): the residual it reaches in 50 passes the old
+default does not reach in 150, and STIR does not depend on the optimizer once converged
+(``tests/test_convergence.py``).
 
 Start noise is *not* clamped: ``X'_0`` is raw N(0, 1) as in §2. The model's forward clamps
 pixels to [0, 1] before normalising, so the representation of ``X'_0`` is that of

@@ -30,26 +30,15 @@ __all__ = ["DEFAULT_BATCH_SIZE", "Runtime", "auto_batch_size", "batch_size_from_
 DEFAULT_BATCH_SIZE = 256
 
 
-@contextlib.contextmanager
-def _eval_mode(model: ModelWrapper) -> Iterator[None]:
-    was_training = model.module.training
-    model.module.eval()
-    try:
-        yield
-    finally:
-        if was_training:
-            model.module.train()
+def _eval_mode(model: ModelWrapper) -> contextlib.AbstractContextManager[None]:
+    """The model's working state for the duration (:meth:`ModelWrapper.session`: eval mode, no
+    parameter gradients, channels-last CNN weights; the model's own state restored after)."""
+    return model.session()
 
 
-
-@contextlib.contextmanager
-def _channels_last(model: ModelWrapper) -> Iterator[None]:
-    """The module in the channels-last memory format for the duration (4-d weights only)."""
-    model.module.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        model.module.to(memory_format=torch.contiguous_format)
+def _channels_last(model: ModelWrapper) -> contextlib.AbstractContextManager[None]:
+    """The same session: a CNN's weights are channels-last inside every session."""
+    return model.session()
 
 
 

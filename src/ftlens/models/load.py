@@ -22,8 +22,11 @@ from ftlens.models.checkpoint import (
 )
 from ftlens.models.families import FAMILIES, family_named, family_of, family_prefix
 from ftlens.models.families.base import PRE_LOGITS, Built, Source
+from ftlens.models.text_wrapper import TextWrapper
 from ftlens.models.wrapper import ModelWrapper, short_name
 
+#: The wrapper of each family's models, by the name :meth:`Family.wrapper_class` gives.
+_WRAPPERS: dict[str | None, type[ModelWrapper]] = {None: ModelWrapper, "text": TextWrapper}
 
 def load_model(
     spec: str | os.PathLike | nn.Module,
@@ -37,10 +40,26 @@ def load_model(
     include_norm: bool = False,
     image_size: int | Sequence[int] | None = None,
     tokens: str = "all",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    copy: bool = False,
     **kwargs: Any,
 ) -> ModelWrapper:
     """Load a model as a :class:`ModelWrapper`.
+
+    Your model stays yours. Given an ``nn.Module``, the wrapper holds that very object and never
+    leaves it changed: eval mode, ``requires_grad=False``, channels-last CNN weights and the
+    ``device`` are applied only for the duration of each piece of ftlens's work
+    (:meth:`ModelWrapper.session`) and put back after (each module's own mode, each parameter's
+    own flag, the same tensors), so a model in the middle of training goes on training, and its
+    optimizer with it. Results are always of the weights as they are when ftlens uses them: train
+    the model between two calls and the second call sees the new weights (the fingerprint, and so
+    every cache key, is checked against the weights at use time). ``copy=True`` wraps a deep copy
+    instead (frozen at this moment, in eval mode for good). A family that must restructure the
+    model works on a copy from the start: a PEFT model (its adapters merged), a Hugging Face
+    ``CLIPModel`` (its image tower), a timm ViT given another ``image_size`` (its position
+    embedding resampled); a torchvision, Hugging Face or open_clip model shares its weights with
+    yours. Specs, checkpoints and runs build a model of the wrapper's own (eval mode, no
+    gradients, channels-last when convolutional).
 
     Args:
         spec: ``"timm:NAME"``, ``"torchvision:NAME"``, ``"hf:NAME_OR_DIR"``,
@@ -55,8 +74,12 @@ def load_model(
         arch: architecture spec of a checkpoint that does not record its own.
         include_norm: also append ``pre_logits`` (what the classification head sees) to the defaults.
         image_size: input resolution ``H`` or ``(H, W)`` (default: the model's own, or the one a
-            checkpoint records); a ViT's position embedding is resampled to the new grid.
+            checkpoint records); a ViT's position embedding is resampled to the new grid. A
+            convolutional model takes any size anyway: the images it is given decide (this is only
+            its size until it sees images).
         tokens: ``"all"`` (tokens / feature map flattened, the default), ``"cls"`` or ``"mean"``.
+        device: where ftlens runs the model (default: a module where it is, a spec on the CPU).
+        copy: wrap a deep copy of a module object instead of the object itself.
         **kwargs: passed to the family's builder (e.g. :func:`timm.create_model`'s ``img_size``,
             ``depth``; ``base=`` for ``peft:``).
     """
@@ -64,12 +87,13 @@ def load_model(
     if isinstance(spec, ModelWrapper):
         raise ModelError("load_model got a ModelWrapper; it is loaded already (use it directly, or .copy())")
     if isinstance(spec, nn.Module):
-        wrapper = from_module(spec, layers=layers, mean=mean, std=std, channels=channels, hw=hw, tokens=tokens)
+        wrapper = from_module(spec, layers=layers, mean=mean, std=std, channels=channels, hw=hw, tokens=tokens,
+                              copy=copy)
     else:
         spec = str(spec)
         prefix = family_prefix(spec)
         if prefix is not None:
-            built = FAMILIES[prefix].build(spec.split(":", 1)[1], pretrained=pretrained, **kwargs)
+            built = _build(prefix, spec.split(":", 1)[1], pretrained=pretrained, **kwargs)
             wrapper = wrap(built, spec, layers=layers, mean=mean, std=std, channels=channels, hw=hw, tokens=tokens)
         else:
             path = resolve_run_checkpoint(spec) if looks_like_run_spec(spec) else Path(spec)
@@ -83,7 +107,16 @@ def load_model(
                 wrapper.name = f"{path.parent.parent.name}@{int(path.stem.split('_')[1])}"
     if include_norm and PRE_LOGITS in wrapper._aliases and PRE_LOGITS not in wrapper.layers:
         wrapper.layers = wrapper.layers + [PRE_LOGITS]
-    return wrapper.to(device)
+    return wrapper.to(device) if device is not None else wrapper
+
+
+def _build(prefix: str, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
+    """``FAMILIES[prefix].build(...)``, given ``load=load_model`` when the family loads other
+    models (PEFT loads its base), so that no family imports this module."""
+    family = FAMILIES[prefix]
+    if family.loads_models:
+        kwargs["load"] = load_model
+    return family.build(name, pretrained=pretrained, **kwargs)
 
 
 def takes_pretrained(spec: str) -> bool:
@@ -125,9 +158,10 @@ def hw_of(size: int | Sequence[int]) -> tuple[int, int]:
 
 def wrap(built: Built, spec: str, *, layers: Sequence[str] | None, mean: Sequence[float] | None,
          std: Sequence[float] | None, channels: int | None, hw: tuple[int, int] | None, tokens: str,
-         extra_state: dict[str, torch.Tensor] | None = None) -> ModelWrapper:
+         extra_state: dict[str, torch.Tensor] | None = None, owned: bool = True) -> ModelWrapper:
     """A built module as a wrapper: resized to ``hw`` when asked, preprocessing from the family
-    (or the build's own, or the caller's)."""
+    (or the build's own, or the caller's). ``owned=False``: the module (or its weights) is a
+    user's, changed only for the duration of ftlens's work."""
     family = family_named(built.family)
     module = built.module
     pre = built.preprocessing
@@ -141,18 +175,24 @@ def wrap(built: Built, spec: str, *, layers: Sequence[str] | None, mean: Sequenc
         input_size = (channels or (d.input_size[0] if d.input_size else 3), *hw)
     elif d.input_size is not None:
         input_size = (channels or d.input_size[0], *d.input_size[1:])
-    module.requires_grad_(False)
-    return (family.wrapper_class() or ModelWrapper)(
+    return _WRAPPERS[family.wrapper_class()](
         module, spec=spec, mean=mean or pre.get("mean") or d.mean, std=std or pre.get("std") or d.std,
         input_size=input_size, layers=layers, source=built.source, extra_state=extra_state, name=built.name,
-        random_init=built.random_init, tokens=tokens, family=family.prefix, info=built.info,
+        random_init=built.random_init, tokens=tokens, family=family.prefix, info=built.info, owned=owned,
     )
 
 
 def from_module(module: nn.Module, *, layers: Sequence[str] | None, mean: Sequence[float] | None,
                 std: Sequence[float] | None, channels: int | None, hw: tuple[int, int] | None,
-                tokens: str) -> ModelWrapper:
-    """A user's module object (the family that owns it describes it; it cannot be rebuilt from a file)."""
+                tokens: str, copy: bool = False) -> ModelWrapper:
+    """A user's module object (the family that owns it describes it; it cannot be rebuilt from a
+    file). The wrapper shares the user's weights unless ``copy`` or the family restructures the
+    model on a copy (then it owns them)."""
+    import copy as _copy
+
+    user = {id(p) for p in module.parameters()}
+    if copy:
+        module = _copy.deepcopy(module)
     family = family_of(module)
     info: dict[str, Any] = {}
     if family.prefix == "peft":
@@ -163,9 +203,13 @@ def from_module(module: nn.Module, *, layers: Sequence[str] | None, mean: Sequen
         module = family.adopt(module)
         family = family_of(module)
     module = family.adopt(module)
+    if hw is not None and family.resizes_in_place(module, hw) and any(id(p) in user for p in module.parameters()):
+        module = _copy.deepcopy(module)  # resampling a position embedding would change the user's model
+    owned = not any(id(p) in user for p in module.parameters())
     name = type(module).__name__ if family.prefix == "module" else None
     built = Built(module, Source("module", {}), random_init=False, family=family.prefix, info=info, name=name)
-    return wrap(built, "<module>", layers=layers, mean=mean, std=std, channels=channels, hw=hw, tokens=tokens)
+    return wrap(built, "<module>", layers=layers, mean=mean, std=std, channels=channels, hw=hw, tokens=tokens,
+                owned=owned)
 
 
 def from_checkpoint(path: Path, *, arch: str | None, layers: Sequence[str] | None, mean: Sequence[float] | None,
@@ -185,7 +229,7 @@ def from_checkpoint(path: Path, *, arch: str | None, layers: Sequence[str] | Non
     prefix = family_prefix(arch)
     if prefix is None:
         raise CheckpointError(f"checkpoint {path}: architecture {arch!r} names no model family")
-    built = FAMILIES[prefix].build(arch.split(":", 1)[1], pretrained=False, **build_kwargs)
+    built = _build(prefix, arch.split(":", 1)[1], pretrained=False, **build_kwargs)
     family = family_named(built.family)
     if hw is None and meta.get("input_size"):
         channels, hw = int(meta["input_size"][0]), hw_of(meta["input_size"])
@@ -239,7 +283,7 @@ def rebuild(wrapper: ModelWrapper, **kwargs: Any) -> ModelWrapper:
     prefix = family_prefix(wrapper.source.spec)
     if wrapper.source.spec == "module" or prefix is None:
         raise ModelError("cannot rebuild a user-supplied nn.Module; pass a spec (timm:, torchvision:, hf:, ...)")
-    built = FAMILIES[prefix].build(wrapper.source.spec.split(":", 1)[1], pretrained=False,
+    built = _build(prefix, wrapper.source.spec.split(":", 1)[1], pretrained=False,
                                    **{**wrapper.source.kwargs, **kwargs})
     family_named(built.family).keep_on_rebuild(wrapper.module, built.module)
     built = Built(built.module, built.source, random_init=True, family=built.family)

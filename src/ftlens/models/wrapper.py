@@ -2,8 +2,9 @@
 read them.
 
 Layer capture is one mechanism for every family: forward hooks on named modules, installed for
-one forward and removed in ``finally``, always in ``eval()`` mode (BatchNorm uses its running
-statistics, dropout is off; a model's own modes are restored afterwards). Outputs become
+one forward and removed in ``finally``, always inside :meth:`ModelWrapper.session` (``eval()``
+mode: BatchNorm uses its running statistics, dropout is off; parameter gradients off;
+channels-last CNN weights; the model's own state restored afterwards). Outputs become
 ``(n, features)`` by the wrapper's token mode (:mod:`ftlens.models.capture`), and the forward
 stops right after the deepest requested layer. Images are given in [0, 1] pixel space;
 normalisation happens inside, after a clamp. The execution trace (module order, shapes, when
@@ -31,7 +32,8 @@ from ftlens.models.capture import capture, check_token_mode, reduce_output
 from ftlens.models.domain import PIXELS, InputDomain
 from ftlens.models.families import family_named
 from ftlens.models.families.base import INPUT_OF, PRE_LOGITS, Defaults, Source
-from ftlens.models.fingerprint import tensor_bytes, weights_fingerprint
+from ftlens.models.fingerprint import WeightDigests, combine, module_tensors
+from ftlens.models.session import has_depthwise, is_cnn, one_thread, working_state
 from ftlens.models.trace import ExecutionTrace, trace_module
 from ftlens.progress import track
 
@@ -39,22 +41,25 @@ _Source = Source  # the name older code and pickles use
 
 
 def channels_last_if_cnn(module: nn.Module) -> nn.Module:
-    """Store a convolutional network's weights channels-last (in place; values unchanged).
-
-    On CPU this makes the depthwise and 1x1 convolutions of CNNs 2-3x faster, forward and backward
-    (EfficientNet-Lite0 at 32 px: training steps 2.2x, inversion steps 2.4-3x). Models with a
-    patch embedding (ViT, Swin: one convolution) are left as they are.
-    """
-    if hasattr(module, "patch_embed") or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
-        return module
-    return module.to(memory_format=torch.channels_last)
+    """Store a convolutional network's weights channels-last (in place; values unchanged); other
+    models are left as they are (:func:`ftlens.models.session.is_cnn`)."""
+    return module.to(memory_format=torch.channels_last) if is_cnn(module) else module
 
 
 class ModelWrapper:
-    """An ``nn.Module`` in eval mode with its preprocessing and its ordered layers.
+    """An ``nn.Module`` with its preprocessing and its ordered layers.
+
+    ftlens's own work on the model (every forward, trace and inversion) runs inside
+    :meth:`session`: eval mode, parameter gradients off, channels-last CNN weights and the
+    wrapper's device, all restored afterwards. A wrapper that ``owned`` its module (built from a
+    spec, a file or a copy) keeps that state permanently; a user's module (``owned=False``) is
+    left exactly as it was between calls, and its current weights are what every result is of
+    (:attr:`fingerprint` is checked against the weights at use time).
 
     Attributes:
-        module: the model; parameters come with ``requires_grad=False``.
+        module: the model.
+        owned: whether the wrapper's module is its own (eval, ``requires_grad=False``, channels-last
+            kept), or a user's object that is changed only for the duration of ftlens's work.
         spec: the spec it was loaded from (a string; ``"<module>"`` for objects).
         mean, std: per-channel normalisation applied inside every forward.
         input_size: ``(C, H, W)`` the model expects (None until the first images for a plain
@@ -83,8 +88,17 @@ class ModelWrapper:
         tokens: str = "all",
         family: str | None = None,
         info: dict[str, Any] | None = None,
+        owned: bool = True,
     ) -> None:
-        self.module = channels_last_if_cnn(module).eval()
+        self.owned = bool(owned)
+        if self.owned:
+            channels_last_if_cnn(module).eval().requires_grad_(False)
+        self.module = module
+        self._work_device: torch.device | None = None
+        self._depth = 0  # nesting of session()
+        self._channels_last = True  # a CNN's sessions store its weights channels-last
+        self._checked = False  # inside a session(check=True): the digests are current
+        self._digests = WeightDigests()
         self.spec = spec
         self.name = name or short_name(spec)
         self.source = source or Source("module", {})
@@ -104,7 +118,10 @@ class ModelWrapper:
         self.refresh_modules(fingerprint=False)
         if input_size is not None:
             self._set_input_size(input_size)
-            self._layers = self.resolve_layers(self._requested or self._default_layers())
+            if self._any_size and self._requested:  # the names now; their order with the first images' size
+                self._expand(self._requested)
+            else:
+                self._layers = self.resolve_layers(self._requested or self._default_layers())
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -113,13 +130,79 @@ class ModelWrapper:
 
     @property
     def device(self) -> torch.device:
+        """Where ftlens runs the model (a user's module: where it is, unless :meth:`to` chose)."""
+        if self._work_device is not None:
+            return self._work_device
         for p in self.module.parameters():
             return p.device
         return torch.device("cpu")
 
     def to(self, device: str | torch.device) -> ModelWrapper:
-        self.module.to(device)
+        """Run on ``device``: an owned module moves there; a user's module is moved there for the
+        duration of each :meth:`session` and put back after."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if self.owned:
+            self.module.to(device)
+        else:
+            here = next(iter(self.module.parameters()), None)
+            self._work_device = None if here is not None and here.device == device else device
         return self
+
+    @contextlib.contextmanager
+    def session(self, check: bool = False, channels_last: bool = True) -> Iterator[None]:
+        """ftlens's working state for the duration: every submodule in ``eval()`` (BatchNorm uses
+        its running statistics, dropout is off), parameters without gradients, the wrapper's
+        device, channels-last weights for a CNN; all put back afterwards, exactly (the same
+        storage, each module's own mode, each parameter's own flag), so a model in the middle of
+        training goes on training. Sessions nest; only the outermost one does anything.
+
+        On entry the module tree is re-read if submodules were replaced. ``check``: also compare
+        every weight's values with the ones last hashed (a moved weight is hashed again: :attr:`fingerprint`), which catches even
+        writes through ``.data``; the entry points whose results are cached by fingerprint
+        (``compare``, ``stir``) check. Without it the fingerprint still follows every change that
+        moves a version counter. ``channels_last=False``: leave a user's CNN in its own memory
+        format (no channels-last copy of its weights: for a session that runs it little)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._check_structure()
+        if check:
+            self._sync_weights(probe=True)
+        elif self._digests:  # keep digests current (cheap: version counters) so that they can follow the move
+            self._sync_weights()
+        keep = bool(self._digests)
+        try:
+            with working_state(self.module, device=self._work_device,
+                               channels_last=self._cnn and self._channels_last and channels_last):
+                if keep:  # the digests are of these values: record where ftlens put them
+                    self._digests.adopt(self._modules)
+                self._depth, self._checked = 1, check
+                try:
+                    yield
+                finally:
+                    self._depth, self._checked = 0, False
+        finally:
+            if keep:
+                self._digests.adopt(self._modules)
+
+    def _check_structure(self) -> None:
+        """Re-read the module tree if submodules were added, removed or replaced since."""
+        current = dict(self.module.named_modules())
+        if current.keys() != self._modules.keys() or any(current[k] is not self._modules[k] for k in current):
+            self.refresh_modules(fingerprint=False)
+
+    def _sync_weights(self, probe: bool = False) -> None:
+        """Hash again every tensor that moved since the digests were taken (``probe``: also
+        compare values, which catches writes through ``.data``); forget fingerprints if any did."""
+        if self._digests.sync(self._modules, probe=probe):
+            self._fingerprint = None
+            self._layer_fps = {}
 
     @property
     def is_vit(self) -> bool:
@@ -156,12 +239,27 @@ class ModelWrapper:
     # ------------------------------------------------------------------ fingerprints
     @property
     def fingerprint(self) -> str:
-        """sha256 of the weights (names, dtypes, shapes, values) and the preprocessing."""
+        """sha256 of the weights as they are now (names, dtypes, shapes, values) and the
+        preprocessing (:func:`ftlens.models.weights_fingerprint` of the module, same value).
+
+        Kept current: each access compares every tensor's version counter, storage and shape with
+        the ones last hashed and hashes again the ones that moved (training steps,
+        ``load_state_dict``); each :meth:`session` also compares their values, which catches
+        writes through ``.data``. Results and cache keys computed after a change are of the new
+        weights."""
+        if not self._checked:
+            if not self._depth:
+                self._check_structure()
+            self._sync_weights()
         if self._fingerprint is None:
             extra = (self.mean, self.std, self.input_size)
             if self.tokens != "all":
                 extra = (*extra, self.tokens)
-            self._fingerprint = weights_fingerprint(self.module, extra=extra)
+            if not self._digests:
+                self._sync_weights()
+            named = ((f"{m}.{p}" if m else p, t, self._digests.digest((m, p)))
+                     for (m, p), t in module_tensors(self._modules, persistent_only=True))
+            self._fingerprint = combine(type(self.module).__name__, named, extra)
         return self._fingerprint
 
     def layer_fingerprint(self, layer: str) -> str:
@@ -175,7 +273,7 @@ class ModelWrapper:
         Architecture arguments (the source spec and kwargs, less ``num_classes``) are included.
         """
         (layer,) = self.resolve_layers([layer])
-        key = (self.fingerprint, layer)
+        key = (self.fingerprint, layer)  # synced: the digests below are current
         if key in self._layer_fps:
             return self._layer_fps[key]
         trace = self.trace
@@ -197,8 +295,7 @@ class ModelWrapper:
             for pname, t in list(module._parameters.items()) + list(module._buffers.items()):
                 if t is None:
                     continue
-                h.update(f"{pname}|{t.dtype}|{tuple(t.shape)}".encode())
-                h.update(tensor_bytes(t))
+                h.update(f"{pname}|{t.dtype}|{tuple(t.shape)}|{self._digests.digest((name, pname))}".encode())
         self._layer_fps[key] = h.hexdigest()
         return self._layer_fps[key]
 
@@ -206,43 +303,71 @@ class ModelWrapper:
         """Re-read the module tree after submodules were replaced (e.g. ``reset_classifier``,
         which rebuilds a timm CNN's ``global_pool``); the execution trace is taken again."""
         self._modules = dict(self.module.named_modules())
-        self._defaults = family_named(self.family).defaults(self.module)
+        family = family_named(self.family)
+        self._defaults = family.defaults(self.module)
         self._aliases = dict(self._defaults.aliases)
+        self._cnn = is_cnn(self.module)
+        self._any_size = family.takes_any_size(self.module)
         self._trace = None
+        self._fingerprint = None
+        self._layer_fps = {}
         if fingerprint:
             self.refresh_fingerprint()
 
     def refresh_fingerprint(self) -> str:
-        """Recompute :attr:`fingerprint` after the weights changed."""
+        """Hash every weight again and recompute :attr:`fingerprint` (changes are found without
+        it; this is for certainty, e.g. after writing weights through ``.data``)."""
+        self._digests.clear()
         self._fingerprint = None
         self._layer_fps = {}
         return self.fingerprint
 
     def copy(self) -> ModelWrapper:
-        """A deep copy (independent weights)."""
-        new = copy.copy(self)
-        new.module = copy.deepcopy(self.module)
-        new._modules = dict(new.module.named_modules())
-        new.extra_state = {k: v.clone() for k, v in self.extra_state.items()}
-        new.info = copy.deepcopy(self.info)
-        new._fingerprint = None
-        new._layer_fps = {}
+        """A deep copy with weights of its own (owned: eval mode, no gradients, channels-last CNN)."""
+        with self.session(channels_last=False):  # the copy is taken of the weights as they are, in eval mode
+            module = copy.deepcopy(self.module)
+        new = self._owning(module)
+        new._trace = self._trace  # the same module tree
         return new
 
-    @contextlib.contextmanager
-    def eval_mode(self) -> Iterator[None]:
-        """Every submodule in ``eval()`` (BatchNorm uses its running statistics, dropout is off);
-        each module's own mode is restored afterwards (a model in the middle of training)."""
-        modes = [(m, m.training) for m in self.module.modules()]
-        if not any(training for _, training in modes):
-            yield
-            return
-        self.module.eval()
-        try:
-            yield
-        finally:
-            for m, training in modes:
-                m.training = training
+    def folded(self, example: torch.Tensor) -> ModelWrapper:
+        """A copy for inference only, each BatchNorm folded into the convolution that feeds it
+        (:func:`ftlens.models.inference.fold_batchnorm`, found in a forward of ``example``, images
+        ``(n, C, H, W)``); the same layer outputs up to float rounding. ``self`` if nothing folds.
+        The copy is channels-last only with depthwise convolutions
+        (:func:`ftlens.models.session.has_depthwise`)."""
+        from ftlens.models.inference import fold_batchnorm
+
+        with self.session(channels_last=False), torch.no_grad(), one_thread():
+            module, folds = fold_batchnorm(self.module, self._normalize(example[:1].to(self.device)))
+        if not folds:
+            return self
+        new = self._owning(module, channels_last=has_depthwise(module))
+        new._trace = self._trace  # the same modules run in the same order (an Identity where a BatchNorm was)
+        return new
+
+    def _owning(self, module: nn.Module, channels_last: bool = True) -> ModelWrapper:
+        """A wrapper like this one around ``module`` (a copy it owns), channels-last if a CNN and asked."""
+        new = copy.copy(self)
+        new.module = module
+        new.owned = True
+        new._work_device = None
+        new._depth = 0
+        new._checked = False
+        new._digests = WeightDigests()
+        (channels_last_if_cnn(new.module) if channels_last else new.module).eval().requires_grad_(False)
+        if self._work_device is not None:
+            new.module.to(self._work_device)
+        new._channels_last = channels_last  # its sessions keep the memory format chosen here
+        new.refresh_modules(fingerprint=False)
+        new._layers = self._layers
+        new.extra_state = {k: v.clone() for k, v in self.extra_state.items()}
+        new.info = copy.deepcopy(self.info)
+        return new
+
+    def eval_mode(self) -> contextlib.AbstractContextManager[None]:
+        """The same as :meth:`session` (the name earlier versions used)."""
+        return self.session()
 
     # ------------------------------------------------------------------ input size
     def _set_input_size(self, input_size: Sequence[int]) -> None:
@@ -264,9 +389,39 @@ class ModelWrapper:
             self._layer_fps = {}
 
     def adopt_input_size(self, images: torch.Tensor) -> None:
-        """A model loaded without ``input_size`` takes it from the first images ``(n, C, H, W)``."""
-        if self.input_size is None and isinstance(images, torch.Tensor) and images.dim() == 4:
-            self._set_input_size(tuple(images.shape[1:]))
+        """Take the input size from images ``(n, C, H, W)``: a model loaded without one takes the
+        first images' size; a model that runs on any size (a CNN) takes the size of the images
+        it is given, each time (its trace, layer shapes and fingerprints follow). Models tied to
+        one size (ViTs) keep theirs: :meth:`check_images` then says to pass ``image_size``."""
+        if not (isinstance(images, torch.Tensor) and images.dim() == 4):
+            return
+        size = tuple(int(s) for s in images.shape[1:])
+        if self.input_size is None:
+            self._set_input_size(size)
+        elif size != self.input_size and self._any_size and size[0] == self.input_size[0]:
+            before = self.input_size
+            self._set_input_size(size)
+            try:
+                self.trace  # noqa: B018 - a model that does not run at this size keeps its own
+            except ImageSizeError:
+                self._set_input_size(before)
+                raise
+
+    def size_error(self, size: Sequence[int]) -> ImageSizeError:
+        """The error for images of ``size`` ``(C, H, W)`` that this model does not take, naming the fix."""
+        size = tuple(int(s) for s in size)
+        want = self._need_size()
+        if size[0] != want[0]:
+            return ImageSizeError(
+                f"images have {size[0]} channel(s) but {self.name} takes {want[0]}; convert them "
+                f"(e.g. grayscale to RGB: x.expand(-1, 3, -1, -1))")
+        h, w = size[1:]
+        arg = str(h) if h == w else f"({h}, {w})"
+        return ImageSizeError(
+            f"images of shape (n, {', '.join(map(str, size))}) are {h}x{w} but {self.name} takes {want[1]}x{want[2]} "
+            "(its position embedding fixes the "
+            f"size); pass image_size={arg} (ftlens.load_model, ftlens.CKA, ftlens.compare; --image-size "
+            f"{h if h == w else f'{h},{w}'} on the command line) to resample it to your images, or resize them")
 
     def _need_size(self) -> tuple[int, ...]:
         if self.input_size is None:
@@ -283,14 +438,14 @@ class ModelWrapper:
             size = self._need_size()
             x = torch.full((1, *size), 0.5, device=self.device)
             try:
-                with self.eval_mode():
+                with self.session(channels_last=False), one_thread():  # one image: no channels-last copy
                     self._trace = trace_module(self.module, self._normalize(x))
             except Exception as exc:
                 raise ImageSizeError(
                     f"{self.name} cannot run one forward on a (1, {', '.join(map(str, size))}) image batch, so its "
                     f"layers cannot be traced ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    "choose an image size the architecture takes (its default, or a multiple of its patch size / "
-                    "total stride), or, for a model that needs other inputs, wrap it in an nn.Module whose "
+                    "give images of a size the architecture takes, or pass image_size=... / --image-size (its default, "
+                    "or a multiple of its patch size / total stride), or, for a model that needs other inputs, wrap it in an nn.Module whose "
                     "forward takes an image batch"
                 ) from exc
         return self._trace
@@ -347,6 +502,10 @@ class ModelWrapper:
         """
         if layers is None:
             return self.layers
+        return self._sort_by_execution(self._expand(layers))
+
+    def _expand(self, layers: str | Sequence[str]) -> list[str]:
+        """Globs expanded and names checked (a :class:`LayerError` with close matches), in the given order."""
         if isinstance(layers, str):
             layers = [layers]
         available = self.available_layers
@@ -370,7 +529,7 @@ class ModelWrapper:
                     f"unknown layer {pattern!r} for model {self.name}.{hint} "
                     f"(`ftlens layers {self.spec}` lists all {len(available)} layers)"
                 )
-        return self._sort_by_execution(resolved)
+        return resolved
 
     def _sort_by_execution(self, layers: list[str]) -> list[str]:
         trace = self.trace
@@ -407,11 +566,10 @@ class ModelWrapper:
                 "(for uint8 pixels divide by 255)"
             )
         self.adopt_input_size(images)
-        if images.dim() != 4 or tuple(images.shape[1:]) != self.input_size:
-            raise ImageError(
-                f"images must have shape (n, {', '.join(map(str, self._need_size()))}) for {self.name}, "
-                f"got {tuple(images.shape)}; resize them to the model's input size"
-            )
+        if images.dim() != 4:
+            raise ImageError(f"images must be a batch (n, C, H, W), got shape {tuple(images.shape)}")
+        if tuple(images.shape[1:]) != self.input_size:
+            raise self.size_error(images.shape[1:])
         if images.numel() and not torch.isfinite(images).all():
             raise ImageError("images contain NaN or inf")
         if images.numel():

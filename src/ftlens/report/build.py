@@ -25,14 +25,15 @@ from ftlens.report.sections import (
     dynamics,
     environment,
     findings,
+    weights,
 )
 from ftlens.report.sections.common import Labels, read_config
 
 __all__ = ["BUILDERS", "NothingToReportError", "build_report", "read_config"]
 
 #: the sections in the order of the page ("what was run" comes last, after them)
-BUILDERS = (findings.section, comparisons.section, accuracy.section, dynamics.section, correlation.section,
-            distortion.section, cka.section)
+BUILDERS = (findings.section, comparisons.section, weights.section, accuracy.section, dynamics.section,
+            correlation.section, distortion.section, cka.section)
 
 
 def build_report(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ftlens.report.figures import layer_label, styled
@@ -16,7 +17,7 @@ METRICS = {
 
 
 @styled
-def metric_over_epochs(dyn: pd.DataFrame, *, estimator: str = "biased CKA"):
+def metric_over_epochs(dyn: pd.DataFrame, *, estimator: str = "biased CKA") -> Figure:
     """One panel per metric: a line per layer over epochs (colour = depth)."""
     layers = list(dict.fromkeys(dyn["layer"]))
     cmap = plt.get_cmap("viridis")
@@ -45,7 +46,7 @@ def metric_over_epochs(dyn: pd.DataFrame, *, estimator: str = "biased CKA"):
 
 
 @styled
-def accuracy_over_epochs(metrics: pd.DataFrame, severities: pd.DataFrame | None = None):
+def accuracy_over_epochs(metrics: pd.DataFrame, severities: pd.DataFrame | None = None) -> Figure:
     """ID test accuracy and corrupted accuracy per severity over epochs (paper Fig. 5c, 13)."""
     m = metrics.drop_duplicates("epoch", keep="last").sort_values("epoch")
     fig, ax = plt.subplots(figsize=(5.6, 3.8))

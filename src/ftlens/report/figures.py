@@ -21,6 +21,7 @@ matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator
 
 from ftlens import io  # noqa: E402
@@ -59,7 +60,7 @@ def styled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` as PNG atomically and close it."""
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -114,7 +115,7 @@ def decimals_for(span: float) -> int:
 
 @styled
 def cka_heatmap(matrix: pd.DataFrame, *, title: str, xlabel: str, ylabel: str, annotate: bool | None = None,
-                colorbar: str = "linear CKA (1 = identical)"):
+                colorbar: str = "linear CKA (1 = identical)") -> Figure:
     """Heat map of a layer x layer similarity matrix (rows = ``ylabel`` side), with numbers.
 
     The colour scale spans the values present (so 0.91-0.97 is not one uniform colour); the
@@ -195,7 +196,7 @@ def overlay_per_layer(
     ylabel: str,
     title: str,
     baseline: Mapping[str, pd.Series] | None = None,
-):
+) -> Figure:
     """One line per run over layers (1-based), on shared axes; a band per run where an interval exists.
 
     Args:
@@ -240,7 +241,7 @@ def overlay_per_layer(
 
 
 @styled
-def overlay_epochs(tables: Mapping[str, pd.DataFrame], metric: str, *, ylabel: str, title: str):
+def overlay_epochs(tables: Mapping[str, pd.DataFrame], metric: str, *, ylabel: str, title: str) -> Figure:
     """One line per run over epochs (``tables``: ``{run: frame indexed by epoch with a metric column}``)."""
 
     fig, ax = plt.subplots(figsize=(8.6, 3.9))

@@ -28,6 +28,7 @@ class Source:
     config: dict[str, Any] = field(default_factory=dict)
     compare: dict[str, Path] = field(default_factory=dict)  # name -> folder with comparison.json
     cka: dict[str, Path] = field(default_factory=dict)  # name -> folder with cka.csv
+    weights: dict[str, Path] = field(default_factory=dict)  # name -> folder with weights.json
     dynamics: dict[str, Path] = field(default_factory=dict)  # name -> folder with dynamics.csv
     correlation: dict[str, Path] = field(default_factory=dict)  # name -> correlation CSV
     runs: dict[str, Path] = field(default_factory=dict)  # name -> finetuning run folder
@@ -37,7 +38,7 @@ class Source:
     experiment: bool = False
 
     def empty(self) -> bool:
-        return not (self.compare or self.cka or self.dynamics or self.runs or self.correlation
+        return not (self.compare or self.cka or self.weights or self.dynamics or self.runs or self.correlation
                     or self.distortion or self.findings)
 
     def run_of(self, dynamics_name: str) -> Path | None:
@@ -63,6 +64,7 @@ def experiment_source(root: Path, name: str | None = None) -> Source:
     lay = ExperimentLayout(root)
     src = Source(name or root.name, root, lay.read_config(), experiment=True)
     src.compare = {n: lay.compare(n) for n in lay.compare_names()}
+    src.weights = {n: lay.weights(n) for n in lay.compare_names() if (lay.weights(n) / MARKERS["weights"]).exists()}
     src.dynamics = {n: lay.dynamics(n) for n in lay.dynamics_names()}
     src.correlation = {n: lay.correlation(n) for n in lay.correlation_names()}
     src.runs = {n: lay.run(n) for n in lay.run_names()}
@@ -77,6 +79,8 @@ def _add_loose(src: Source, kind: str, folder: Path, name: str) -> None:
         src.compare[name] = folder
     elif kind == "cka":
         src.cka[name] = folder
+    elif kind == "weights":
+        src.weights[name] = folder
     elif kind == "run":
         src.runs[name] = folder
     if (folder / MARKERS["dynamics"]).exists():  # a dynamics folder (may also be a run's)

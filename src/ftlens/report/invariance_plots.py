@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from ftlens.layers import layer_numbers  # noqa: E402
 from ftlens.report.figures import fmt_num, layer_label, save_figure, styled  # noqa: E402
@@ -52,6 +53,14 @@ def _estimator(obj: Any, table: pd.DataFrame) -> str:
     return str(cfg.get("estimator") or table.attrs.get("estimator") or "biased")
 
 
+def similarity_note(estimator: str) -> str:
+    """How a figure names STIR's similarity: ``linear CKA, biased HSIC`` or the measure's name (``--measure``)."""
+    parts = estimator.split("/")
+    if all(p in ("biased", "debiased") for p in parts):
+        return f"linear CKA, {estimator} HSIC"
+    return f"STIR by {estimator}"
+
+
 def _numbers(layers: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     return np.asarray(layer_numbers(list(layers)), dtype=float), [layer_label(layer) for layer in layers]
 
@@ -62,7 +71,7 @@ def metric_panels(
     metrics: Sequence[str] = ("learning", "forgetting", "cka_divergence"),
     *,
     title: str | None = None,
-):
+) -> Figure:
     """One panel per metric: mean over seeds per layer with a band of +- one std.
 
     Args:
@@ -115,7 +124,7 @@ def metric_panels(
         ax.grid(alpha=0.3)
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     estimator = "/".join(sorted(estimators))
-    note = f"linear CKA, {estimator} HSIC; " + ("mean and 95% interval" if True in intervals
+    note = f"{similarity_note(estimator)}; " + ("mean and 95% interval" if True in intervals
                                                  else "mean \u00b1 std over seeds")
     if "one" in first_terms:
         note += "; first term = 1 (paper form)"
@@ -137,7 +146,7 @@ def flow_heatmap(
     title: str | None = None,
     annotate: bool | None = None,
     vmax: float | None = None,
-):
+) -> Figure:
     """Heat map of the InvarianceFlow matrix (paper Fig. 4 style).
 
     Rows (y) = pretrained layer ``i``, columns (x) = finetuned layer ``j``; a diverging colour
@@ -180,7 +189,7 @@ def flow_heatmap(
     definition = ("STIR(ft[j]|pt[i]) - STIR(ft[i]|pt[i])" if relative
                   else "STIR(ft[j]|pt[i]) - STIR(ft[i]|pt[j]) (eq. 5)")
     head = title or ("InvarianceFlow (relative to the diagonal)" if relative else "InvarianceFlow")
-    ax.set_title(f"{head}\nlinear CKA, {estimator} HSIC", fontsize=10)
+    ax.set_title(f"{head}\n{similarity_note(estimator)}", fontsize=10)
     fig.colorbar(im, ax=ax, label=f"flow = {definition}", shrink=0.9)
     fig.tight_layout()
     return fig
@@ -215,7 +224,7 @@ def flow_panels(comparison: Any, *, relative: bool = False, title: str | None = 
         ax.set_title(heads[key], fontsize=10)
     definition = ("STIR(ft[j]|pt[i]) - STIR(ft[i]|pt[i])" if relative else "STIR(ft[j]|pt[i]) - STIR(ft[i]|pt[j]) (eq. 5)")
     fig.suptitle(f"{title + ' - ' if title else ''}InvarianceFlow{' (relative)' if relative else ''}: {definition}; "
-                 f"linear CKA, {_estimator(comparison, mats['flow'])} HSIC; one colour scale", fontsize=10)
+                 f"{similarity_note(_estimator(comparison, mats['flow']))}; one colour scale", fontsize=10)
     fig.colorbar(im, ax=list(axes), label="flow", shrink=0.9)
     return fig
 

@@ -60,7 +60,8 @@ Layout
 ------
 ``inputs`` (input checks, centring), ``gram`` (Gram matrices, centring, HSIC), ``pairwise``
 (the CKA engine: every pairwise HSIC at once), one file per measure (``cka``,
-``minibatch_cka``, ``subspace``, ``procrustes``), ``measure`` (what a measure declares) and
+``minibatch_cka``, ``subspace``, ``procrustes``; the field's others: ``cca`` (canonical
+correlations, mean CCA), ``svcca``, ``pwcca``, ``rsa``, ``mutual_knn``), ``measure`` (what a measure declares) and
 ``registry`` (measures by name: :func:`get_measure`, :func:`register`). A new measure is one
 module here (its function and its :class:`Measure`) and one line in ``registry.BUILTIN``.
 """

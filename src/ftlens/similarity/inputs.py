@@ -5,7 +5,6 @@ constant (degenerate) representation."""
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from ftlens.errors import (
     DegenerateRepresentationWarning,
     NumericalError,
 )
+from ftlens.warn import warn
 
 DTYPE = torch.float64
 # A representation whose centred Frobenius norm is below this fraction of its raw norm is
@@ -110,13 +110,14 @@ def centre(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 def warn_degenerate(names: Sequence[str], what: str = "CKA", stacklevel: int = 4) -> None:
+    """A :class:`DegenerateRepresentationWarning` at the caller's code (``stacklevel``: unused, kept
+    for callers that pass it)."""
     listed = ", ".join(names)
-    warnings.warn(
+    warn(
         f"{what} is undefined for {listed}: the representation is constant over the samples "
         "(its HSIC with itself is 0), so the result is NaN. A constant layer carries no "
         "information about the inputs; check the layer and the inputs.",
         DegenerateRepresentationWarning,
-        stacklevel=stacklevel,
     )
 
 

@@ -11,6 +11,7 @@ must not be.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,8 @@ class Measure:
     name: str
     fn: Callable[[Any, Any], float]
     kind: str
-    invariant_to: frozenset[str]
-    not_invariant_to: frozenset[str]
+    invariant_to: AbstractSet[str]  # stored as a frozenset
+    not_invariant_to: AbstractSet[str]
     label: str
     layers: Callable[..., pd.DataFrame] | None = None
 

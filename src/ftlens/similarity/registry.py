@@ -24,6 +24,13 @@ BUILTIN: tuple[str, ...] = (
     "ftlens.similarity.procrustes:PROCRUSTES_DISTANCE",
     "ftlens.similarity.subspace:SUBSPACE_FEATURES",
     "ftlens.similarity.subspace:SUBSPACE_SAMPLES",
+    "ftlens.similarity.cca:CCA",
+    "ftlens.similarity.svcca:SVCCA",
+    "ftlens.similarity.pwcca:PWCCA",
+    "ftlens.similarity.rsa:RSA_CORRELATION_SPEARMAN",
+    "ftlens.similarity.rsa:RSA_EUCLIDEAN_PEARSON",
+    "ftlens.similarity.rsa:RSA_COSINE_SPEARMAN",
+    "ftlens.similarity.mutual_knn:MUTUAL_KNN",
 )
 
 _MEASURES: dict[str, Measure] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import zipfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,12 @@ def state_dict() -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(_UNUSED)}
 
 
-def build(pooling: str | None = None, max_length: int | None = None, num_classes: int = 0) -> torch.nn.Module:
-    """The real weights as a :class:`~ftlens.models.textmodel.TextClassifier` in eval mode."""
+def build(make_classifier: Callable[..., torch.nn.Module], pooling: str | None = None,
+          max_length: int | None = None, num_classes: int = 0) -> torch.nn.Module:
+    """The real weights as a :class:`~ftlens.models.textmodel.TextClassifier` in eval mode;
+    ``make_classifier`` (:func:`ftlens.models.families.text.make_classifier`, passed in: the
+    weights sit below the model families) wraps the encoder."""
     import transformers
-
-    from ftlens.models.families.text import make_classifier
 
     try:  # every weight is overwritten below: skip the random initialisation (a third of the time)
         from transformers.initialization import no_init_weights

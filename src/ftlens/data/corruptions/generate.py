@@ -189,7 +189,7 @@ def _pixelate(x8, c, rngs, s):
     small = (max(1, int(w * c)), max(1, int(h * c)))
     out = np.empty_like(x8)
     for i in range(n):
-        im = Image.fromarray(x8[i]).resize(small, Image.BOX).resize((w, h), Image.BOX)
+        im = Image.fromarray(x8[i]).resize(small, Image.Resampling.BOX).resize((w, h), Image.Resampling.BOX)
         out[i] = np.asarray(im)
     return out
 

@@ -1,57 +1,57 @@
 """Finetuning strategies, one module each, behind one registry (ALGORITHMS.md §7).
 
-:data:`STRATEGIES` maps a strategy's name to the module that defines it (imported on first use;
-the module's ``STRATEGY`` is a :class:`~ftlens.finetune.strategies.base.Strategy`) or to a
-``Strategy`` itself. The configuration's ``strategy`` choices, ``--strategy`` of the CLI, the
-run and the experiment all read it. A new strategy is one module here (a ``Strategy`` subclass
-and ``STRATEGY = MyStrategy()``) and one line below.
+:data:`STRATEGIES` maps a strategy's name to its :class:`~ftlens.finetune.strategies.base.Strategy`
+(the registry itself lives in the leaf :mod:`ftlens.finetune.registry`, so that the
+configuration can read it without importing the strategies). The configuration's ``strategy``
+choices, ``--strategy`` of the CLI, the run and the experiment all read it. A new strategy is one
+module here (a ``Strategy`` subclass and ``STRATEGY = MyStrategy()``) and one line in
+:data:`BUILTIN` below.
 """
 
 from __future__ import annotations
 
-import importlib
+from typing import cast
 
-from ftlens.errors import ConfigError
+from ftlens.finetune import registry
+from ftlens.finetune.registry import STRATEGIES, aliases, canonical_name, register
+from ftlens.finetune.strategies import (
+    flyp,
+    ft,
+    hp_ft,
+    l2_sp,
+    lp,
+    lp_ft,
+    scratch,
+    surgical,
+    wise_ft,
+)
 from ftlens.finetune.strategies.base import Strategy
 
-STRATEGIES: dict[str, str | Strategy] = {
-    "scratch": "ftlens.finetune.strategies.scratch",
-    "ft": "ftlens.finetune.strategies.ft",
-    "lp": "ftlens.finetune.strategies.lp",
-    "lp-ft": "ftlens.finetune.strategies.lp_ft",
-    "hp-ft": "ftlens.finetune.strategies.hp_ft",
-    "l2-sp": "ftlens.finetune.strategies.l2_sp",
-    "surgical": "ftlens.finetune.strategies.surgical",
-    "wise-ft": "ftlens.finetune.strategies.wise_ft",
-    "flyp": "ftlens.finetune.strategies.flyp",
-}
+#: the built-in strategies, in the order they are listed (one line each)
+BUILTIN: tuple[Strategy, ...] = (
+    scratch.STRATEGY,
+    ft.STRATEGY,
+    lp.STRATEGY,
+    lp_ft.STRATEGY,
+    hp_ft.STRATEGY,
+    l2_sp.STRATEGY,
+    surgical.STRATEGY,
+    wise_ft.STRATEGY,
+    flyp.STRATEGY,
+)
+for _strategy in BUILTIN:
+    register(_strategy)
 
 
 def find_strategy(name: str | None) -> Strategy | None:
     """The registered strategy called ``name``, or None (no such strategy)."""
-    entry = STRATEGIES.get(name) if name is not None else None
-    if isinstance(entry, str):
-        entry = importlib.import_module(entry).STRATEGY
-    return entry
+    return cast("Strategy | None", registry.find_strategy(name))
 
 
 def get_strategy(name: str) -> Strategy:
     """The registered strategy called ``name``, in any accepted spelling (``LP_FT``, ``lpft``)."""
-    strategy = find_strategy(name) or find_strategy(canonical_name(name))
-    if strategy is None:
-        raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
-    return strategy
+    return cast(Strategy, registry.get_strategy(name))
 
 
-def canonical_name(text: str) -> str:
-    """The registry name of a spelling: lower case, ``_`` -> ``-``, aliases resolved (``L2SP`` -> ``l2-sp``)."""
-    text = str(text).strip().lower().replace("_", "-")
-    return aliases().get(text, text)
-
-
-def aliases() -> dict[str, str]:
-    """``{alias: name}`` over the registered strategies (``l2sp`` -> ``l2-sp`` ...)."""
-    return {alias: name for name in STRATEGIES for alias in get_strategy(name).aliases}
-
-
-__all__ = ["STRATEGIES", "Strategy", "aliases", "canonical_name", "find_strategy", "get_strategy"]
+__all__ = ["BUILTIN", "STRATEGIES", "Strategy", "aliases", "canonical_name", "find_strategy", "get_strategy",
+           "register"]

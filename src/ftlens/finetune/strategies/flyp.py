@@ -1,6 +1,6 @@
 """FLYP, "finetune like you pretrain" (Goyal et al., CVPR 2023; ALGORITHMS.md §7).
 
-Both towers of a CLIP-style model (``clip:`` specs, :mod:`ftlens.clip`) train with CLIP's
+Both towers of a CLIP-style model (``clip:`` specs, :mod:`ftlens.models.families.clip`) train with CLIP's
 contrastive loss between the batch's image embeddings and the class-prompt text embeddings of
 the batch's labels; the model is evaluated (and checkpointed) as a zero-shot classifier whose
 head is recomputed from the finetuned text tower before every evaluation.
@@ -29,11 +29,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ftlens import clip
 from ftlens.errors import CheckpointError, ConfigError, FtlensError
 from ftlens.finetune.strategies.base import Strategy
 from ftlens.finetune.tasks import TaskModel, reset_classifier
 from ftlens.models import TASK_HEAD_PREFIX, ModelWrapper
+from ftlens.models.families.clip.towers import TEXT_KEY, load_tokenizer
+from ftlens.models.families.clip.zero_shot import (
+    check_image_text,
+    class_embeddings,
+    class_prompts,
+    image_text_of,
+    install_head,
+)
 
 
 class Flyp(Strategy):
@@ -88,11 +95,11 @@ class FlypTaskModel(TaskModel):
 
     def __init__(self, wrapper: ModelWrapper, classes: Sequence[str], templates: Sequence[str]) -> None:
         super().__init__(wrapper, "classification")
-        pair = clip.image_text_of(wrapper)
+        pair = image_text_of(wrapper)
         self.text = pair.text
         self.templates = list(templates)
-        tokenizer = clip.load_tokenizer(pair.origin, pair.config)
-        ids, mask = tokenizer(clip.class_prompts(classes, self.templates))
+        tokenizer = load_tokenizer(pair.origin, pair.config)
+        ids, mask = tokenizer(class_prompts(classes, self.templates))
         self.register_buffer("prompt_ids", ids.view(len(classes), len(self.templates), -1), persistent=False)
         self.register_buffer("prompt_mask", None if mask is None else mask.view(len(classes), len(self.templates), -1),
                              persistent=False)
@@ -103,7 +110,7 @@ class FlypTaskModel(TaskModel):
         t = len(self.templates)
         ids = self.prompt_ids[classes].flatten(0, 1)
         mask = None if self.prompt_mask is None else self.prompt_mask[classes].flatten(0, 1)
-        return clip.class_embeddings(self.text, ids, mask, t)
+        return class_embeddings(self.text, ids, mask, t)
 
     def forward(self, x: torch.Tensor, frozen_backbone: bool = False, targets: torch.Tensor | None = None):
         if targets is None:
@@ -129,14 +136,14 @@ class FlypTaskModel(TaskModel):
         k = self.prompt_ids.shape[0]
         weights = self.text.scale().float() * self.class_embeddings(torch.arange(k, device=self.prompt_ids.device))
         self.text.train(was)
-        clip.install_head(self.backbone, weights)
+        install_head(self.backbone, weights)
 
     # ------------------------------------------------------------------ checkpoints
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {TASK_HEAD_PREFIX + clip.TEXT_KEY + k: v for k, v in self.text.state_dict().items()}
+        return {TASK_HEAD_PREFIX + TEXT_KEY + k: v for k, v in self.text.state_dict().items()}
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str) -> None:
-        prefix = TASK_HEAD_PREFIX + clip.TEXT_KEY
+        prefix = TASK_HEAD_PREFIX + TEXT_KEY
         text = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         backbone = {k: v for k, v in state.items() if not k.startswith(TASK_HEAD_PREFIX)}
         try:
@@ -153,7 +160,7 @@ def build_task_model(cfg, wrapper: ModelWrapper, classes: Sequence[str] | None) 
         raise FtlensError("FLYP is a classification strategy (class prompts); use --task classification")
     if not classes:
         raise FtlensError(f"dataset {cfg.data!r} has no class names; FLYP needs them for its prompts")
-    clip.check_image_text(wrapper)  # a clear error for models without a text tower, before anything changes
+    check_image_text(wrapper)  # a clear error for models without a text tower, before anything changes
     reset_classifier(wrapper, len(classes))
     return FlypTaskModel(wrapper, classes, cfg.prompts)
 

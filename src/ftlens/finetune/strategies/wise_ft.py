@@ -22,11 +22,11 @@ from ftlens.errors import CheckpointError, ConfigError
 from ftlens.finetune.config import FinetuneConfig
 from ftlens.finetune.evaluation import test_metrics
 from ftlens.finetune.loop import Runtime
+from ftlens.finetune.registry import find_strategy
 from ftlens.finetune.result import RunResult
 from ftlens.finetune.robustness import corrupted_sources
 from ftlens.finetune.rundir import RunDir, metrics_frame, read_checkpoint, save_state, write_metrics
 from ftlens.finetune.sources import load_test_source
-from ftlens.finetune.strategies import find_strategy
 from ftlens.finetune.strategies.base import Strategy
 from ftlens.models import load_model, resolve_run_checkpoint, save_checkpoint
 

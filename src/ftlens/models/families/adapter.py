@@ -7,6 +7,7 @@ finetuning (which uses ``forward_features`` / ``forward_head`` / ``reset_classif
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +78,27 @@ class FeatureClassifier(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares every parameter and buffer tensor with ``module``
+    (its weights *are* the original's, so training the original changes it) but not the module
+    objects, their dicts or hooks: replacing a submodule of the copy leaves the original as it was."""
+    clones: dict[int, nn.Module] = {}
+
+    def clone(m: nn.Module) -> nn.Module:
+        if id(m) in clones:
+            return clones[id(m)]
+        new = copy.copy(m)
+        for key, value in vars(m).items():
+            if isinstance(value, (dict, set)):
+                setattr(new, key, copy.copy(value))  # _parameters, _buffers, _modules, hook dicts
+        clones[id(m)] = new
+        for name, child in m._modules.items():
+            new._modules[name] = clone(child) if child is not None else None
+        return new
+
+    return clone(module)
 
 
 def split_last_linear(model: nn.Module, attr: str) -> tuple[nn.Module, nn.Linear | None]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import nn
 
-from ftlens.errors import ImageSizeError, MissingDependencyError
+from ftlens.errors import ImageSizeError, MissingDependencyError, ModelError
 
 #: Pseudo-layer: the features the classification head sees (ViT: CLS after the final norm).
 PRE_LOGITS = "pre_logits"
@@ -92,6 +93,9 @@ class Family:
     extra: ClassVar[str | None] = None
     #: whether ``pretrained=True`` downloads hub weights (presets and checkpoints carry their own).
     hub: ClassVar[bool] = False
+    #: whether :meth:`build` loads another model: it is then given ``load=`` (a function like
+    #: :func:`ftlens.models.load_model`, passed in by the loader so families never import it).
+    loads_models: ClassVar[bool] = False
 
     def require(self) -> Any:
         """Import :attr:`package`, or a :class:`MissingDependencyError` naming the extra."""
@@ -106,6 +110,7 @@ class Family:
             ) from exc
 
     def build(self, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
+        """The module of ``PREFIX:NAME`` and how to rebuild it (``kwargs``: the family's build options)."""
         raise NotImplementedError
 
     def owns(self, module: nn.Module) -> bool:
@@ -123,17 +128,52 @@ class Family:
         """What a fresh random model of the architecture (``scratch``) keeps from ``old`` (in
         place on ``new``; default: nothing)."""
 
-    def wrapper_class(self) -> type | None:
-        """The :class:`~ftlens.models.ModelWrapper` subclass that reads this family's models
-        (None: the wrapper itself; text models: :class:`~ftlens.models.text_wrapper.TextWrapper`)."""
+    def wrapper_class(self) -> str | None:
+        """Which wrapper reads this family's models, by name (a family sits below the wrappers,
+        so it names one and :func:`ftlens.models.load.load` picks it): None for
+        :class:`~ftlens.models.ModelWrapper`, ``"text"`` for :class:`~ftlens.models.text_wrapper.TextWrapper`."""
         return None
 
     def set_image_size(self, module: nn.Module, hw: tuple[int, int]) -> None:
         """Make ``module`` take ``hw`` images; default: accepted as is (convolutional models)."""
 
+    def resizes_in_place(self, module: nn.Module, hw: tuple[int, int]) -> bool:
+        """Whether :meth:`set_image_size` would change ``module``'s own weights (a user's module
+        is then copied first); default: no."""
+        return False
+
+    def takes_any_size(self, module: nn.Module) -> bool:
+        """Whether ``module`` runs on images of any size as it is (convolutional networks), so
+        that the images decide the input size; default: unless it has a patch or position
+        embedding (ViTs, Swin, CLIP towers: their size is chosen with ``image_size``)."""
+        return not any(hasattr(m, attr) for m in module.modules() for attr in _FIXED_SIZE_ATTRS)
+
+
+#: attributes of modules that tie a model to one input size (timm, torchvision, Hugging Face, open_clip).
+_FIXED_SIZE_ATTRS = ("patch_embed", "pos_embed", "pos_embedding", "position_embedding", "position_embeddings",
+                     "positional_embedding", "class_token", "cls_token")
+
+
+#: weight files that are Python pickles (reading one can run code): ftlens reads safetensors only
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def pickled_weights_error(directory: Path, what: str) -> ModelError | None:
+    """The refusal for a folder whose weights are pickles and not safetensors (None if it has
+    safetensors, or no weights at all). The pickle is never opened."""
+    if any(directory.glob("*.safetensors")):
+        return None
+    pickles = sorted(f.name for f in directory.iterdir() if f.is_file() and f.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        return None
+    return ModelError(
+        f"{what} {directory} holds its weights as a pickle ({', '.join(pickles[:3])}), which ftlens never opens "
+        "(unpickling can run code); convert it to safetensors where you trust it (save_pretrained(DIR, "
+        "safe_serialization=True) writes model.safetensors / adapter_model.safetensors) and load that folder")
+
 
 def fixed_size_error(module: nn.Module, current: Sequence[int], hw: tuple[int, int]) -> ImageSizeError:
     return ImageSizeError(
         f"{type(module).__name__} is built for {tuple(current)} images and cannot be resized to {hw}; "
-        f"use image size {current[0]}"
+        f"pass image_size={current[0]} (--image-size {current[0]}) and images of that size"
     )

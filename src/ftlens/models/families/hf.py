@@ -13,7 +13,6 @@ rebuild without the original directory. Needs ``pip install 'ftlens[hf]'``.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 from pathlib import Path
@@ -23,7 +22,14 @@ from torch import nn
 
 from ftlens.errors import ModelError, OfflineError
 from ftlens.models.families.adapter import FeatureClassifier, Pool
-from ftlens.models.families.base import PRE_LOGITS, Built, Defaults, Family, Source
+from ftlens.models.families.base import (
+    PRE_LOGITS,
+    Built,
+    Defaults,
+    Family,
+    Source,
+    pickled_weights_error,
+)
 from ftlens.models.hub import hub_online, is_network_error
 
 _MEAN_STD = {
@@ -43,26 +49,40 @@ class HFFamily(Family):
 
     def build(self, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
         transformers = self.require()
+        if kwargs.pop("trust_remote_code", False):
+            raise ModelError(f"hf:{name}: ftlens never runs a model's own Python code (trust_remote_code); use an "
+                             "architecture that transformers ships (ViT, DINOv2, CLIP, ...)")
         if "config" in kwargs:  # rebuilt from a checkpoint: the recorded config, no weights
             return self._from_record(transformers, name, kwargs)
         local = Path(name).is_dir()
+        if local:
+            refusal = pickled_weights_error(Path(name), "hf:")
+            if refusal is not None:
+                raise refusal
+            kwargs["use_safetensors"] = True  # a folder with both: never the pickle
         online = True if local else hub_online()
         try:
-            config = transformers.AutoConfig.from_pretrained(name, local_files_only=not online)
+            config = transformers.AutoConfig.from_pretrained(name, local_files_only=not online, trust_remote_code=False)
             from ftlens.models.families.text import TextFamily, is_text_config
 
             if is_text_config(config):  # a language transformer: the text family reads it
                 return TextFamily().build(name, pretrained=pretrained, **kwargs)
-            has_weights = local and (any(Path(name).glob("*.safetensors")) or any(Path(name).glob("*.bin")))
+            has_weights = local and any(Path(name).glob("*.safetensors"))
             load_weights = has_weights if local else pretrained
             arch = (getattr(config, "architectures", None) or [None])[0]
             cls = getattr(transformers, arch, None) if arch else None
             if cls is None:
                 cls = transformers.AutoModel
             if load_weights:
-                model = cls.from_pretrained(name, local_files_only=not online, **kwargs)
+                model = cls.from_pretrained(name, local_files_only=not online, trust_remote_code=False, **kwargs)
             else:
+                kwargs.pop("use_safetensors", None)
                 model = cls.from_config(config, **kwargs) if cls is transformers.AutoModel else cls(config, **kwargs)
+        except ValueError as exc:
+            if "trust_remote_code" not in str(exc):
+                raise
+            raise ModelError(f"hf:{name} needs its own Python code (trust_remote_code), which ftlens never runs; use "
+                             "an architecture that transformers ships (ViT, DINOv2, CLIP, ...)") from None
         except OSError as exc:
             if not local and (not online or is_network_error(exc)):
                 raise OfflineError(
@@ -92,7 +112,7 @@ class HFFamily(Family):
     def adopt(self, module: nn.Module) -> nn.Module:
         if isinstance(module, FeatureClassifier):
             return module
-        return adapt(self.require(), copy.deepcopy(module), None)[0]
+        return adapt(self.require(), module, None)[0]  # shares the weights (a CLIPModel: its tower copied)
 
     def defaults(self, module: nn.Module) -> Defaults:
         config = module.body.config

@@ -11,7 +11,6 @@ Needs ``pip install 'ftlens[clip]'``.
 
 from __future__ import annotations
 
-import copy
 import difflib
 from typing import Any
 
@@ -69,7 +68,7 @@ class OpenClipFamily(Family):
     def adopt(self, module: nn.Module) -> nn.Module:
         if isinstance(module, FeatureClassifier):
             return module
-        return adapt(copy.deepcopy(getattr(module, "visual", module)))
+        return adapt(getattr(module, "visual", module))  # shares the weights of the image tower
 
     def defaults(self, module: nn.Module) -> Defaults:
         visual = module.body

@@ -12,6 +12,7 @@ neither (other module names or shapes) is a :class:`~ftlens.errors.ModelError`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +20,39 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ftlens.errors import ModelError
-from ftlens.models.families.base import Built, Family
+from ftlens.models.families.base import Built, Family, pickled_weights_error
 
 
 class PeftFamily(Family):
     prefix = "peft"
     package = "peft"
     extra = "peft"
+    loads_models = True
 
-    def build(self, name: str, *, pretrained: bool, base: Any = None, **kwargs: Any) -> Built:
+    def build(self, name: str, *, pretrained: bool, base: Any = None, load: Callable[..., Any] | None = None,
+              **kwargs: Any) -> Built:
+        """``load`` (given by :func:`ftlens.models.load_model`) loads the base model from its spec."""
         peft = self.require()
-        from ftlens.models.load import load_model
-
         directory = Path(name)
+        if kwargs.get("trust_remote_code"):
+            raise ModelError(f"peft:{name}: ftlens never runs a model's own Python code (trust_remote_code)")
         if not (directory / "adapter_config.json").is_file():
             raise ModelError(f"{directory} is not a PEFT adapter directory (no adapter_config.json); save the "
                              "adapter with peft_model.save_pretrained(DIR)")
+        refusal = pickled_weights_error(directory, "the PEFT adapter folder")
+        if refusal is not None:  # before the base model is loaded: the fix is the adapter's
+            raise refusal
         config = peft.PeftConfig.from_pretrained(str(directory))
         if base is None:
             base = config.base_model_name_or_path
             if not base or ":" not in str(base):
                 raise ModelError(f"give the base model of the LoRA adapter {directory}: load_model('peft:{directory}', "
                                  "base='timm:NAME' or a checkpoint of it)")
-        base_wrapper = base if hasattr(base, "module") else load_model(base, pretrained=pretrained, **kwargs)
-        weights = _read_adapter(directory)
+        if not hasattr(base, "module") and load is None:
+            raise ModelError(f"the LoRA adapter {directory} names its base {base!r} as a spec: load it with "
+                             "ftlens.load_model('peft:DIR', base=...), which knows how to load the base")
+        base_wrapper = base if hasattr(base, "module") else load(base, pretrained=pretrained, **kwargs)
+        weights = read_adapter(directory)
         merged, where = _merge(peft, base_wrapper.module, config, weights, str(directory), base_wrapper.name)
         info = {**base_wrapper.info, "lora": lora_info(config, str(directory), base_wrapper.spec, where)}
         return Built(merged, base_wrapper.source, random_init=False, family=base_wrapper.family, info=info,
@@ -66,16 +76,20 @@ def lora_info(config: Any, adapter: str, base: str, where: str = "") -> dict[str
             **({"applied_to": where} if where else {})}
 
 
-def _read_adapter(directory: Path) -> dict[str, Any]:
+def read_adapter(directory: Path) -> dict[str, Any]:
     path = directory / "adapter_model.safetensors"
+    refusal = pickled_weights_error(directory, "the PEFT adapter folder")
+    if refusal is not None:
+        raise refusal
     if not path.is_file():
         raise ModelError(f"{directory} holds no adapter_model.safetensors (ftlens reads safetensors adapters only)")
     return load_file(str(path))
 
 
-def _merge(peft: Any, base: nn.Module, config: Any, weights: dict[str, Any], adapter: str,
-           base_name: str) -> tuple[nn.Module, str]:
-    """Apply the adapter to ``base`` (or its ``body``), load its weights strictly, merge."""
+def apply_adapter(peft: Any, base: nn.Module, config: Any, weights: dict[str, Any], adapter: str,
+                  base_name: str) -> tuple[nn.Module, str]:
+    """``(PeftModel, where)``: the adapter applied to a copy of ``base`` (or of its ``body``: ``where``),
+    its weights loaded strictly, not merged; the caller's ``base`` is unchanged."""
     candidates = [("", base)]
     if hasattr(base, "body"):
         candidates.append(("body", base.body))
@@ -93,11 +107,18 @@ def _merge(peft: Any, base: nn.Module, config: Any, weights: dict[str, Any], ada
             problems.append(f"{where or 'model'}: {len(unexpected)} adapter tensors without a place, "
                             f"{len(missing)} LoRA weights not in the adapter")
             continue
-        merged = model.merge_and_unload()
-        if where:
-            out = copy.deepcopy(base)
-            setattr(out, where, merged)
-            return out, where
-        return merged, where
+        return model, where
     raise ModelError(f"the LoRA adapter {adapter} does not fit the base model {base_name} ({'; '.join(problems)}); "
                      "give the base model the adapter was trained on (base=...)")
+
+
+def _merge(peft: Any, base: nn.Module, config: Any, weights: dict[str, Any], adapter: str,
+           base_name: str) -> tuple[nn.Module, str]:
+    """Apply the adapter to ``base`` (or its ``body``), load its weights strictly, merge."""
+    model, where = apply_adapter(peft, base, config, weights, adapter, base_name)
+    merged = model.merge_and_unload()
+    if where:
+        out = copy.deepcopy(base)
+        setattr(out, where, merged)
+        return out, where
+    return merged, where

@@ -32,10 +32,10 @@ class PresetFamily(Family):
         from ftlens.weights import TEXT_WEIGHTS, WEIGHTS, load_weights
 
         if name in TEXT_WEIGHTS:  # a language transformer with its real weights: the text family
-            from ftlens.models.families.text import record
+            from ftlens.models.families.text import make_classifier, record
 
             weights = TEXT_WEIGHTS[name]
-            module = weights.build(**kwargs)
+            module = weights.build(make_classifier, **kwargs)
             return Built(module, Source(f"text:{name}", record(module)), random_init=False, family="text",
                          info={"weights": weights.SOURCE})
         if name in WEIGHTS:  # real weights: rebuilt as their timm architecture

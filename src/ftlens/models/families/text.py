@@ -48,19 +48,20 @@ class TextFamily(Family):
         if "config" in kwargs:  # rebuilt from a record (a checkpoint, scratch): random weights
             return self._from_record(transformers, name, kwargs)
         pooling, max_length = kwargs.pop("pooling", None), kwargs.pop("max_length", None)
+        safetensors = {"use_safetensors": True} if kwargs.pop("use_safetensors", None) else {}  # a weights file only
         local = Path(name).is_dir()
         from ftlens.models.hub import hub_online, is_network_error
 
         online = True if local else hub_online()
         try:
-            config = transformers.AutoConfig.from_pretrained(name, local_files_only=not online)
+            config = transformers.AutoConfig.from_pretrained(name, local_files_only=not online, trust_remote_code=False)
             has_weights = local and any(any(Path(name).glob(p)) for p in ("*.safetensors", "*.bin"))
             load_weights = has_weights if local else pretrained
             cls = body_class(transformers, config)
             kwargs = {**no_pooler(cls), **kwargs}
             if load_weights:
                 with _quiet(transformers):  # the left-out pooler's weights are reported as unexpected
-                    body = cls.from_pretrained(name, local_files_only=not online, **kwargs)
+                    body = cls.from_pretrained(name, local_files_only=not online, **safetensors, **kwargs)
             else:
                 body = cls(config, **kwargs)
             tokenizer = _auto_tokenizer(transformers, name, online)
@@ -105,10 +106,8 @@ class TextFamily(Family):
         with torch.no_grad():
             new.word_embeddings.copy_(old.word_embeddings)
 
-    def wrapper_class(self) -> type:
-        from ftlens.models.text_wrapper import TextWrapper
-
-        return TextWrapper
+    def wrapper_class(self) -> str:
+        return "text"
 
     def defaults(self, module: nn.Module) -> Defaults:
         blocks = block_names(module)

@@ -93,6 +93,10 @@ class TimmFamily(Family):
         return Defaults(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), input_size=input_size, layers=layers,
                         aliases=aliases, layout=layout, prefix_tokens=int(getattr(module, "num_prefix_tokens", 0)))
 
+    def resizes_in_place(self, module: nn.Module, hw: tuple[int, int]) -> bool:
+        current = getattr(getattr(module, "patch_embed", None), "img_size", None)
+        return current is not None and tuple(current) != tuple(hw)
+
     def set_image_size(self, module: nn.Module, hw: tuple[int, int]) -> None:
         """Fixed-resolution models (ViT, Swin, ...) are resized with timm's ``set_input_size``
         (position embeddings resampled); convolutional models take any size."""
@@ -106,6 +110,6 @@ class TimmFamily(Family):
             module.set_input_size(img_size=hw)
         except Exception as exc:
             raise ImageSizeError(
-                f"{type(module).__name__} cannot take {hw} images ({exc}); choose a multiple of its patch size "
-                "(and, for windowed models such as Swin, of patch size x window size)"
+                f"{type(module).__name__} cannot take {hw} images ({exc}); pass an image_size (--image-size) that "
+                "is a multiple of its patch size (and, for windowed models such as Swin, of patch size x window size)"
             ) from exc

@@ -11,14 +11,13 @@ classifier ``Linear`` becomes the ``head``, the rest the ``body`` (state-dict ke
 
 from __future__ import annotations
 
-import copy
 import difflib
 from typing import Any
 
 from torch import nn
 
 from ftlens.errors import ModelError, OfflineError
-from ftlens.models.families.adapter import FeatureClassifier, split_last_linear
+from ftlens.models.families.adapter import FeatureClassifier, shared_copy, split_last_linear
 from ftlens.models.families.base import (
     PRE_LOGITS,
     Built,
@@ -67,11 +66,11 @@ class TorchvisionFamily(Family):
         return type(module).__module__.startswith("torchvision.models")
 
     def adopt(self, module: nn.Module) -> nn.Module:
-        """A user's torchvision model: a copy, split into body and head (the original is untouched)."""
+        """A user's torchvision model split into body and head: a module tree of its own that
+        shares the user's weights (the original's structure is untouched)."""
         if isinstance(module, FeatureClassifier):
             return module
-
-        return adapt(copy.deepcopy(module))
+        return adapt(shared_copy(module))
 
     def defaults(self, module: nn.Module) -> Defaults:
         body = module.body

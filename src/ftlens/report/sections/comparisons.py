@@ -102,7 +102,7 @@ def section(sources: Sequence[Source], label: Labels) -> Section | None:
         est = "/".join(sorted({c.estimator for c in cmps.values()}))
         where = f" ({model}{', ' + data if data else ''})" if len(groups) > 1 else ""
         for metric, (title, ylabel) in METRIC_TEXT.items():
-            fig = overlay_per_layer(tables, metric, ylabel=ylabel, title=f"{title}{where}; linear CKA, {est} HSIC")
+            fig = overlay_per_layer(tables, metric, ylabel=ylabel, title=f"{title}{where}; {ip.similarity_note(est)}")
             s.blocks.append(figure_block(fig, _describe_metric(tables, metric)))
         finite = [np.abs(c.flow.to_numpy(dtype=float)) for c in cmps.values()]
         vmax = max((float(np.nanmax(f)) for f in finite if np.isfinite(f).any()), default=1.0) or 1.0
@@ -120,8 +120,7 @@ def section(sources: Sequence[Source], label: Labels) -> Section | None:
                                      + (" Same colour scale for every run." if len(cmps) > 1 else "")))
     for lab, (_, cmp) in loaded.items():
         cols = [c for c in cmp.per_layer.columns if not c.startswith("residual")]
-        s.blocks.append(Table(layer_index(cmp.per_layer[cols]), f"{lab}: per-layer metrics (linear CKA, {cmp.estimator} "
-                              "HSIC); *_std is over seeds, *_lo / *_hi the 95% interval (seeds and a bootstrap over "
+        s.blocks.append(Table(layer_index(cmp.per_layer[cols]), f"{lab}: per-layer metrics ({ip.similarity_note(cmp.estimator)}); *_std is over seeds, *_lo / *_hi the 95% interval (seeds and a bootstrap over "
                               "images); converged: every inversion of the layer ended below the residual threshold "
                               "(unconverged layers are hatched in the figures); stir_pretrained_given_pretrained / "
                               "stir_finetuned_given_finetuned are the measured first terms (inversion quality; 1 = perfect).", f"{lab}: per layer",

@@ -26,7 +26,9 @@ def section(sources: Sequence[Source], label: Labels) -> Section | None:
     for lab, src, name, folder in items:
         dyn = read_dynamics(folder / MARKERS["dynamics"])
         means[lab] = dyn.groupby("epoch")[["learning", "forgetting", "cka_divergence"]].mean()
-        s.blocks.append(figure_block(dp.metric_over_epochs(dyn), _dynamics_caption(lab, dyn)))
+        est = str(dyn["estimator"].iloc[0]) if "estimator" in dyn.columns and len(dyn) else "biased"
+        similarity = f"{est} CKA" if est in ("biased", "debiased") else f"STIR by {est}"
+        s.blocks.append(figure_block(dp.metric_over_epochs(dyn, estimator=similarity), _dynamics_caption(lab, dyn)))
         run = src.run_of(name)
         metrics = run_metrics(run) if run is not None else pd.DataFrame()
         if not metrics.empty:

@@ -1,7 +1,12 @@
 """``clip:hf:DIR_OR_NAME`` / ``clip:open_clip:ARCH[/TAG]``: the image tower of an image-text
-model as a classifier, with its text tower kept aside for zero-shot heads and FLYP
-(:mod:`ftlens.clip` builds both). Layers: the encoder's blocks; ``pre_logits``: the
-L2-normalised image embedding (``global_pool``)."""
+model as a classifier, with its text tower kept aside for zero-shot heads and FLYP. Layers: the
+encoder's blocks; ``pre_logits``: the L2-normalised image embedding (``global_pool``).
+
+The package holds the family's image-text code: :mod:`~ftlens.models.families.clip.towers`
+(both towers, the tokenizer, loading; below the wrapper) and
+:mod:`~ftlens.models.families.clip.zero_shot` (zero-shot heads and the towers of a loaded
+:class:`~ftlens.models.ModelWrapper`; above it). :mod:`ftlens.clip` is their old path.
+"""
 
 from __future__ import annotations
 
@@ -18,22 +23,24 @@ from ftlens.models.families.base import (
     Source,
     fixed_size_error,
 )
+from ftlens.models.families.clip.towers import (
+    ClipImageClassifier,
+    build_for_models,
+    describe,
+    loads_weights,
+)
 
 
 class ClipFamily(Family):
     prefix = "clip"
 
     def build(self, name: str, *, pretrained: bool, **kwargs: Any) -> Built:
-        from ftlens.clip import build_for_models, describe, loads_weights
-
         module, record = build_for_models(name, **kwargs)
         spec = f"clip:{name}"
         return Built(module, Source(spec, record), random_init=not loads_weights(spec) and "config" not in kwargs,
                      family=self.prefix, name=describe(spec))
 
     def owns(self, module: nn.Module) -> bool:
-        from ftlens.clip import ClipImageClassifier
-
         return isinstance(module, ClipImageClassifier)
 
     def defaults(self, module: nn.Module) -> Defaults:

@@ -1,0 +1,80 @@
+"""A module for inference only: each BatchNorm folded into the convolution that feeds it.
+
+In eval mode ``bn(conv(x))`` is one convolution with rescaled weights and a bias
+(:func:`torch.nn.utils.fusion.fuse_conv_bn_weights`), which saves a pass over every feature map:
+on a CPU a ResNet's forward is about a quarter faster. Which convolution feeds which BatchNorm is
+read from one forward (the BatchNorm's input *is* the convolution's output); only plain
+``nn.Conv2d`` / ``nn.BatchNorm2d`` pairs with running statistics are folded (timm's
+``BatchNormAct2d`` carries its activation and is left alone). Layer outputs change only by float
+rounding; callers compare them on real inputs before relying on the copy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+__all__ = ["fold_batchnorm"]
+
+
+def _pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """``(conv name, batchnorm name)`` where the BatchNorm's input is the convolution's output."""
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the tensors are kept alive: ids stay unique
+    calls: dict[str, int] = {}
+    pairs: list[tuple[str, str]] = []
+    hooks = []
+
+    def conv_hook(name):
+        def hook(_m, _inputs, out):
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(out, torch.Tensor):
+                outputs[id(out)] = (name, out)
+        return hook
+
+    def bn_hook(name):
+        def hook(_m, inputs):
+            calls[name] = calls.get(name, 0) + 1
+            source = outputs.get(id(inputs[0])) if inputs and isinstance(inputs[0], torch.Tensor) else None
+            if source is not None:
+                pairs.append((source[0], name))
+        return hook
+
+    for name, m in module.named_modules():
+        if type(m) is nn.Conv2d:
+            hooks.append(m.register_forward_hook(conv_hook(name)))
+        elif type(m) is nn.BatchNorm2d and m.track_running_stats and m.running_mean is not None:
+            hooks.append(m.register_forward_pre_hook(bn_hook(name)))
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    convs = [c for c, _ in pairs]
+    return [(c, b) for c, b in pairs if calls.get(c) == 1 and calls.get(b) == 1 and convs.count(c) == 1]
+
+
+def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
+    """``(copy, folds)``: a copy of ``module`` in eval mode with every BatchNorm fed by a
+    convolution (in a forward of ``example``, a normalised input batch) folded into it and
+    replaced by ``nn.Identity``; ``folds`` is how many. ``module`` itself is not changed.
+
+    The copy takes new tensors only where they differ: the folded convolutions' weights and biases
+    are new, every other tensor is copied, and the folded pairs' old tensors are never copied."""
+    pairs = _pairs(module, example)
+    replaced = {id(t): t for c, b in pairs for m in (module.get_submodule(c), module.get_submodule(b))
+                for t in (*m._parameters.values(), *m._buffers.values()) if t is not None}
+    folded = copy.deepcopy(module, memo=dict(replaced))  # the pairs' tensors shared, and replaced below
+    folded.eval()
+    for conv_name, bn_name in pairs:
+        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                            bn.weight, bn.bias)
+        fused = copy.copy(conv)  # a module of its own whose parameters are new tensors
+        fused._parameters = {"weight": weight.requires_grad_(False), "bias": bias.requires_grad_(False)}
+        folded.set_submodule(conv_name, fused)
+        folded.set_submodule(bn_name, nn.Identity())
+    return folded, len(pairs)
