@@ -40,7 +40,8 @@ def _metrics(run_dir) -> pd.DataFrame:
 def test_runs_train_on_the_real_topics(text_dir):
     runs = text_dir / "runs"
     ft = _metrics(runs / "ft")
-    assert ft["test_acc"].iloc[-1] > 0.5  # four topics: chance is about 0.33 (the largest class)
+    # four topics: the largest class is a third; 256 training texts for 2 epochs (quick) already beat it
+    assert ft["test_acc"].iloc[-1] > 0.4 and ft["test_acc"].iloc[-1] > ft["test_acc"].iloc[0]
     assert {"acc_typos_s1", "acc_word_dropout_s5", "corrupted_acc_mean"} <= set(ft.columns)
     pt = load_model("ftlens:minilm-l6", max_length=32)
     scratch0 = load_model(f"{runs / 'scratch'}@0")

@@ -114,3 +114,14 @@ def test_random_text_weights_are_warned_about_and_kinds_must_match(data, tmp_pat
     with pytest.raises(ConfigError, match="max_length applies to text models"):
         finetune(model="ftlens:vit-micro", data="digits", out=str(tmp_path / "v"), epochs=1, max_length=8,
                  progress=False)
+
+
+def test_wise_ft_interpolates_text_runs_with_exact_endpoints(bert, data, tmp_path):
+    src = _run(bert, data, tmp_path / "ft", strategy="ft", epochs=1, lr=3e-3)
+    wise = finetune(strategy="wise-ft", wise_to=f"{src.run_dir}@last", wise_alphas="0,1", data=data,
+                    out=str(tmp_path / "wise"), device="cpu", progress=False, max_length=12)
+    m, s = wise.metrics, src.metrics
+    assert list(m["alpha"]) == [0.0, 1.0]
+    assert m["test_acc"].iloc[0] == s["test_acc"].iloc[0] and m["test_acc"].iloc[1] == s["test_acc"].iloc[-1]
+    a, b = load_model(f"{wise.run_dir}@last"), load_model(f"{src.run_dir}@last")
+    assert a.fingerprint == b.fingerprint and type(a).__name__ == "TextWrapper"
