@@ -206,9 +206,9 @@ class CKA:
 
     @staticmethod
     def _load(model: Any, layers: Sequence[str] | None, image_size: Any, what: str) -> ModelWrapper:
-        from ftlens.invariance.inputs import as_model
-
         if isinstance(model, ModelWrapper):
+            from ftlens.invariance.inputs import as_model
+
             return as_model(model, what, image_size)
         size = {"image_size": image_size} if image_size is not None else {}
         return load_model(model, layers=layers, **size)

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from ftlens.models.families.adapter import shared_copy
+
 __all__ = ["fold_batchnorm"]
 
 
@@ -57,17 +59,21 @@ def _pairs(module: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
     return [(c, b) for c, b in pairs if calls.get(c) == 1 and calls.get(b) == 1 and convs.count(c) == 1]
 
 
-def fold_batchnorm(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
+def fold_batchnorm(module: nn.Module, example: torch.Tensor, share: bool = False) -> tuple[nn.Module, int]:
     """``(copy, folds)``: a copy of ``module`` in eval mode with every BatchNorm fed by a
     convolution (in a forward of ``example``, a normalised input batch) folded into it and
     replaced by ``nn.Identity``; ``folds`` is how many. ``module`` itself is not changed.
 
-    The copy takes new tensors only where they differ: the folded convolutions' weights and biases
-    are new, every other tensor is copied, and the folded pairs' old tensors are never copied."""
+    The folded convolutions get new weights and biases; the folded pairs' old tensors are never
+    copied. ``share``: every other tensor is the original's too (a module tree of its own around
+    them: for a copy that is only run, never moved or converted); else every other tensor is copied."""
     pairs = _pairs(module, example)
-    replaced = {id(t): t for c, b in pairs for m in (module.get_submodule(c), module.get_submodule(b))
-                for t in (*m._parameters.values(), *m._buffers.values()) if t is not None}
-    folded = copy.deepcopy(module, memo=dict(replaced))  # the pairs' tensors shared, and replaced below
+    if share:
+        folded = shared_copy(module)
+    else:
+        replaced = {id(t): t for c, b in pairs for m in (module.get_submodule(c), module.get_submodule(b))
+                    for t in (*m._parameters.values(), *m._buffers.values()) if t is not None}
+        folded = copy.deepcopy(module, memo=dict(replaced))  # the pairs' tensors shared, and replaced below
     folded.eval()
     for conv_name, bn_name in pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)

@@ -334,19 +334,24 @@ class ModelWrapper:
         (:func:`ftlens.models.inference.fold_batchnorm`, found in a forward of ``example``, images
         ``(n, C, H, W)``); the same layer outputs up to float rounding. ``self`` if nothing folds.
         The copy is channels-last only with depthwise convolutions
-        (:func:`ftlens.models.session.has_depthwise`)."""
+        (:func:`ftlens.models.session.has_depthwise`); else it shares every tensor but the folded
+        ones with this model (no copy of the weights)."""
         from ftlens.models.inference import fold_batchnorm
 
+        channels_last = has_depthwise(self.module)  # converted: then its tensors must be copies
         with self.session(channels_last=False), torch.no_grad(), one_thread():
-            module, folds = fold_batchnorm(self.module, self._normalize(example[:1].to(self.device)))
+            module, folds = fold_batchnorm(self.module, self._normalize(example[:1].to(self.device)),
+                                           share=not channels_last)
         if not folds:
             return self
-        new = self._owning(module, channels_last=has_depthwise(module))
+        new = self._owning(module, channels_last=channels_last, freeze=channels_last)
         new._trace = self._trace  # the same modules run in the same order (an Identity where a BatchNorm was)
         return new
 
-    def _owning(self, module: nn.Module, channels_last: bool = True) -> ModelWrapper:
-        """A wrapper like this one around ``module`` (a copy it owns), channels-last if a CNN and asked."""
+    def _owning(self, module: nn.Module, channels_last: bool = True, freeze: bool = True) -> ModelWrapper:
+        """A wrapper like this one around ``module`` (a copy it owns), channels-last if a CNN and
+        asked; ``freeze=False`` for a module tree of its own that shares tensors with the
+        original (their ``requires_grad`` is left to the sessions, which restore it)."""
         new = copy.copy(self)
         new.module = module
         new.owned = True
@@ -354,7 +359,9 @@ class ModelWrapper:
         new._depth = 0
         new._checked = False
         new._digests = WeightDigests()
-        (channels_last_if_cnn(new.module) if channels_last else new.module).eval().requires_grad_(False)
+        (channels_last_if_cnn(new.module) if channels_last else new.module).eval()
+        if freeze:
+            new.module.requires_grad_(False)
         if self._work_device is not None:
             new.module.to(self._work_device)
         new._channels_last = channels_last  # its sessions keep the memory format chosen here
