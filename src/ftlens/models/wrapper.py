@@ -336,7 +336,7 @@ class ModelWrapper:
         The copy is channels-last only with depthwise convolutions
         (:func:`ftlens.models.session.has_depthwise`); else it shares every tensor but the folded
         ones with this model (no copy of the weights)."""
-        from ftlens.models.inference import fold_batchnorm
+        from ftlens.models.inference import channels_last_pools, fold_batchnorm
 
         channels_last = has_depthwise(self.module)  # converted: then its tensors must be copies
         with self.session(channels_last=False), torch.no_grad(), one_thread():
@@ -344,6 +344,8 @@ class ModelWrapper:
                                            share=not channels_last)
         if not folds:
             return self
+        if not channels_last:
+            channels_last_pools(module)  # NCHW max pooling is slow on a CPU: pool channels-last
         new = self._owning(module, channels_last=channels_last, freeze=channels_last)
         new._trace = self._trace  # the same modules run in the same order (an Identity where a BatchNorm was)
         return new
@@ -444,7 +446,9 @@ class ModelWrapper:
             size = self._need_size()
             x = torch.full((1, *size), 0.5, device=self.device)
             try:
-                with self.session(channels_last=False), one_thread():  # one image: no channels-last copy
+                # one image: no channels-last copy; one thread unless the image is large
+                small = x.numel() <= 3 * 64 * 64
+                with self.session(channels_last=False), (one_thread() if small else contextlib.nullcontext()):
                     self._trace = trace_module(self.module, self._normalize(x))
             except Exception as exc:
                 raise ImageSizeError(
