@@ -173,6 +173,11 @@ def test_batchnorm_folding_changes_only_rounding(cnns, images):
     with torch.no_grad():
         want, got = a(images), folded(images)
     assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+    from ftlens.models.inference import channels_last_pools
+
+    assert channels_last_pools(folded) == 1 and type(a.maxpool) is torch.nn.MaxPool2d  # the copy's pool only
+    with torch.no_grad():
+        assert torch.equal(folded(images), got)  # a maximum is exact in any memory format
     # a convolution whose output also goes elsewhere is not folded: the check on real inputs catches it
     conv = torch.nn.Conv2d(3, 4, 3)
 

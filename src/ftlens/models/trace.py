@@ -69,7 +69,7 @@ def first_tensor(out: Any) -> torch.Tensor | None:
 
 
 def trace_module(module: nn.Module, x: torch.Tensor) -> ExecutionTrace:
-    """Run ``module(x)`` once (no gradients) with hooks on every named submodule."""
+    """Run ``module(x)`` once (no gradients), noting every named submodule's calls (global hooks)."""
     modules = {n: m for n, m in module.named_modules() if n}
     order: list[str] = []
     calls: dict[str, int] = {}
@@ -79,32 +79,39 @@ def trace_module(module: nn.Module, x: torch.Tensor) -> ExecutionTrace:
     in_shapes: dict[str, tuple[int, ...]] = {}
     events = [0]
 
-    def make_pre_hook(name: str):
-        def pre_hook(_mod, _inp):
+    names = {id(m): n for n, m in modules.items()}  # named_modules() lists each module object once
+
+    def pre_hook(mod, _inp):
+        name = names.get(id(mod))
+        if name is not None:
             events[0] += 1
             starts.setdefault(name, events[0])
 
-        return pre_hook
+    def hook(mod, inp, out):
+        name = names.get(id(mod))
+        if name is None:
+            return
+        events[0] += 1
+        ends.setdefault(name, events[0])
+        i = first_tensor(inp)
+        if i is not None and name not in in_shapes:
+            in_shapes[name] = tuple(i.shape[1:])
+        t = first_tensor(out)
+        if t is None:
+            return
+        calls[name] = calls.get(name, 0) + 1
+        if name not in shapes:
+            order.append(name)
+            shapes[name] = tuple(t.shape[1:])
 
-    def make_hook(name: str):
-        def hook(_mod, inp, out):
-            events[0] += 1
-            ends.setdefault(name, events[0])
-            i = first_tensor(inp)
-            if i is not None and name not in in_shapes:
-                in_shapes[name] = tuple(i.shape[1:])
-            t = first_tensor(out)
-            if t is None:
-                return
-            calls[name] = calls.get(name, 0) + 1
-            if name not in shapes:
-                order.append(name)
-                shapes[name] = tuple(t.shape[1:])
+    # two global hooks (module.register_module_forward_*_hook) instead of two per module: the same
+    # events, without a handle per module (a ResNet-34 has some 150 modules)
+    from torch.nn.modules.module import (
+        register_module_forward_hook,
+        register_module_forward_pre_hook,
+    )
 
-        return hook
-
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
-    handles += [m.register_forward_pre_hook(make_pre_hook(n)) for n, m in modules.items()]
+    handles = [register_module_forward_pre_hook(pre_hook), register_module_forward_hook(hook)]
     try:
         with torch.no_grad():
             module(x)

@@ -334,19 +334,26 @@ class ModelWrapper:
         (:func:`ftlens.models.inference.fold_batchnorm`, found in a forward of ``example``, images
         ``(n, C, H, W)``); the same layer outputs up to float rounding. ``self`` if nothing folds.
         The copy is channels-last only with depthwise convolutions
-        (:func:`ftlens.models.session.has_depthwise`)."""
-        from ftlens.models.inference import fold_batchnorm
+        (:func:`ftlens.models.session.has_depthwise`); else it shares every tensor but the folded
+        ones with this model (no copy of the weights)."""
+        from ftlens.models.inference import channels_last_pools, fold_batchnorm
 
+        channels_last = has_depthwise(self.module)  # converted: then its tensors must be copies
         with self.session(channels_last=False), torch.no_grad(), one_thread():
-            module, folds = fold_batchnorm(self.module, self._normalize(example[:1].to(self.device)))
+            module, folds = fold_batchnorm(self.module, self._normalize(example[:1].to(self.device)),
+                                           share=not channels_last)
         if not folds:
             return self
-        new = self._owning(module, channels_last=has_depthwise(module))
+        if not channels_last:
+            channels_last_pools(module)  # NCHW max pooling is slow on a CPU: pool channels-last
+        new = self._owning(module, channels_last=channels_last, freeze=channels_last)
         new._trace = self._trace  # the same modules run in the same order (an Identity where a BatchNorm was)
         return new
 
-    def _owning(self, module: nn.Module, channels_last: bool = True) -> ModelWrapper:
-        """A wrapper like this one around ``module`` (a copy it owns), channels-last if a CNN and asked."""
+    def _owning(self, module: nn.Module, channels_last: bool = True, freeze: bool = True) -> ModelWrapper:
+        """A wrapper like this one around ``module`` (a copy it owns), channels-last if a CNN and
+        asked; ``freeze=False`` for a module tree of its own that shares tensors with the
+        original (their ``requires_grad`` is left to the sessions, which restore it)."""
         new = copy.copy(self)
         new.module = module
         new.owned = True
@@ -354,7 +361,9 @@ class ModelWrapper:
         new._depth = 0
         new._checked = False
         new._digests = WeightDigests()
-        (channels_last_if_cnn(new.module) if channels_last else new.module).eval().requires_grad_(False)
+        (channels_last_if_cnn(new.module) if channels_last else new.module).eval()
+        if freeze:
+            new.module.requires_grad_(False)
         if self._work_device is not None:
             new.module.to(self._work_device)
         new._channels_last = channels_last  # its sessions keep the memory format chosen here
@@ -437,7 +446,9 @@ class ModelWrapper:
             size = self._need_size()
             x = torch.full((1, *size), 0.5, device=self.device)
             try:
-                with self.session(channels_last=False), one_thread():  # one image: no channels-last copy
+                # one image: no channels-last copy; one thread unless the image is large
+                small = x.numel() <= 3 * 64 * 64
+                with self.session(channels_last=False), (one_thread() if small else contextlib.nullcontext()):
                     self._trace = trace_module(self.module, self._normalize(x))
             except Exception as exc:
                 raise ImageSizeError(

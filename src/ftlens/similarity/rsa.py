@@ -20,8 +20,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from scipy.spatial.distance import pdist
 
 from ftlens.errors import ConfigError, DegenerateRepresentationWarning
 from ftlens.similarity.inputs import paired
@@ -45,6 +43,8 @@ def rdm(x: Any, distance: str = "correlation") -> np.ndarray:
     """The condensed RDM of ``x`` (n, d): the ``distance`` of every pair ``i < j`` of rows, float64 (n (n-1) / 2,)."""
     if distance not in DISTANCES:
         raise ConfigError(f"distance must be one of {list(DISTANCES)}, got {distance!r}.")
+    from scipy.spatial.distance import pdist  # here: importing scipy costs every CKA user 60 MiB
+
     return pdist(np.asarray(x, dtype=np.float64), metric=distance)
 
 
@@ -66,6 +66,8 @@ def rsa(a: Any, b: Any, distance: str = "correlation", compare: str = "spearman"
                           "(a constant representation, or an input with constant or zero features); returning NaN.",
                           DegenerateRepresentationWarning, stacklevel=2)
             return float("nan")
+    from scipy import stats
+
     corr = stats.spearmanr if compare == "spearman" else stats.pearsonr
     return float(corr(rdms[0], rdms[1])[0])
 

@@ -92,7 +92,7 @@ def shared_copy(module: nn.Module) -> nn.Module:
         new = copy.copy(m)
         for key, value in vars(m).items():
             if isinstance(value, (dict, set)):
-                setattr(new, key, copy.copy(value))  # _parameters, _buffers, _modules, hook dicts
+                new.__dict__[key] = value.copy()  # _parameters, _buffers, _modules, hook dicts (same type)
         clones[id(m)] = new
         for name, child in m._modules.items():
             new._modules[name] = clone(child) if child is not None else None
