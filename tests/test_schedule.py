@@ -189,7 +189,8 @@ def test_adam_schedule_matches_the_textbook_update_per_image(which, batch_size, 
     settings = InversionSettings(steps=40, stop_residual=stop, patience=5, min_improvement=0.05)
     assert settings.schedule == "adam"  # the default
     inv = invert(model, layer, images, steps=40, seed=1, batch_size=batch_size, schedule=schedule_fields(settings))
-    ref_x, ref_r, evals = _reference_adam(model, layer, images, settings, seed=1)
+    with model.session():  # the model in the working state the library runs it in (channels-last CNN)
+        ref_x, ref_r, evals = _reference_adam(model, layer, images, settings, seed=1)
     # the fused update rounds differently from the textbook one: close, not bit-equal
     torch.testing.assert_close(inv.residual, ref_r, atol=2e-3, rtol=2e-3)
     assert float((inv.images - ref_x).abs().mean()) < 2e-3
@@ -201,7 +202,8 @@ def test_adam_schedule_matches_the_textbook_update_per_image(which, batch_size, 
 def test_fixed_schedule_is_the_papers_loop_bit_for_bit(which, vit, cnn, images):
     model, layer = (vit, "blocks.2") if which == "vit" else (cnn, "dw")
     inv = invert(model, layer, images, steps=7, step_size=0.5, seed=3, schedule="fixed")
-    ref_x, ref_r, ref_h = _reference_fixed(model, layer, images, 7, 0.5, 3)
+    with model.session():  # the model in the working state the library runs it in (channels-last CNN)
+        ref_x, ref_r, ref_h = _reference_fixed(model, layer, images, 7, 0.5, 3)
     assert torch.equal(inv.images, ref_x)
     assert torch.equal(inv.residual, ref_r)
     assert torch.equal(inv.history, ref_h)
@@ -220,7 +222,8 @@ def test_adaptive_schedule_matches_a_per_image_reference(which, batch_size, vit,
     settings = InversionSettings(steps=25, stop_residual=stop, schedule="adaptive", patience=3)
     inv = invert(model, layer, images, steps=25, seed=1, batch_size=batch_size,
                  schedule=schedule_fields(settings))
-    ref_x, ref_r, evals = _reference_adaptive(model, layer, images, settings, seed=1)
+    with model.session():  # the model in the working state the library runs it in (channels-last CNN)
+        ref_x, ref_r, evals = _reference_adaptive(model, layer, images, settings, seed=1)
     if batch_size == 1:  # the same operations on the same one-image batches
         assert torch.equal(inv.residual, ref_r) and torch.equal(inv.images, ref_x)
     else:  # other batch shapes round matmuls differently

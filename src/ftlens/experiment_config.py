@@ -120,6 +120,7 @@ def quick(config: ExperimentConfig) -> ExperimentConfig:
         r.pop("epochs", None)
     a = c.analysis
     a.images, a.seeds, a.steps, a.distortion_images = 32, 2, 8, 32
+    a.dynamics_epochs = None  # the config's epochs are those of its own length: every epoch of the quick runs
     return c
 
 

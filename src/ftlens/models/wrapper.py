@@ -118,10 +118,7 @@ class ModelWrapper:
         self.refresh_modules(fingerprint=False)
         if input_size is not None:
             self._set_input_size(input_size)
-            if self._any_size and self._requested:  # the names now; their order with the first images' size
-                self._expand(self._requested)
-            else:
-                self._layers = self.resolve_layers(self._requested or self._default_layers())
+            self._layers = self.resolve_layers(self._requested or self._default_layers())
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -151,7 +148,7 @@ class ModelWrapper:
         return self
 
     @contextlib.contextmanager
-    def session(self, check: bool = False, channels_last: bool = True) -> Iterator[None]:
+    def session(self, check: bool = False, channels_last: bool = True, place: bool = True) -> Iterator[None]:
         """ftlens's working state for the duration: every submodule in ``eval()`` (BatchNorm uses
         its running statistics, dropout is off), parameters without gradients, the wrapper's
         device, channels-last weights for a CNN; all put back afterwards, exactly (the same
@@ -163,7 +160,9 @@ class ModelWrapper:
         writes through ``.data``; the entry points whose results are cached by fingerprint
         (``compare``, ``stir``) check. Without it the fingerprint still follows every change that
         moves a version counter. ``channels_last=False``: leave a user's CNN in its own memory
-        format (no channels-last copy of its weights: for a session that runs it little)."""
+        format (no channels-last copy of its weights: for a session that runs it little).
+        ``place=False``: neither device nor memory format (only the modes and flags), for a forward
+        whose backward may come after the session (autograd reads the weights then)."""
         if self._depth:
             self._depth += 1
             try:
@@ -178,8 +177,8 @@ class ModelWrapper:
             self._sync_weights()
         keep = bool(self._digests)
         try:
-            with working_state(self.module, device=self._work_device,
-                               channels_last=self._cnn and self._channels_last and channels_last):
+            with working_state(self.module, device=self._work_device if place else None,
+                               channels_last=place and self._cnn and self._channels_last and channels_last):
                 if keep:  # the digests are of these values: record where ftlens put them
                     self._digests.adopt(self._modules)
                 self._depth, self._checked = 1, check
@@ -602,10 +601,13 @@ class ModelWrapper:
 
         Pixels are clamped to [0, 1] and normalised inside; the forward stops right
         after the deepest requested layer. Gradients flow to ``images`` if it requires them.
-        """
+        Called on its own it runs the module where it is (a user's model on another device than
+        the wrapper's: hold ``with wrapper.session():`` around the forward and the backward)."""
         self.adopt_input_size(images)
         layers = self.resolve_layers(layers)
-        with self.eval_mode():
+        # alone (not inside a session): the model where it is and as it is stored, since a backward
+        # through the result runs after this call returned and reads the weights then
+        with self.session(place=False):
             return self._capture(images, layers, clone=clone)
 
     def _reduce(self, layer: str, t: torch.Tensor) -> torch.Tensor:
