@@ -43,10 +43,10 @@ def test_runs_train_on_the_real_topics(text_dir):
     # four topics: the largest class is a third; 256 training texts for 2 epochs (quick) already beat it
     assert ft["test_acc"].iloc[-1] > 0.4 and ft["test_acc"].iloc[-1] > ft["test_acc"].iloc[0]
     assert {"acc_typos_s1", "acc_word_dropout_s5", "corrupted_acc_mean"} <= set(ft.columns)
-    pt = load_model("ftlens:minilm-l6", max_length=32)
+    pt = load_model("ftlens:minilm-l6", max_length=24)
     scratch0 = load_model(f"{runs / 'scratch'}@0")
     assert torch.equal(scratch0.module.word_embeddings, pt.module.word_embeddings)
-    assert scratch0.max_length == 32
+    assert scratch0.max_length == 24
 
 
 def test_every_run_is_compared_in_the_word_vector_space(text_dir):

@@ -23,6 +23,9 @@ def summary(src: Source) -> str:
         return f"<code>{esc(src.root)}</code>: {', '.join(kinds)}."
     a = cfg.get("analysis", {}) or {}
 
+    from ftlens.data import is_text_dataset
+
+    unit = "texts" if is_text_dataset(str(cfg.get("data", ""))) else "images"
     smoke = is_smoke(cfg)
     banner = (f"<b class='nothold'>Smoke-sized run</b> ({esc('; '.join(smoke))}): it checks that the pipeline works; "
               "its numbers are too noisy to support the papers' findings, and the verdicts say so. ") if smoke else ""
@@ -30,7 +33,7 @@ def summary(src: Source) -> str:
         f"<code>{esc(src.name)}</code>: model <code>{esc(cfg.get('model'))}</code>"
         + (f", pretrained on <code>{esc(cfg['pretrain'].get('data'))}</code>" if cfg.get("pretrain") else "")
         + f", finetuned on <code>{esc(cfg.get('data'))}</code> in {len(cfg.get('runs', []))} ways. "
-        f"STIR uses {esc(a.get('images'))} images per seed, {esc(a.get('seeds'))} seeds, {esc(a.get('steps'))} "
+        f"STIR uses {esc(a.get('images'))} {unit} per seed, {esc(a.get('seeds'))} seeds, {esc(a.get('steps'))} "
         f"inversion steps of size {esc(a.get('step_size'))}; CKA estimator: "
         f"<b>{'debiased' if a.get('debiased') else 'biased'} linear CKA</b>."
     )
@@ -38,7 +41,8 @@ def summary(src: Source) -> str:
 
 def section(sources: Sequence[Source], label: Labels) -> Section:
     s = Section("What was run: models, configuration, environment",
-                "Layers are numbered from 1 (layer 1 = <code>blocks.0</code>).")
+                "Layers are numbered from 1 (layer 1 = <code>blocks.0</code>); a text model's input embeddings "
+                "(<code>embeddings</code>) are layer 0.")
     for src in sources:
         timings = read_json(src.timings) or {}
         models = _models_table(src)
