@@ -206,10 +206,10 @@ def main() -> None:
     L = len(pt.layers)
     x = torch.rand(args.images, *pt.input_size, generator=torch.Generator().manual_seed(args.seed))
 
-    def ours(schedule):
+    def ours(schedule, steps):
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:  # processes share a cache; fresh: nothing cached
-            r = compare(pt, ft, x, seeds=[args.seed], n_images=args.images, steps=args.steps,
+            r = compare(pt, ft, x, seeds=[args.seed], n_images=args.images, steps=steps,
                         step_size=args.step_size, cache=tmp if args.processes else None, progress=False,
                         schedule=schedule, processes=args.processes)
         return r, time.perf_counter() - t0
@@ -223,11 +223,27 @@ def main() -> None:
     for label, schedule in (("default", args.schedule), ("fixed", "fixed")):
         if label == "fixed" and args.schedule == "fixed":
             continue
-        r, seconds = ours(schedule)
+        r, seconds = ours(schedule, args.steps)
         runs[label] = {"result": r, "seconds": seconds, "settings": r.config["inversion"],
                        "image_steps": int(r.inversions["image_steps"].sum()),
                        "residual_mean": float(r.inversions["residual_mean"].mean()),
                        "inversion_table": r.inversions}
+    if "fixed" in runs and args.schedule in (None, "adam"):
+        # equal quality: the default method, each image stopped once it is at least as well
+        # inverted as the best-inverted layer of the peer's run (the fixed schedule is the peer's
+        # algorithm step for step), so every layer ends at least as good as the peer's
+        fixed_inv = runs["fixed"]["inversion_table"]
+        target = float(fixed_inv["residual_mean"].min())
+        r, seconds = ours({"schedule": "adam", "stop_residual": target}, max(args.steps, 150))
+        key = ["reference", "reference_layer", "seed"]
+        ours_by = r.inversions.set_index(key)["residual_mean"]
+        peer_by = fixed_inv.set_index(key)["residual_mean"]
+        runs["equal_quality"] = {"result": r, "seconds": seconds, "settings": r.config["inversion"],
+                                 "image_steps": int(r.inversions["image_steps"].sum()),
+                                 "residual_mean": float(r.inversions["residual_mean"].mean()),
+                                 "inversion_table": r.inversions, "stop_residual": target,
+                                 "inversions_at_least_peer_quality": int((ours_by <= peer_by.loc[ours_by.index]).sum()),
+                                 "inversions_compared": len(ours_by)}
 
     pairs = [(i, j) for i in range(L) for j in range(L)]
     if args.no_peer:
@@ -288,6 +304,8 @@ def main() -> None:
             "per_flop_advantage": peer_full / run["seconds"] / (peer_flops / run["flops"]),
             "max_abs_diff_stir_vs_peer": max(diffs, default=float("nan")),
             "mean_abs_diff_stir_vs_peer": float(np.mean(diffs)) if diffs else float("nan"),
+            **{k: run[k] for k in ("stop_residual", "inversions_at_least_peer_quality", "inversions_compared")
+               if k in run},
         }
     if "fixed" in runs and "default" in runs:
         a, b = runs["default"]["result"], runs["fixed"]["result"]

@@ -143,7 +143,8 @@ def _reference_adaptive(model, layer, images, settings: InversionSettings, seed)
 
 def _reference_adam(model, layer, images, settings: InversionSettings, seed):
     """Adam on the pixels for each image on its own, decisions in plain Python (the textbook
-    update of Kingma & Ba, Algorithm 1, then the clamp; the windowed stall rule).
+    update of Kingma & Ba, Algorithm 1, then the clamp; the windowed stall rule, which first
+    lowers the image's step by ``decay`` ``lr_drops`` times, each with a fresh window).
     Returns (best images, best residuals, evaluations per image)."""
     b1, b2, eps = 0.9, 0.999, 1e-8
     x0 = start_images(images, "noise", seed)
@@ -155,6 +156,7 @@ def _reference_adam(model, layer, images, settings: InversionSettings, seed):
         x = x0[i : i + 1].clone()
         m, v = torch.zeros_like(x), torch.zeros_like(x)
         best, best_x, bests, n_eval = torch.tensor(math.inf), x.clamp(0, 1), [], 0
+        lr, drops, window_from = settings.lr, 0, 0  # the stall window starts at bests[window_from]
         for t in range(settings.steps + 1):
             n_eval += 1
             x.requires_grad_(t < settings.steps)
@@ -170,11 +172,12 @@ def _reference_adam(model, layer, images, settings: InversionSettings, seed):
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
             m_hat, v_hat = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
-            x = (x.detach() - settings.lr * m_hat / (v_hat.sqrt() + eps)).clamp(0, 1)
-            k = settings.patience
-            if (len(bests) > k and bests[-1] > bests[-1 - k] * (1 - settings.min_improvement)) or (
-                float(best) <= settings.stop_residual
-            ):
+            x = (x.detach() - lr * m_hat / (v_hat.sqrt() + eps)).clamp(0, 1)
+            k, j = settings.patience, len(bests) - 1
+            stalled = j - k >= window_from and bests[j] > bests[j - k] * (1 - settings.min_improvement)
+            if stalled and drops < settings.lr_drops:
+                lr, drops, window_from, stalled = lr * settings.decay, drops + 1, j, False
+            if stalled or float(best) <= settings.stop_residual:
                 break
         out_x.append(best_x)
         out_r.append(best)
@@ -273,7 +276,7 @@ def test_schedule_names_and_errors():
     with pytest.raises(ValueError, match="unknown schedule field"):
         schedule_fields({"patiense": 3})
     for bad in ({"decay": 1.0}, {"grow": 0.5}, {"patience": 0}, {"stop_residual": -1.0}, {"schedule": "sgd"},
-                {"lr": 0.0}, {"lr": 2.0},
+                {"lr": 0.0}, {"lr": 2.0}, {"lr_drops": -1},
                 {"min_improvement": 1.0}, {"max_step_size": 0.1}):
         with pytest.raises(ValueError):
             InversionSettings(**bad)
@@ -291,15 +294,28 @@ def test_cache_key_has_every_schedule_option_and_fixed_keys_are_unchanged(vit, i
     keys = {inversion_key(vit, "blocks.1", h, 0, base, "cpu")[0], key}
     for change in ({"schedule": "fixed"}, {"decay": 0.25}, {"grow": 2.0}, {"max_step_size": 2.0},
                    {"patience": 5}, {"min_improvement": 0.05}, {"stop_residual": 0.01}, {"stop_residual": None},
-                   {"lr": 0.1}, {"schedule": "adaptive"}):
+                   {"lr": 0.1}, {"lr_drops": 0}, {"schedule": "adaptive"}):
         s = InversionSettings(**{**base.as_dict(), **change})
         keys.add(inversion_key(vit, "blocks.1", h, 0, s, "cpu")[0])
-    assert len(keys) == 12
-    # lr is Adam's alone: the other schedules' keys are those of earlier versions
+    assert len(keys) == 13
+    # lr and lr_drops are Adam's alone: the other schedules' keys are those of earlier versions
     adaptive = InversionSettings(steps=9, schedule="adaptive")
-    assert "lr" not in inversion_key(vit, "blocks.1", h, 0, adaptive, "cpu")[1]
+    assert not {"lr", "lr_drops"} & set(inversion_key(vit, "blocks.1", h, 0, adaptive, "cpu")[1])
     assert inversion_key(vit, "blocks.1", h, 0, adaptive, "cpu")[0] == inversion_key(
-        vit, "blocks.1", h, 0, InversionSettings(steps=9, schedule="adaptive", lr=0.2), "cpu")[0]
+        vit, "blocks.1", h, 0, InversionSettings(steps=9, schedule="adaptive", lr=0.2, lr_drops=0), "cpu")[0]
+
+
+@pytest.mark.parametrize("which", ["vit", "cnn"])
+def test_a_stalled_adam_image_lowers_its_step_and_only_gains(which, vit, cnn, images):
+    """Up to its first stall an image takes the same steps with or without lowering the step;
+    lowering it instead of stopping can only take it further: per image, a best residual at
+    most that of the run without, from at least as many steps."""
+    model, layer = (vit, "blocks.1") if which == "vit" else (cnn, "head")
+    common = {"stop_residual": None, "patience": 3, "min_improvement": 0.05}
+    runs = {d: invert(model, layer, images, steps=60, seed=2, schedule={**common, "lr_drops": d}) for d in (0, 2)}
+    assert (runs[2].residual <= runs[0].residual).all()
+    assert runs[2].extra["image_steps"] > runs[0].extra["image_steps"]  # some image stalled and went on
+    assert float(runs[2].residual.mean()) < float(runs[0].residual.mean())
 
 
 def test_cached_adaptive_inversion_round_trips(vit, images, tmp_path):

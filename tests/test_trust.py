@@ -137,6 +137,14 @@ def test_interval_and_verdict_rules():
     assert decide(-0.1, 0.3)[0] == INCONCLUSIVE
     assert decide(0.1, 0.3, reasons=["only 1 seed"]) == (INCONCLUSIVE, "only 1 seed")
     assert decide(float("nan"), float("nan"))[0] == INCONCLUSIVE
+    # equivalence: an interval inside (-margin, margin) excludes any effect of that size
+    verdict, reason = decide(-0.004, 0.006, margin=0.01)
+    assert verdict == NOT_HELD and "within +-0.01" in reason
+    assert decide(-0.004, 0.012, margin=0.01)[0] == INCONCLUSIVE  # an effect of 0.012 is not excluded
+    assert decide(-0.012, 0.004, margin=0.01)[0] == INCONCLUSIVE
+    assert decide(-0.004, 0.006)[0] == INCONCLUSIVE  # no margin: as before
+    assert decide(0.001, 0.006, margin=0.01) == (HELD, None)  # significance decides first
+    assert decide(-0.004, 0.006, margin=0.01, reasons=["unconverged"])[0] == INCONCLUSIVE
 
 
 # ------------------------------------------------------------------------------ verdicts on synthetic runs

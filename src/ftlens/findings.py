@@ -165,7 +165,7 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
         interval = welch_interval(a, b, level)
         stat = float(a.mean() - b.mean())
         reasons = _gate(ft, early, ft_name, settings) + _gate(scratch, early, scratch_name, settings)
-        verdict, reason = decide(*interval, direction="greater", reasons=reasons)
+        verdict, reason = decide(*interval, direction="greater", margin=settings.negligible, reasons=reasons)
         nums = {
             "ft_learning_early": float(ft.per_layer.loc[early, "learning"].mean()),
             "scratch_learning_early": float(scratch.per_layer.loc[early, "learning"].mean()),
@@ -176,7 +176,7 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
             "early-layers-reused", claim, source,
             f"scratch minus FT of the mean of learning and forgetting over layers {_layer_numbers(ft, early)} "
             "is > 0", verdict=verdict, statistic=stat, interval=interval,
-            test=f"Welch t interval ({level:.0%}) over seeds", n_points=len(a) + len(b), reason=reason, numbers=nums))
+            test=f"Welch t interval ({level:.0%}) over seeds; within +-{settings.negligible:g}: no effect", n_points=len(a) + len(b), reason=reason, numbers=nums))
     else:
         findings.append(_not_testable("early-layers-reused", claim, source,
                                       "needs a run from the pretrained start and a scratch control "
@@ -187,7 +187,7 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
         early = _early(ft.per_layer.index)
         diff = _per_seed(ft, "forgetting", early) - _per_seed(ft, "cka_divergence", early)
         stat, interval = _one_sample(diff, level)
-        verdict, reason = decide(*interval, direction="greater", reasons=_gate(ft, early, ft_name, settings))
+        verdict, reason = decide(*interval, direction="greater", margin=settings.negligible, reasons=_gate(ft, early, ft_name, settings))
         nums = {"cka_divergence_early": float(ft.per_layer.loc[early, "cka_divergence"].mean()),
                 "forgetting_early": float(ft.per_layer.loc[early, "forgetting"].mean()),
                 "learning_early": float(ft.per_layer.loc[early, "learning"].mean())}
@@ -197,7 +197,7 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
             "representations look alike yet invariances changed.",
             "Merlin et al. 2023, §4.1, Fig. 3",
             f"early-layer forgetting minus cka divergence (run '{ft_name}') is > 0",
-            verdict=verdict, statistic=stat, interval=interval, test=f"t interval ({level:.0%}) over seeds",
+            verdict=verdict, statistic=stat, interval=interval, test=f"t interval ({level:.0%}) over seeds; within +-{settings.negligible:g}: no effect",
             n_points=len(diff), reason=reason, numbers=nums))
 
     # 3. compression below the diagonal of the flow, after removing the pretrained model's own flow
@@ -210,7 +210,7 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
         if values.size == 0:
             continue
         stat, interval = _one_sample(values, level)
-        verdict, reason = decide(*interval, direction="greater",
+        verdict, reason = decide(*interval, direction="greater", margin=settings.negligible,
                                  reasons=_gate(cmp, list(cmp.per_layer.index), name, settings))
         raw = np.asarray(cmp.flows_per_seed["flow"], dtype=np.float64).mean(axis=0)
         base = np.asarray(cmp.flows_per_seed["flow_baseline"], dtype=np.float64).mean(axis=0)
@@ -221,7 +221,7 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
             "Merlin et al. 2023, §4.3, Fig. 4",
             "mean of the corrected InvarianceFlow (eq. 5 minus the pretrained model's own flow) over the "
             "entries with finetuned layer j < pretrained layer i is > 0",
-            verdict=verdict, statistic=stat, interval=interval, test=f"t interval ({level:.0%}) over seeds",
+            verdict=verdict, statistic=stat, interval=interval, test=f"t interval ({level:.0%}) over seeds; within +-{settings.negligible:g}: no effect",
             n_points=len(values), reason=reason,
             numbers={"mean_below_diagonal_raw": float(raw[below].mean()),
                      "mean_below_diagonal_baseline": float(base[below].mean()),
@@ -233,14 +233,14 @@ def compute_findings(out: str | os.PathLike, config: Any = None, *, settings: Se
         a, b = _per_seed(rec, "learning", layers), _per_seed(ft, "learning", layers)
         interval = welch_interval(a, b, level)
         reasons = _gate(ft, layers, ft_name, settings) + _gate(rec, layers, rec_name, settings)
-        verdict, reason = decide(*interval, direction="greater", reasons=reasons)
+        verdict, reason = decide(*interval, direction="greater", margin=settings.negligible, reasons=reasons)
         findings.append(_finding(
             "reconstruction-learns-more",
             "Learning of new invariances is higher when finetuning for reconstruction than for classification.",
             "Merlin et al. 2023, §4.2, Fig. 2",
             f"mean learning over layers: run '{rec_name}' minus run '{ft_name}' is > 0",
             verdict=verdict, statistic=float(a.mean() - b.mean()), interval=interval,
-            test=f"Welch t interval ({level:.0%}) over seeds", n_points=len(a) + len(b), reason=reason,
+            test=f"Welch t interval ({level:.0%}) over seeds; within +-{settings.negligible:g}: no effect", n_points=len(a) + len(b), reason=reason,
             numbers={"learning_reconstruction": float(rec.per_layer["learning"].mean()),
                      "learning_classification": float(ft.per_layer["learning"].mean())}))
 

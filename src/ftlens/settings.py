@@ -38,11 +38,18 @@ class Settings:
             with early stopping, :mod:`ftlens.inversion.rules`), ``"adaptive"`` (normalised
             steps of adapted length) or ``"fixed"`` (the paper's).
         lr: the step of ``"adam"`` in [0, 1] pixel units.
-        patience: ``"adam"`` stops an image whose best residual fell by less than 1% over the
-            last ``patience`` evaluations.
+        patience: ``"adam"`` lowers the step of an image whose best residual fell by less than
+            1% over the last ``patience`` evaluations (twice, halving it), and stops it at the
+            next such stall.
         stop_fraction: the early-stopping schedules stop an image once its residual is at most
             ``stop_fraction * residual_threshold`` (one threshold for the gate and the stop).
         alpha: significance level of the findings' tests (after multiple-comparison correction).
+        negligible: the smallest difference of STIR-based quantities (learning, forgetting, the
+            flow, CKA divergence: [0, 1] units) that a finding counts as an effect. A claim of
+            a positive difference whose interval lies inside ``(-negligible, negligible)`` did
+            not hold: the data exclude any effect of that size (an equivalence test, two
+            one-sided tests at the interval's level). 0.01 is twice what converged inversions move
+            the same quantity by with the budget or the method (``bench_gate``: up to 0.005).
         min_seeds, min_epochs, min_runs: fewer than these make a finding inconclusive.
     """
 
@@ -61,6 +68,7 @@ class Settings:
     patience: int = 20
     stop_fraction: float = 0.2
     alpha: float = 0.05
+    negligible: float = 0.01
     min_seeds: int = 2
     min_epochs: int = 4
     min_runs: int = 4

@@ -83,8 +83,12 @@ def bootstrap_interval(estimate: np.ndarray, replicates: np.ndarray, level: floa
 
 
 def decide(lo: float, hi: float, *, direction: str = "greater", null: float = 0.0,
-           reasons: Sequence[str] = ()) -> tuple[str, str | None]:
-    """``(verdict, reason)`` for a claim that the statistic is ``direction`` ('greater'/'less') than ``null``."""
+           reasons: Sequence[str] = (), margin: float | None = None) -> tuple[str, str | None]:
+    """``(verdict, reason)`` for a claim that the statistic is ``direction`` ('greater'/'less') than ``null``.
+
+    Held when the interval ``[lo, hi]`` lies on the claimed side of ``null``, did not hold when
+    it lies on the other side or, with a ``margin``, inside ``(null - margin, null + margin)``
+    (equivalence: no effect of at least ``margin`` either way), inconclusive otherwise."""
     if direction not in ("greater", "less"):
         raise ValueError(f"direction must be 'greater' or 'less', got {direction!r}")
     if reasons:
@@ -96,6 +100,9 @@ def decide(lo: float, hi: float, *, direction: str = "greater", null: float = 0.
         return HELD, None
     if above or below:
         return NOT_HELD, None
+    if margin is not None and null - margin < lo and hi < null + margin:
+        return NOT_HELD, (f"the interval [{lo:.4g}, {hi:.4g}] lies within +-{margin:g} of {null:g}: "
+                          f"no effect of that size either way")
     return INCONCLUSIVE, f"the interval [{lo:.4g}, {hi:.4g}] contains the null value {null:g}"
 
 

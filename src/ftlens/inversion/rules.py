@@ -21,7 +21,10 @@ Stop rules: ``stop_residual`` (the best residual is low enough) for every schedu
 one; for a stall, ``"adaptive"`` counts evaluations in a row that lowered the best residual by
 less than ``min_improvement`` (relative), and ``"adam"`` compares the best residual with the one
 ``patience`` evaluations earlier (a window: an image that improves slowly but steadily keeps
-going, where the count in a row would stop it).
+going, where the count in a row would stop it). A stalled Adam row first lowers its own ``lr``
+by ``decay``, up to ``lr_drops`` times, each time with a fresh window, and stops at the next
+stall after that (reduce-on-plateau: a step that suits one model's layer oscillates on
+another's, e.g. the deep layers of a network trained from scratch).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def init_rows(settings: InversionSettings, x: torch.Tensor) -> Rows:
     elif settings.schedule == "adam":
         rows["m"] = torch.zeros_like(x)
         rows["v"] = torch.zeros_like(x)
+        rows["lr"] = torch.full((b,), settings.lr, device=device)
+        rows["drops"] = torch.zeros(b, dtype=torch.long, device=device)
     if settings.schedule == "adam" and settings.patience is not None:
         # best residual of the last `patience` evaluations, oldest first: (b, patience)
         rows["window"] = torch.full((b, settings.patience), torch.inf, device=device)
@@ -74,7 +79,8 @@ def step(settings: InversionSettings, x: torch.Tensor, grad: torch.Tensor, rows:
         v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
         k = t + 1
         denom = (v / (1 - _BETA2 ** k)).sqrt_().add_(_EPS)
-        x.addcdiv_(m, denom, value=-settings.lr * domain.scale / (1 - _BETA1 ** k))
+        lr = rows["lr"].to(x.dtype) * (domain.scale / (1 - _BETA1 ** k))
+        x.sub_(m.div(denom).mul_(lr.view(view)))
         return domain.project(x)
     grad_norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
     if settings.schedule == "fixed":
@@ -95,7 +101,13 @@ def stopping(settings: InversionSettings, r: torch.Tensor, prev: torch.Tensor, n
     if settings.patience is not None:
         if "window" in rows:
             window = rows["window"]
-            done = new_best > window[:, 0] * (1.0 - settings.min_improvement)
+            stalled = new_best > window[:, 0] * (1.0 - settings.min_improvement)
+            drop = stalled & (rows["drops"] < settings.lr_drops)
+            if bool(drop.any()):  # reduce on plateau: a lower step and a fresh window
+                rows["lr"] = torch.where(drop, rows["lr"] * settings.decay, rows["lr"])
+                rows["drops"] = rows["drops"] + drop.long()
+                window = torch.where(drop[:, None], torch.inf, window)
+            done = stalled & ~drop
             rows["window"] = torch.cat([window[:, 1:], new_best[:, None]], dim=1)
         else:
             rows["stale"] = stale = torch.where(r < prev * (1.0 - settings.min_improvement), 0, rows["stale"] + 1)

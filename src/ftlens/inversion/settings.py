@@ -69,7 +69,9 @@ class InversionSettings:
             (up to ``max_step_size``) and by ``decay`` after one that did not; the direction is
             the normalised gradient in both.
         lr: Adam's step (learning rate) in [0, 1] pixel units (``schedule="adam"`` only).
-        decay: step-length factor after a failed step, in (0, 1).
+        lr_drops: Adam: how often a stalled image lowers its ``lr`` by ``decay`` (with a fresh
+            ``patience`` window each time) before a stall stops it; 0: a stall stops it.
+        decay: step-length factor after a failed step (adaptive) or a stall (Adam), in (0, 1).
         grow: step-length factor after a successful step, in [1, 10] (1: decay only).
         max_step_size: cap of the adaptive step length (default ``8 * step_size``).
         patience: early stop on a stall. ``"adam"``: an image stops once its best residual is
@@ -92,6 +94,7 @@ class InversionSettings:
     autocast: str | None = None
     schedule: str = PAPER.schedule
     lr: float = PAPER.lr
+    lr_drops: int = 2
     decay: float = 0.5
     grow: float = 1.5
     max_step_size: float | None = None
@@ -105,6 +108,7 @@ class InversionSettings:
         steps, step_size, _ = inversion_options(self.steps, self.step_size, self.start)  # ConfigError
         choice("schedule", self.schedule, SCHEDULES)
         object.__setattr__(self, "lr", number("lr", self.lr, low=0.0, high=1.0, low_open=True))
+        object.__setattr__(self, "lr_drops", integer("lr_drops", self.lr_drops, minimum=0))
         object.__setattr__(self, "decay", number("decay", self.decay, low=0.0, high=0.999, low_open=True))
         object.__setattr__(self, "grow", number("grow", self.grow, low=1.0, high=10.0))
         if self.max_step_size is not None:
@@ -144,11 +148,11 @@ class InversionSettings:
 
     def schedule_key(self) -> dict[str, Any]:
         """The schedule fields of a cache key: empty for the paper's fixed schedule (so its keys
-        are those of earlier versions), every schedule field otherwise (``lr`` only for Adam, so
-        the keys of the other schedules are those of earlier versions)."""
+        are those of earlier versions), every schedule field otherwise (``lr`` and ``lr_drops``
+        only for Adam, so the keys of the other schedules are those of earlier versions)."""
         if not self.adaptive:
             return {}
-        return {k: getattr(self, k) for k in _SCHEDULE_FIELDS if k != "lr" or self.schedule == "adam"}
+        return {k: getattr(self, k) for k in _SCHEDULE_FIELDS if k not in _ADAM_ONLY or self.schedule == "adam"}
 
 
 #: Named schedules for ``schedule=`` arguments (``compare``, ``stir``, ``invert``, the CLI).
@@ -182,4 +186,7 @@ def schedule_fields(schedule: str | Mapping[str, Any] | InversionSettings | None
     return dict(schedule)
 
 
-_SCHEDULE_FIELDS = ("schedule", "lr", "decay", "grow", "max_step_size", "patience", "min_improvement", "stop_residual")
+_SCHEDULE_FIELDS = ("schedule", "lr", "lr_drops", "decay", "grow", "max_step_size", "patience", "min_improvement", "stop_residual")
+
+#: Fields that only Adam reads (and only Adam's cache keys hold).
+_ADAM_ONLY = ("lr", "lr_drops")
