@@ -242,7 +242,8 @@ def test_image_steps_count_the_forward_rows(vit, images):
     rows = []
     handle = vit.module.blocks[0].register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
     try:
-        inv = invert(vit, "blocks.0", images, steps=20, seed=0, schedule={"patience": 3, "min_improvement": 0.15})
+        inv = invert(vit, "blocks.0", images, steps=20, seed=0,
+                     schedule={"patience": 3, "min_improvement": 0.15, "lr_drops": 0})
     finally:
         handle.remove()
     assert rows[0] == N  # the target forward

@@ -295,7 +295,7 @@ def test_smoke_sized_runs_are_named():
     from ftlens.experiment import builtin_config, quick
     from ftlens.findings import is_smoke
 
-    assert is_smoke(builtin_config("demo")) == []
+    assert is_smoke(builtin_config("demo")) == [] and is_smoke(builtin_config("demo-real")) == []
     why = is_smoke(quick(builtin_config("demo")))
     assert any("images per seed" in w for w in why)
     # the step cap is no criterion (the convergence gate judges the inversions); epochs only with dynamics

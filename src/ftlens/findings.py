@@ -482,8 +482,8 @@ def is_smoke(config: Any, settings: Settings = PAPER) -> list[str]:
         return []
     images, seeds = _number(a.get("images"), settings.images), _number(a.get("seeds"), settings.seeds)
     why = []
-    if images < 100:
-        why.append(f"{images:g} images per seed (the paper: {settings.images})")
+    if images < settings.min_images:
+        why.append(f"{images:g} images per seed (at least {settings.min_images}; the paper: {settings.images})")
     if seeds < settings.min_seeds:
         why.append(f"{seeds:g} seed(s) (the paper: {settings.seeds})")
     defaults = cfg.get("defaults") or {}

@@ -51,6 +51,8 @@ class Settings:
             one-sided tests at the interval's level). 0.01 is twice what converged inversions move
             the same quantity by with the budget or the method (``bench_gate``: up to 0.005).
         min_seeds, min_epochs, min_runs: fewer than these make a finding inconclusive.
+        min_images: fewer images per seed make a run smoke-sized (a pipeline check, like
+            ``--quick``'s 32 images); above it the intervals say what the data decide.
     """
 
     images: int = 500
@@ -72,6 +74,7 @@ class Settings:
     min_seeds: int = 2
     min_epochs: int = 4
     min_runs: int = 4
+    min_images: int = 50
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (unknown names raise TypeError)."""
