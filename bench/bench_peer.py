@@ -21,6 +21,13 @@ Measured in one process, on the same models, images and steps, printed as one JS
    from its two layers, so deep pairs cost more: the measured time is scaled by the FLOPs of all
    pairs over those of the sampled ones; the JSON says ``"extrapolated": true`` and also gives
    the uniform extrapolation); ``--pairs 0`` runs them all.
+   With the default schedule (Adam) a third row, ``equal_quality``: the default method with
+   every image stopped once its residual is at most the *lowest* mean residual of any layer in
+   the fixed-schedule run (the fixed schedule is the peer's algorithm, step for step, so that
+   run's residuals are the peer's quality at its settings), capped at ``max(steps, 150)``
+   steps; ``inversions_at_least_peer_quality`` counts the inversions whose mean residual is at
+   most that of the same inversion under the fixed schedule. Its ``speedup_vs_peer_all_pairs``
+   is the speed-up at equal (or better) quality.
 3. ``speedup``: extrapolated peer time / ftlens time, and the largest difference between the
    two packages' STIR values on the sampled pairs (different start noise draws: the peer draws
    from torch's global generator, so agreement is statistical, not bitwise).

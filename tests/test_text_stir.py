@@ -161,3 +161,17 @@ def test_compare_command_on_a_finetuned_text_run(dirs, tmp_path):
     cmp = load_comparison(out)
     assert list(cmp.per_layer.index) == load_model(f"{run.run_dir}@0").layers
     assert cmp.config["inputs"]["max_length"] == 12
+    # the pretrained model by its own spec (128 tokens by default) against the run at 12 tokens:
+    # compare reads the run's length for both, or the one --max-length names
+    for extra, length in (([], 12), (["--max-length", "10"], 10)):
+        out = tmp_path / f"cmp-spec-{length}"
+        result = CliRunner().invoke(app, ["compare", "--pretrained", f"hf:{dirs['bert']}", "--finetuned",
+                                          f"{run.run_dir}@last", "--data", f"csv:{tmp_path / 'd.csv'}", "--images",
+                                          "4", "--seeds", "1", "--steps", "2", "--no-plots", "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        assert load_comparison(out).config["inputs"]["max_length"] == length
+    from ftlens.errors import ImageSizeError
+
+    with pytest.raises(ImageSizeError, match="max_length"):
+        compare(load_model(f"hf:{dirs['bert']}", max_length=12), load_model(f"hf:{dirs['bert']}", max_length=10),
+                TEXTS[:4], steps=1, seeds=1, cache=None, progress=False)

@@ -89,6 +89,8 @@ def compare_cmd(
     batch_size: int = common.batch_size_option(),
     device: str = common.device_option(),
     image_size: str = common.image_size_option(),
+    max_length: int | None = typer.Option(None, "--max-length", min=1, help="Text models: tokens per text for "
+                                          "both (default: the finetuned model's, e.g. its run's)."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for the inversion forward (CUDA only)."),
     cache_dir: Path = common.cache_dir_option(),
     no_cache: bool = common.no_cache_option(),
@@ -146,8 +148,12 @@ def compare_cmd(
     device = common.resolve_device(device)
     progress.stage(f"loading {pretrained} and {finetuned}")
     size = common.image_size_kwargs(image_size)
-    pt = load_model(pretrained, layers=layer_list, device=device, tokens=tokens, **size)
-    ft = load_model(finetuned, layers=layer_list, device=device, tokens=tokens, **size)
+    length = {} if max_length is None else {"max_length": max_length}
+    ft = load_model(finetuned, layers=layer_list, device=device, tokens=tokens, **size, **length)
+    if not length and getattr(ft, "max_length", None) is not None:
+        length = {"max_length": ft.max_length}  # a text run's length (the pretrained model's own may differ)
+    pt = load_model(pretrained, layers=layer_list, device=device, tokens=tokens, **size,
+                    **(length if hasattr(ft, "max_length") else {}))
     if not overwrite:
         _refuse_other_comparison(out, pt.spec, ft.spec)
     data = common.data_for(pt, data, finetuned, pretrained)  # a text model reads a text dataset

@@ -41,6 +41,10 @@ def check_input_sizes(models: Mapping[str, ModelWrapper], images: torch.Tensor |
     sizes = {label: m.input_size for label, m in models.items()}
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"{label} {m.name}: {sizes[label]}" for label, m in models.items())
+        if all(hasattr(m, "max_length") for m in models.values()):  # text models: tokens per text
+            raise ImageSizeError(
+                f"the text models read different numbers of tokens ({listed}); load them with the same "
+                "max_length (ftlens.load_model(..., max_length=N), --max-length on the command line)")
         raise ImageSizeError(
             f"the models expect different input sizes ({listed}), so no image set fits all of them; "
             "pass the same image_size for all of them (ftlens.load_model / ftlens.compare image_size=..., "
