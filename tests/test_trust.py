@@ -303,3 +303,11 @@ def test_smoke_sized_runs_are_named():
     assert is_smoke({"analysis": {"images": 500, "seeds": 3}, "defaults": {"epochs": 2}}) == []
     assert is_smoke({"analysis": {"images": 500, "seeds": 3, "dynamics": ["ft"]}, "defaults": {"epochs": 2}})
     assert is_smoke({"analysis": {"images": "<b>x</b>"}}) == []  # unreadable values are not numbers
+
+
+def test_the_report_names_the_verdict_a_reason_belongs_to():
+    from ftlens.report.sections.findings import _numbers
+
+    base = {"statistic": 0.001, "interval": [-0.002, 0.004], "test": "t", "n_points": 3, "numbers": {}}
+    assert "did not hold because: within" in _numbers({**base, "verdict": "did not hold", "reason": "within"})
+    assert "inconclusive because: too few" in _numbers({**base, "verdict": "inconclusive", "reason": "too few"})

@@ -58,7 +58,8 @@ def _verdict(f: dict) -> tuple[str, str]:
 
 
 def _numbers(f: dict) -> str:
-    """The statistic with its interval, the test, the reason when inconclusive, then the numbers."""
+    """The statistic with its interval, the test, the reason of the verdict (when it has one: why
+    it is inconclusive, or the equivalence margin a 'did not hold' rests on), then the numbers."""
     parts = []
     stat, interval = f.get("statistic"), f.get("interval")
     if stat is not None:
@@ -69,7 +70,7 @@ def _numbers(f: dict) -> str:
     if f.get("test"):
         parts.append(f"{f['test']}, n = {f.get('n_points')}")
     if f.get("reason"):
-        parts.append(f"inconclusive because: {f['reason']}")
+        parts.append(f"{f.get('verdict', 'inconclusive')} because: {f['reason']}")
     parts.extend(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in f["numbers"].items())
     return "; ".join(parts)
 
