@@ -71,3 +71,26 @@ def test_findings_are_computed_from_the_numbers(monkeypatch, tmp_path, synthetic
 def test_findings_without_runs_are_not_testable(tmp_path):
     got = {f["id"]: f for f in findings_mod.compute_findings(tmp_path)}
     assert got["early-layers-reused"]["held"] is None
+
+
+def test_ood_rows_are_corrupted_copies_of_the_id_rows(tmp_path):
+    """Feature distortion compares ID and OOD pairwise: OOD row i is ID image i under corruption
+    i mod k, each of the k corruptions on an equal share of the images."""
+    import torch
+
+    from ftlens.data.base import float_to_uint8, uint8_to_float
+    from ftlens.data.corruptions.generate import corrupt
+
+    cfg = builtin_config("demo")
+    exp = Experiment(cfg, tmp_path)
+    exp.load_pretrained = lambda: type("Stub", (), {"input_size": (3, 16, 16)})()  # no pretraining needed
+    splits, sources = exp._distortion_splits(None)
+    clean, ood = splits["ID"], splits["OOD"]
+    assert len(clean) == len(ood) == cfg.analysis.distortion_images
+    assert (sources["ID"] == np.arange(len(clean))).all() and (sources["OOD"] == sources["ID"]).all()
+    names, severity = cfg.defaults["corruptions"], max(cfg.defaults["severities"])
+    raw = float_to_uint8(clean)
+    for i in (0, 1, 2, 3, 4, len(clean) - 1):
+        expected = uint8_to_float(corrupt(raw, names[i % len(names)], severity, seed=0))[i]
+        assert torch.equal(ood[i], expected)
+    assert not torch.equal(ood[0], clean[0])

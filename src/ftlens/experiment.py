@@ -255,7 +255,11 @@ class Experiment:
         io.write_table(self.layout.distortion, pd.concat(frames, ignore_index=True).set_index("run"))
 
     def _distortion_splits(self, pt) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """``({"ID": clean images, "OOD": corrupted copies}, {split: index of the clean image of each row})``."""
+        """``({"ID": clean images, "OOD": corrupted copies}, {split: index of the clean image of each row})``.
+
+        OOD row ``i`` is ID image ``i`` under corruption ``i mod k`` of the ``k`` configured ones
+        (each corruption on an equal share of the images): every OOD row is a corrupted copy of
+        the ID image in the same row, so ID and OOD are compared pairwise."""
         n = self.config.analysis.distortion_images
         images, _ = self._image_pool(n)
         images = images[:n]
@@ -263,10 +267,9 @@ class Experiment:
         sev = max(self.config.defaults.get("severities") or [3])
         raw = float_to_uint8(images)
         ood = [uint8_to_float(corrupt(raw, c, sev, seed=0)) for c in corruptions]
-        per = max(1, n // len(ood))
-
-        ood_images = torch.cat([o[:per] for o in ood])
-        sources = {"ID": np.arange(len(images)), "OOD": np.concatenate([np.arange(len(o[:per])) for o in ood])}
+        rows = torch.arange(len(images))
+        ood_images = torch.stack(ood)[rows % len(ood), rows]
+        sources = {"ID": np.arange(len(images)), "OOD": np.arange(len(images))}
         return {"ID": images, "OOD": ood_images}, sources
 
     def stage_findings(self) -> None:
