@@ -69,12 +69,7 @@ class TextWrapper(ModelWrapper):
             raise ImageSizeError(f"{self.name} reads inputs of shape (n, {self.max_length}, 2) (tokens) or "
                                  f"(n, {self.max_length}, {self.embed_dim + 1}) (word vectors), not {size}; "
                                  "load it with max_length=... to change the length")
-        if size != self.input_size:
-            self.input_size = size
-            self._trace = None
-            self._layers = None
-            self._fingerprint = None
-            self._layer_fps = {}
+        self._adopt_input_size(size)
 
     def set_max_length(self, max_length: int) -> None:
         """Read texts as ``max_length`` tokens from now on (recorded in checkpoints)."""

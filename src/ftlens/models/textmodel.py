@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ftlens.errors import ConfigError, LayerError, TextError
+from ftlens.models.head import LinearHeadMixin
 
 __all__ = ["POOLINGS", "TextClassifier", "TokenPool", "is_text_input", "masked_reduce", "tokenize"]
 
@@ -91,7 +92,7 @@ class _Shared:
         return self
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(LinearHeadMixin, nn.Module):
     """``head(pool(body(x)))`` for a Hugging Face text transformer, with timm's classifier API.
 
     Args:
@@ -161,18 +162,6 @@ class TextClassifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(*self.hidden(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def is_text_input(x: Any) -> bool:

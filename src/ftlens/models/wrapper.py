@@ -389,6 +389,10 @@ class ModelWrapper:
             raise ImageSizeError(
                 f"mean/std need one value per channel ({channels}), got {self.mean} / {self.std}"
             )
+        self._adopt_input_size(size)
+
+    def _adopt_input_size(self, size: tuple[int, ...]) -> None:
+        """Use ``size`` from now on: traced layers and fingerprints of another size are dropped."""
         if size != self.input_size:
             self.input_size = size
             self._trace = None

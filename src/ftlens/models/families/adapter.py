@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftlens.models.head import LinearHeadMixin
 from ftlens.models.trace import first_tensor
 
 
@@ -38,7 +39,7 @@ class Pool(nn.Module):
         return f"pick={self.pick!r}"
 
 
-class FeatureClassifier(nn.Module):
+class FeatureClassifier(LinearHeadMixin, nn.Module):
     """``head(pool(body(x)))`` with timm's classifier API.
 
     Args:
@@ -66,18 +67,6 @@ class FeatureClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(pixel_values=x, **self.call_kwargs) if self.pixel_kwarg else self.body(x, **self.call_kwargs)
         return self.pool(out)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def shared_copy(module: nn.Module) -> nn.Module:
